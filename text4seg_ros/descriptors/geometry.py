@@ -79,7 +79,9 @@ def _check_2d(array: np.ndarray, name: str) -> np.ndarray:
 
 
 def labels_to_grid(
-    label_map: np.ndarray, grid: int = 16, method: SamplingMethod = "center",
+    label_map: np.ndarray,
+    grid: int = 16,
+    method: SamplingMethod = "center",
     num_classes: int | None = None,
 ) -> np.ndarray:
     """Downsample an ``(H, W)`` label map (or bool mask) to a ``(G, G)`` ``int64`` grid.
