@@ -125,3 +125,15 @@ def grid_to_labels(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def grid_to_mask(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """``(G, G)`` grid (bool, or class indices with 0 = others) to an ``(H, W)`` bool mask."""
     return grid_to_labels(np.asarray(grid) != 0, size)
+
+
+def mask_to_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
+    """Tight box ``(x1, y1, x2, y2)`` of an ``(H, W)`` mask in pixel edges (``x2``/``y2``
+    exclusive), or None when the mask is empty."""
+    _check_2d(mask, "mask")
+    mask = mask != 0
+    cols = np.flatnonzero(mask.any(axis=0))
+    if cols.size == 0:
+        return None
+    rows = np.flatnonzero(mask.any(axis=1))
+    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1

@@ -50,6 +50,8 @@ class RepairKind(StrEnum):
     BLANK_LINE = "blank_line"  # empty line between rows: skipped
     MISSING_ROWS = "missing_rows"  # fewer than G rows: the rest filled with ``others``
     EXTRA_ROWS = "extra_rows"  # more than G rows: the extra rows dropped
+    BAD_BOX = "bad_box"  # B-SD box clipped, reordered or widened to be valid
+    DROPPED_INSTANCE = "dropped_instance"  # B-SD triple without a readable box or label: dropped
 
 
 @dataclass(frozen=True)
