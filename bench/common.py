@@ -1,0 +1,67 @@
+"""Helpers shared by the bench scripts: where the real data lives, how results are written."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+
+
+def data_dir() -> Path:
+    """../shared/data next to the repository, or $TEXT4SEG_DATA."""
+    return Path(os.environ.get("TEXT4SEG_DATA", REPO.parent / "shared" / "data"))
+
+
+def require_data(*parts: str) -> Path:
+    """Path under the data dir; exits with a clear message (code 0: skipped) when absent."""
+    path = data_dir().joinpath(*parts)
+    if not path.exists():
+        print(f"SKIPPED: real data not found at {path} (set TEXT4SEG_DATA)", file=sys.stderr)
+        raise SystemExit(0)
+    return path
+
+
+def load_mask(path: Path) -> np.ndarray:
+    """A {0, 255} PNG as an ``(H, W)`` bool mask."""
+    return np.asarray(Image.open(path).convert("L")) > 127
+
+
+def real_masks() -> dict[str, list[tuple[str, str, np.ndarray]]]:
+    """Every real mask by dataset: ``(name, referring label, (H, W) bool mask)``.
+
+    COCO tiny: one query per instance, labelled with its class name (underscores as spaces).
+    DAVIS blackswan: one query per frame, labelled "the black swan" (our text, not DAVIS').
+    """
+    coco = require_data("coco_tiny16", "masks_derived")
+    davis = require_data("davis_blackswan", "Annotations")
+    out: dict[str, list[tuple[str, str, np.ndarray]]] = {"coco_tiny16": [], "davis_blackswan": []}
+    for p in sorted(coco.glob("*.png")):
+        label = p.stem.split("_", 2)[2].replace("_", " ")
+        out["coco_tiny16"].append((p.name, label, load_mask(p)))
+    for p in sorted(davis.glob("*.png")):
+        out["davis_blackswan"].append((p.name, "the black swan", load_mask(p)))
+    return out
+
+
+def write_json(name: str, payload: dict) -> Path:
+    """Write ``bench/results/<name>`` with machine facts added; returns the path."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    payload = {
+        "machine": {
+            "python": platform.python_version(),
+            "cpu": platform.processor() or platform.machine(),
+            "cores": os.cpu_count(),
+        },
+        **payload,
+    }
+    path = RESULTS / name
+    path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
+    return path
