@@ -23,11 +23,12 @@ import time
 
 import numpy as np
 
-from common import real_masks, write_json
 from text4seg_ros.descriptors import decode_mask, encode_grid, mask_to_grid
 from text4seg_ros.descriptors.bsd import decode_instances, encode_instance
 from text4seg_ros.descriptors.rrle import OTHERS
 from text4seg_ros.metrics import MaskMetrics
+
+from common import real_masks, write_json
 
 KINDS = ("isd_center", "isd_area", "bsd", "bsd_bricks")
 
