@@ -1,0 +1,368 @@
+"""Tiny random Text4Seg backbones built from configs, saved as local Hugging Face directories.
+
+No weights can be downloaded here, so tests, the demo trainer and the node build their models
+from configs: the real transformers classes (``LlavaForConditionalGeneration``,
+``Qwen2VLForConditionalGeneration``, ``Qwen2_5_VLForConditionalGeneration``,
+``InternVLForConditionalGeneration``) at about 1M parameters, with small square inputs
+(default 32 x 32 pixels) so one forward takes a few milliseconds on a CPU.
+
+The tokenizer is a byte-level BPE trained offline (:mod:`text4seg_ros.model.tokenizer`): digits
+split one per token, the backbone's image special tokens, and a chat template rendering the
+registry's prompt.
+
+Workarounds for this environment (``../shared/ENVIRONMENT.md``): there is no torchvision, so the
+Qwen and InternVL processors are built through subclasses whose ``__init__`` takes no video
+processor (:data:`PROCESSOR_CLASSES`; reload with them, not ``AutoProcessor``), and the PIL image
+processors are used. InternVL's ``image_seq_length`` is written to ``processor_config.json`` and
+restored by :func:`load_processor`.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers import (
+    CLIPImageProcessorPil,
+    CLIPVisionConfig,
+    GotOcr2ImageProcessorPil,
+    InternVLConfig,
+    InternVLForConditionalGeneration,
+    InternVLProcessor,
+    LlamaConfig,
+    LlavaConfig,
+    LlavaForConditionalGeneration,
+    LlavaProcessor,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2_5_VLProcessor,
+    Qwen2Config,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    Qwen2VLImageProcessorPil,
+    Qwen2VLProcessor,
+)
+
+from .tokenizer import (
+    INTERNVL_CHAT_TEMPLATE,
+    INTERNVL_SPECIALS,
+    LLAVA_CHAT_TEMPLATE,
+    LLAVA_SPECIALS,
+    QWEN_CHAT_TEMPLATE,
+    QWEN_SPECIALS,
+    build_tokenizer,
+)
+
+TINY_BACKBONES: tuple[str, ...] = ("llava", "qwen2_vl", "qwen2_5_vl", "internvl")
+
+
+class Qwen2VLProcessorNoVideo(Qwen2VLProcessor):
+    """``Qwen2VLProcessor`` without a video processor (transformers needs torchvision for it)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+class Qwen2_5_VLProcessorNoVideo(Qwen2_5_VLProcessor):
+    """``Qwen2_5_VLProcessor`` without a video processor (see :class:`Qwen2VLProcessorNoVideo`)."""
+
+    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
+        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
+
+
+class InternVLProcessorNoVideo(InternVLProcessor):
+    """``InternVLProcessor`` without a video processor (see :class:`Qwen2VLProcessorNoVideo`)."""
+
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        image_seq_length: int = 256,
+        chat_template=None,
+        **kwargs,
+    ):
+        super().__init__(
+            image_processor,
+            tokenizer,
+            None,
+            image_seq_length=image_seq_length,
+            chat_template=chat_template,
+            **kwargs,
+        )
+
+
+PROCESSOR_CLASSES: dict[str, type] = {
+    "llava": LlavaProcessor,
+    "qwen2_vl": Qwen2VLProcessorNoVideo,
+    "qwen2_5_vl": Qwen2_5_VLProcessorNoVideo,
+    "internvl": InternVLProcessorNoVideo,
+}
+_EXTRA_FILE = "text4seg_processor.json"
+
+
+def load_processor(path: str | Path, backbone: str) -> Any:
+    """Load the processor saved in ``path`` with the class that works here (see module doc)."""
+    if backbone not in PROCESSOR_CLASSES:
+        raise ValueError(f"unknown backbone {backbone!r}; allowed: {', '.join(PROCESSOR_CLASSES)}")
+    path = Path(path)
+    extra_file = path / _EXTRA_FILE
+    extra = json.loads(extra_file.read_text()) if extra_file.exists() else {}
+    processor = PROCESSOR_CLASSES[backbone].from_pretrained(str(path), **extra)
+    for key, value in extra.items():  # InternVL drops image_seq_length on reload
+        setattr(processor, key, value)
+    return processor
+
+
+def _check_sizes(backbone: str, sizes: dict[str, int]) -> dict[str, int]:
+    defaults = {
+        "hidden": 64,  # language model width
+        "layers": 2,  # language model layers
+        "heads": 4,
+        "kv_heads": 2,
+        "intermediate": 128,
+        "vision_hidden": 32,
+        "vision_layers": 2,
+        "vision_heads": 2,
+        "image_size": 32,  # pixels, square input the image processor resizes to
+        "vocab_size": 512,
+    }
+    unknown = sorted(set(sizes) - set(defaults))
+    if unknown:
+        raise TypeError(
+            f"unknown size argument(s) {unknown} for {backbone!r}; allowed: {sorted(defaults)}"
+        )
+    out = {**defaults, **sizes}
+    for key, value in out.items():
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"size {key} must be an int >= 1, got {value!r}")
+    return out
+
+
+def _text_kwargs(s: dict[str, int], vocab: int) -> dict[str, Any]:
+    return {
+        "vocab_size": vocab,
+        "hidden_size": s["hidden"],
+        "intermediate_size": s["intermediate"],
+        "num_hidden_layers": s["layers"],
+        "num_attention_heads": s["heads"],
+        "num_key_value_heads": s["kv_heads"],
+        "max_position_embeddings": 4096,
+    }
+
+
+def _build_llava(s: dict[str, int], seed: int, grid: int) -> tuple[Any, Any]:
+    tok = build_tokenizer(
+        LLAVA_SPECIALS,
+        LLAVA_CHAT_TEMPLATE,
+        {"image_token": "<image>"},
+        s["vocab_size"],
+        seed,
+        grid,
+        bos="<s>",
+    )
+    patch = 8 if s["image_size"] >= 32 else 4
+    vision = CLIPVisionConfig(
+        hidden_size=s["vision_hidden"],
+        intermediate_size=2 * s["vision_hidden"],
+        num_hidden_layers=s["vision_layers"],
+        num_attention_heads=s["vision_heads"],
+        image_size=s["image_size"],
+        patch_size=patch,
+        projection_dim=s["vision_hidden"],
+    )
+    text = LlamaConfig(
+        **_text_kwargs(s, len(tok)),
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+    )
+    n_image = (s["image_size"] // patch) ** 2
+    config = LlavaConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_index=tok.image_token_id,
+        image_seq_length=n_image,
+        vision_feature_layer=-2 if s["vision_layers"] > 1 else -1,
+    )
+    model = LlavaForConditionalGeneration(config)
+    size = s["image_size"]
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    )
+    processor = LlavaProcessor(
+        image_processor=image_processor,
+        tokenizer=tok,
+        patch_size=patch,
+        vision_feature_select_strategy="default",
+        num_additional_image_tokens=1,
+        chat_template=LLAVA_CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
+def _qwen_vision(s: dict[str, int], patch: int) -> dict[str, Any]:
+    return {
+        "depth": s["vision_layers"],
+        "embed_dim": s["vision_hidden"],
+        "hidden_size": s["hidden"],
+        "num_heads": s["vision_heads"],
+        "patch_size": patch,
+        "spatial_merge_size": 2,
+        "temporal_patch_size": 2,
+    }
+
+
+def _build_qwen(s: dict[str, int], seed: int, grid: int, v25: bool) -> tuple[Any, Any]:
+    named = {
+        "image_token": "<|image_pad|>",
+        "video_token": "<|video_pad|>",
+        "vision_start_token": "<|vision_start|>",
+        "vision_end_token": "<|vision_end|>",
+    }
+    tok = build_tokenizer(QWEN_SPECIALS, QWEN_CHAT_TEMPLATE, named, s["vocab_size"], seed, grid)
+    ids = {k: tok.convert_tokens_to_ids(v) for k, v in named.items()}
+    patch = 4 if s["image_size"] <= 32 else 8
+    head_dim = s["hidden"] // s["heads"]
+    # mrope splits each rotary half into temporal / height / width sections.
+    half = head_dim // 2
+    section = [half - 2 * (half // 4), half // 4, half // 4]
+    text = {
+        **_text_kwargs(s, len(tok)),
+        "rope_parameters": {
+            "rope_type": "default",
+            "rope_theta": 10000.0,
+            "mrope_section": section,
+        },
+        "bos_token_id": tok.pad_token_id,
+        "eos_token_id": tok.eos_token_id,
+        "pad_token_id": tok.pad_token_id,
+    }
+    vision = _qwen_vision(s, patch)
+    if v25:
+        vision = {
+            **vision,
+            "intermediate_size": 2 * s["vision_hidden"],
+            "out_hidden_size": s["hidden"],
+            "window_size": 2 * patch * 2,
+            "fullatt_block_indexes": [s["vision_layers"] - 1],
+        }
+        vision.pop("embed_dim")
+        vision["hidden_size"] = s["vision_hidden"]
+    config_cls = Qwen2_5_VLConfig if v25 else Qwen2VLConfig
+    config = config_cls(
+        text_config=text,
+        vision_config=vision,
+        image_token_id=ids["image_token"],
+        video_token_id=ids["video_token"],
+        vision_start_token_id=ids["vision_start_token"],
+        vision_end_token_id=ids["vision_end_token"],
+    )
+    model_cls = Qwen2_5_VLForConditionalGeneration if v25 else Qwen2VLForConditionalGeneration
+    model = model_cls(config)
+    pixels = s["image_size"] * s["image_size"]
+    image_processor = Qwen2VLImageProcessorPil(
+        patch_size=patch,
+        temporal_patch_size=2,
+        merge_size=2,
+        size={"shortest_edge": pixels, "longest_edge": pixels},
+    )
+    proc_cls = Qwen2_5_VLProcessorNoVideo if v25 else Qwen2VLProcessorNoVideo
+    processor = proc_cls(
+        image_processor=image_processor, tokenizer=tok, chat_template=QWEN_CHAT_TEMPLATE
+    )
+    return model, processor
+
+
+def _build_internvl(s: dict[str, int], seed: int, grid: int) -> tuple[Any, Any]:
+    named = {
+        "start_image_token": "<img>",
+        "end_image_token": "</img>",
+        "context_image_token": "<IMG_CONTEXT>",
+        "video_token": "<video>",
+    }
+    tok = build_tokenizer(
+        INTERNVL_SPECIALS, INTERNVL_CHAT_TEMPLATE, named, s["vocab_size"], seed, grid
+    )
+    patch = 4 if s["image_size"] <= 32 else 8
+    vision = {
+        "hidden_size": s["vision_hidden"],
+        "num_hidden_layers": s["vision_layers"],
+        "num_attention_heads": s["vision_heads"],
+        "intermediate_size": 2 * s["vision_hidden"],
+        "image_size": [s["image_size"], s["image_size"]],
+        "patch_size": [patch, patch],
+    }
+    text = Qwen2Config(
+        **_text_kwargs(s, len(tok)),
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        bos_token_id=tok.pad_token_id,
+    )
+    seq = (s["image_size"] // patch) ** 2 // 4  # pixel shuffle with downsample ratio 0.5
+    config = InternVLConfig(
+        vision_config=vision,
+        text_config=text,
+        image_token_id=tok.context_image_token_id,
+        image_seq_length=seq,
+        downsample_ratio=0.5,
+    )
+    model = InternVLForConditionalGeneration(config)
+    size = s["image_size"]
+    image_processor = GotOcr2ImageProcessorPil(
+        size={"height": size, "width": size}, crop_to_patches=False, max_patches=1
+    )
+    processor = InternVLProcessorNoVideo(
+        image_processor=image_processor,
+        tokenizer=tok,
+        image_seq_length=seq,
+        chat_template=INTERNVL_CHAT_TEMPLATE,
+    )
+    return model, processor
+
+
+def build_tiny(backbone: str, grid: int = 16, seed: int = 0, **sizes: int) -> tuple[Any, Any]:
+    """Build ``(model, processor)`` of a tiny random ``backbone`` in memory (eval mode, float32).
+
+    ``sizes`` override the defaults of the widths, depths and the input ``image_size``
+    (pixels); see :func:`build_tiny_model`.
+    """
+    if backbone not in TINY_BACKBONES:
+        raise ValueError(f"unknown backbone {backbone!r}; allowed: {', '.join(TINY_BACKBONES)}")
+    s = _check_sizes(backbone, sizes)
+    torch.manual_seed(seed)
+    if backbone == "llava":
+        model, processor = _build_llava(s, seed, grid)
+    elif backbone == "internvl":
+        model, processor = _build_internvl(s, seed, grid)
+    else:
+        model, processor = _build_qwen(s, seed, grid, v25=backbone == "qwen2_5_vl")
+    return model.eval(), processor
+
+
+def build_tiny_model(
+    backbone: str, out_dir: Path, grid: int = 16, seed: int = 0, **sizes: int
+) -> Path:
+    """Build a tiny random ``backbone`` and save it as a local Hugging Face directory.
+
+    ``backbone``: one of :data:`TINY_BACKBONES`. ``grid``: the descriptor grid size G the
+    tokenizer corpus uses (the model itself does not depend on it). ``seed`` fixes weights and
+    tokenizer. ``sizes`` (all ints >= 1): ``hidden`` (64), ``layers`` (2), ``heads`` (4),
+    ``kv_heads`` (2), ``intermediate`` (128), ``vision_hidden`` (32), ``vision_layers`` (2),
+    ``vision_heads`` (2), ``image_size`` (32, square input in pixels), ``vocab_size`` (512,
+    an upper bound for the BPE). Writes config, safetensors weights, tokenizer and processor
+    into ``out_dir`` (created) and returns it. Reload with
+    :func:`text4seg_ros.model.loading.load_pretrained` or, for the processor alone,
+    :func:`load_processor`.
+    """
+    model, processor = build_tiny(backbone, grid=grid, seed=seed, **sizes)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    processor.save_pretrained(out_dir)
+    extra = {}
+    if backbone == "internvl":
+        extra["image_seq_length"] = processor.image_seq_length
+    (out_dir / _EXTRA_FILE).write_text(json.dumps(extra))
+    return out_dir
