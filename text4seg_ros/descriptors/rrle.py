@@ -210,9 +210,10 @@ def parse_row(
         for k, i in enumerate(unknown):
             counts[i] = share + (1 if k < extra else 0)
     # Cap each run at G before expanding so a count like 10**12 cannot exhaust memory.
+    total = sum(counts)
     cells = np.repeat(np.array(labels, dtype=np.int64), [min(c, grid) for c in counts])
-    if cells.size > grid:
-        repairs.append(Repair(RepairKind.LONG_ROW, row, f"{cells.size} cells, kept {grid}"))
+    if total > grid:
+        repairs.append(Repair(RepairKind.LONG_ROW, row, f"{total} cells, kept {grid}"))
         cells = cells[:grid]
     elif cells.size < grid:
         repairs.append(Repair(RepairKind.SHORT_ROW, row, f"{cells.size} cells, padded to {grid}"))
