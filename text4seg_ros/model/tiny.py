@@ -10,41 +10,43 @@ The tokenizer is a byte-level BPE trained offline (:mod:`text4seg_ros.model.toke
 split one per token, the backbone's image special tokens, and a chat template rendering the
 registry's prompt.
 
-Workarounds for this environment (``../shared/ENVIRONMENT.md``): there is no torchvision, so the
-Qwen and InternVL processors are built through subclasses whose ``__init__`` takes no video
-processor (:data:`PROCESSOR_CLASSES`; reload with them, not ``AutoProcessor``), and the PIL image
-processors are used. InternVL's ``image_seq_length`` is written to ``processor_config.json`` and
-restored by :func:`load_processor`.
+Processors: see :mod:`text4seg_ros.model.processors` (no torchvision here, so reload them with
+:func:`load_processor`, not ``AutoProcessor``).
 """
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 import torch
 from transformers import (
-    CLIPImageProcessorPil,
     CLIPVisionConfig,
     GotOcr2ImageProcessorPil,
     InternVLConfig,
     InternVLForConditionalGeneration,
-    InternVLProcessor,
     LlamaConfig,
     LlavaConfig,
     LlavaForConditionalGeneration,
+    LlavaImageProcessorPil,
     LlavaProcessor,
     Qwen2_5_VLConfig,
     Qwen2_5_VLForConditionalGeneration,
-    Qwen2_5_VLProcessor,
     Qwen2Config,
     Qwen2VLConfig,
     Qwen2VLForConditionalGeneration,
     Qwen2VLImageProcessorPil,
-    Qwen2VLProcessor,
 )
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
+from .processors import (  # noqa: F401  (load_processor, PROCESSOR_CLASSES re-exported)
+    PROCESSOR_CLASSES,
+    InternVLProcessorNoVideo,
+    Qwen2_5_VLProcessorNoVideo,
+    Qwen2VLProcessorNoVideo,
+    load_processor,
+    save_processor,
+)
 from .tokenizer import (
     INTERNVL_CHAT_TEMPLATE,
     INTERNVL_SPECIALS,
@@ -56,63 +58,6 @@ from .tokenizer import (
 )
 
 TINY_BACKBONES: tuple[str, ...] = ("llava", "qwen2_vl", "qwen2_5_vl", "internvl")
-
-
-class Qwen2VLProcessorNoVideo(Qwen2VLProcessor):
-    """``Qwen2VLProcessor`` without a video processor (transformers needs torchvision for it)."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-
-class Qwen2_5_VLProcessorNoVideo(Qwen2_5_VLProcessor):
-    """``Qwen2_5_VLProcessor`` without a video processor (see :class:`Qwen2VLProcessorNoVideo`)."""
-
-    def __init__(self, image_processor=None, tokenizer=None, chat_template=None, **kwargs):
-        super().__init__(image_processor, tokenizer, None, chat_template=chat_template, **kwargs)
-
-
-class InternVLProcessorNoVideo(InternVLProcessor):
-    """``InternVLProcessor`` without a video processor (see :class:`Qwen2VLProcessorNoVideo`)."""
-
-    def __init__(
-        self,
-        image_processor=None,
-        tokenizer=None,
-        image_seq_length: int = 256,
-        chat_template=None,
-        **kwargs,
-    ):
-        super().__init__(
-            image_processor,
-            tokenizer,
-            None,
-            image_seq_length=image_seq_length,
-            chat_template=chat_template,
-            **kwargs,
-        )
-
-
-PROCESSOR_CLASSES: dict[str, type] = {
-    "llava": LlavaProcessor,
-    "qwen2_vl": Qwen2VLProcessorNoVideo,
-    "qwen2_5_vl": Qwen2_5_VLProcessorNoVideo,
-    "internvl": InternVLProcessorNoVideo,
-}
-_EXTRA_FILE = "text4seg_processor.json"
-
-
-def load_processor(path: str | Path, backbone: str) -> Any:
-    """Load the processor saved in ``path`` with the class that works here (see module doc)."""
-    if backbone not in PROCESSOR_CLASSES:
-        raise ValueError(f"unknown backbone {backbone!r}; allowed: {', '.join(PROCESSOR_CLASSES)}")
-    path = Path(path)
-    extra_file = path / _EXTRA_FILE
-    extra = json.loads(extra_file.read_text()) if extra_file.exists() else {}
-    processor = PROCESSOR_CLASSES[backbone].from_pretrained(str(path), **extra)
-    for key, value in extra.items():  # InternVL drops image_seq_length on reload
-        setattr(processor, key, value)
-    return processor
 
 
 def _check_sizes(backbone: str, sizes: dict[str, int]) -> dict[str, int]:
@@ -188,8 +133,13 @@ def _build_llava(s: dict[str, int], seed: int, grid: int) -> tuple[Any, Any]:
     )
     model = LlavaForConditionalGeneration(config)
     size = s["image_size"]
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": size}, crop_size={"height": size, "width": size}
+    # LLaVA-1.5 pads the image to a square with the mean colour before resizing ("pad").
+    image_processor = LlavaImageProcessorPil(
+        do_pad=True,
+        size={"shortest_edge": size},
+        crop_size={"height": size, "width": size},
+        image_mean=list(OPENAI_CLIP_MEAN),
+        image_std=list(OPENAI_CLIP_STD),
     )
     processor = LlavaProcessor(
         image_processor=image_processor,
@@ -360,9 +310,5 @@ def build_tiny_model(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
-    processor.save_pretrained(out_dir)
-    extra = {}
-    if backbone == "internvl":
-        extra["image_seq_length"] = processor.image_seq_length
-    (out_dir / _EXTRA_FILE).write_text(json.dumps(extra))
+    save_processor(processor, out_dir, backbone)
     return out_dir
