@@ -23,6 +23,7 @@ from .geometry import (
     grid_to_labels,
     grid_to_mask,
     labels_to_grid,
+    mask_to_box,
     mask_to_grid,
     sample_indices,
 )
@@ -53,6 +54,7 @@ __all__ = [
     "grid_to_labels",
     "grid_to_mask",
     "labels_to_grid",
+    "mask_to_box",
     "mask_to_grid",
     "parse_rrle",
     "sample_indices",
