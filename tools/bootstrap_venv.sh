@@ -22,7 +22,8 @@ fi
 "$VPY" -m pip install -q "uv==0.13.8"
 
 echo "[bootstrap] installing ML stack and ROS 2 Jazzy wheels"
-"$VENV/bin/uv" pip install -q --python "$VPY" --constraint "$CONSTRAINTS" \
+# Copy, never hardlink, from uv's cache: fix_ros_cmake_paths.py edits installed files in place.
+UV_LINK_MODE=copy "$VENV/bin/uv" pip install -q --python "$VPY" --constraint "$CONSTRAINTS" \
   -r requirements/ml.txt -r requirements/ros.txt
 
 if ! "$VPY" -c 'import deepspeed' 2>/dev/null; then

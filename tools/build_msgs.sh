@@ -7,6 +7,7 @@ cd "$(dirname "$0")/.."
 VENV=$(cd "${VENV:-.venv}" && pwd)
 BUILD=${BUILD_DIR:-build/msg}
 export AMENT_PREFIX_PATH=$VENV CMAKE_PREFIX_PATH=$VENV PATH=$VENV/bin:$PATH
+mkdir -p "$BUILD"
 for pkg in vision_msgs text4seg_msgs; do
   echo "[msgs] building $pkg"
   cmake -S "msg/$pkg" -B "$BUILD/$pkg" -DCMAKE_INSTALL_PREFIX="$VENV" \
