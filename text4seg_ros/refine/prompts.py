@@ -20,6 +20,8 @@ import math
 import numpy as np
 from PIL import Image
 
+from ..descriptors.geometry import mask_to_box
+
 # +/- ln(999): the logit of probability 0.999, the coarse mask's confidence as SAM's mask prompt.
 MASK_LOGIT = math.log(999.0)
 RngLike = np.random.Generator | int | None
@@ -86,13 +88,12 @@ def sample_points(
 
 
 def tight_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
-    """Tight box ``(x1, y1, x2, y2)`` of a bool mask in pixel edges (x2/y2 exclusive), or None."""
-    check_mask(mask)
-    rows = np.flatnonzero(mask.any(axis=1))
-    if rows.size == 0:
-        return None
-    cols = np.flatnonzero(mask.any(axis=0))
-    return int(cols[0]), int(rows[0]), int(cols[-1]) + 1, int(rows[-1]) + 1
+    """Tight box ``(x1, y1, x2, y2)`` of a bool mask in pixel edges (x2/y2 exclusive), or None.
+
+    The package's one definition (:func:`text4seg_ros.descriptors.geometry.mask_to_box`), after
+    the refiner's own dtype check.
+    """
+    return mask_to_box(check_mask(mask))
 
 
 def sam_box(box: tuple[int, int, int, int], size: tuple[int, int]) -> np.ndarray:

@@ -1,0 +1,280 @@
+"""text4seg-segment: argument handling, user errors (exit 2), and the PNG / JSON writers."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from text4seg_ros.cli import (
+    PALETTE,
+    TINT_ALPHA,
+    UserError,
+    build_parser,
+    main,
+    make_goals,
+    mask_png,
+    parse_classes,
+    read_image,
+    render_overlay,
+    result_to_json,
+    slug,
+    write_result,
+)
+from text4seg_ros.descriptors import decode_mask, encode_mask, mask_to_box
+from text4seg_ros.model.types import Goal, GoalResult, Timings
+from text4seg_ros.prompts import Task
+
+DATA = Path(
+    os.environ.get("TEXT4SEG_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
+)
+
+
+@pytest.fixture()
+def image_file(tmp_path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    path = tmp_path / "frame.png"
+    Image.fromarray(rng.integers(0, 256, (48, 64, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture()
+def model_dir(tmp_path: Path) -> Path:
+    d = tmp_path / "model"
+    d.mkdir()
+    (d / "config.json").write_text('{"model_type": "llava"}')
+    return d
+
+
+def _result(mask: np.ndarray, text: str = "the red mug", **kw) -> GoalResult:
+    return GoalResult(
+        goal=Goal(text=text, task=kw.pop("task", Task.RES), id="0", classes=kw.pop("classes", ())),
+        mask=mask,
+        box=mask_to_box(mask),
+        score=0.75,
+        descriptor=encode_mask(mask, text, 8) if mask.any() else "",
+        labels=["others", text],
+        model_steps=5,
+        timings=Timings(encode_s=0.1, decode_s=0.2, refine_s=0.0, total_s=0.3),
+        **kw,
+    )
+
+
+def test_parser_defaults_and_options() -> None:
+    args = build_parser().parse_args(["img.jpg", "the cup", "a chair", "--model", "m"])
+    assert args.goals == ["the cup", "a chair"] and args.model == Path("m")
+    assert args.task == "res" and args.grid == 16 and args.device == "cpu"
+    assert args.refiner is None and args.refine_prompt == "points" and args.backbone is None
+    args = build_parser().parse_args(
+        [
+            "i.png",
+            "x",
+            "--model",
+            "m",
+            "--task",
+            "open_vocab",
+            "--classes",
+            "cup,table",
+            "--grid",
+            "24",
+            "--refiner",
+            "sam.pth",
+            "--refine-prompt",
+            "box",
+            "--out",
+            "o",
+            "--device",
+            "cuda:0",
+            "--backbone",
+            "llava",
+        ]
+    )
+    assert (args.task, args.grid, args.refine_prompt, args.backbone) == (
+        "open_vocab",
+        24,
+        "box",
+        "llava",
+    )
+    assert args.refiner == Path("sam.pth") and args.out == Path("o")
+
+
+def test_goals_and_classes() -> None:
+    assert parse_classes(" cup, table,,chair ") == ("cup", "table", "chair")
+    goals = make_goals(["a cup", "the chair "], "gres", ())
+    assert [g.text for g in goals] == ["a cup", "the chair"]
+    assert [g.id for g in goals] == ["0", "1"] and goals[0].task is Task.GRES
+    ov = make_goals(["scene"], "open_vocab", ("cup", "table"))
+    assert ov[0].classes == ("cup", "table") and ov[0].task is Task.OPEN_VOCAB
+    with pytest.raises(UserError, match="--classes"):
+        make_goals(["scene"], "open_vocab", ())
+    with pytest.raises(UserError, match="only used with --task open_vocab"):
+        make_goals(["cup"], "res", ("cup",))
+    with pytest.raises(UserError, match="non-empty"):
+        make_goals(["  "], "res", ())
+
+
+def test_slug() -> None:
+    assert slug("The red mug, left of the laptop!") == "the-red-mug-left-of-the-laptop"
+    assert slug("???") == "goal"
+    assert len(slug("x" * 100)) == 40
+
+
+@pytest.mark.parametrize(
+    "argv_tail, message",
+    [
+        (["--task", "dance"], "invalid choice"),
+        (["--grid", "0"], "--grid must be >= 1"),
+        (["--task", "open_vocab"], "needs --classes"),
+    ],
+)
+def test_bad_options_exit_2(image_file, model_dir, capsys, argv_tail, message) -> None:
+    code = main([str(image_file), "cup", "--model", str(model_dir), *argv_tail])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+
+
+def test_missing_model_option_exits_2(image_file, capsys) -> None:
+    assert main([str(image_file), "cup"]) == 2
+    assert "--model" in capsys.readouterr().err
+
+
+def test_missing_and_unreadable_image(tmp_path, model_dir, capsys) -> None:
+    assert main([str(tmp_path / "nope.png"), "cup", "--model", str(model_dir)]) == 2
+    assert "image file not found" in capsys.readouterr().err
+    bad = tmp_path / "bad.png"
+    bad.write_text("this is not a PNG")
+    assert main([str(bad), "cup", "--model", str(model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot read image" in err and "Traceback" not in err
+
+
+def test_bad_model_dir(image_file, tmp_path, capsys) -> None:
+    assert main([str(image_file), "cup", "--model", str(tmp_path / "none")]) == 2
+    assert "model directory not found" in capsys.readouterr().err
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main([str(image_file), "cup", "--model", str(empty)]) == 2
+    assert "no config.json" in capsys.readouterr().err
+
+
+def test_bad_refiner_path(image_file, model_dir, tmp_path, capsys) -> None:
+    code = main(
+        [str(image_file), "cup", "--model", str(model_dir), "--refiner", str(tmp_path / "sam.pth")]
+    )
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "cannot load SAM refiner" in err and "does not exist" in err
+
+
+def test_read_image_converts_to_rgb(tmp_path) -> None:
+    gray = tmp_path / "g.png"
+    Image.fromarray(np.full((5, 7), 200, dtype=np.uint8)).save(gray)
+    img = read_image(gray)
+    assert img.shape == (5, 7, 3) and img.dtype == np.uint8 and np.all(img == 200)
+
+
+def test_mask_png_is_mono8_0_255() -> None:
+    mask = np.zeros((4, 6), dtype=bool)
+    mask[1:3, 2:5] = True
+    png = mask_png(mask)
+    assert png.mode == "L"
+    arr = np.asarray(png)
+    assert set(np.unique(arr).tolist()) == {0, 255} and np.array_equal(arr == 255, mask)
+
+
+def test_overlay_tints_mask_and_draws_box() -> None:
+    image = np.full((40, 50, 3), 100, dtype=np.uint8)
+    mask = np.zeros((40, 50), dtype=bool)
+    mask[10:30, 15:35] = True
+    out = render_overlay(image, _result(mask), color_index=1)
+    color = np.array(PALETTE[1], dtype=np.float32)
+    tinted = np.rint((1 - TINT_ALPHA) * 100 + TINT_ALPHA * color).astype(np.uint8)
+    assert out.shape == image.shape and out.dtype == np.uint8
+    assert np.array_equal(out[20, 25], tinted), "inside: tinted"
+    assert np.array_equal(out[5, 5], image[5, 5]), "outside the box: untouched"
+    # box (15, 10, 35, 30): outline 2 px on the edge pixels, x2/y2 exclusive
+    for y, x in ((10, 15), (11, 20), (29, 34), (20, 33)):
+        assert np.array_equal(out[y, x], PALETTE[1]), (y, x)
+    assert not np.array_equal(out[30, 25], PALETTE[1]) and np.array_equal(
+        out[30, 25], image[30, 25]
+    )
+    with pytest.raises(ValueError, match="does not match"):
+        render_overlay(image[:10], _result(mask))
+
+
+def test_overlay_of_empty_result_is_the_image() -> None:
+    image = np.random.default_rng(1).integers(0, 256, (12, 9, 3), dtype=np.uint8)
+    out = render_overlay(image, _result(np.zeros((12, 9), dtype=bool)))
+    assert np.array_equal(out, image)
+
+
+def test_write_result_files_and_json(tmp_path) -> None:
+    image = np.random.default_rng(2).integers(0, 256, (32, 40, 3), dtype=np.uint8)
+    mask = decode_mask(
+        encode_mask(np.pad(np.ones((10, 12), bool), ((5, 17), (8, 20))), "cup", 8),
+        "cup",
+        (32, 40),
+        8,
+    )
+    result = _result(mask, "the cup")
+    paths = write_result(tmp_path / "out", 3, image, result, refined=True)
+    assert paths["mask"].name == "03_the-cup.mask.png"
+    back = np.asarray(Image.open(paths["mask"]))
+    assert back.shape == (32, 40) and np.array_equal(back == 255, mask)
+    overlay = Image.open(paths["overlay"])
+    assert overlay.mode == "RGB" and overlay.size == (40, 32)
+    record = json.loads(paths["json"].read_text())
+    assert record["goal"] == {"text": "the cup", "task": "res", "id": "0", "classes": []}
+    assert record["image_size"] == [32, 40]
+    assert record["box"] == list(mask_to_box(mask)) and record["area"] == int(mask.sum())
+    assert record["score"] == 0.75 and record["model_steps"] == 5 and record["refined"] is True
+    assert record["descriptor"] == result.descriptor and record["labels"] == ["others", "the cup"]
+    assert record["timings"] == {"encode_s": 0.1, "decode_s": 0.2, "refine_s": 0.0, "total_s": 0.3}
+    assert record["files"] == {"mask": "03_the-cup.mask.png", "overlay": "03_the-cup.overlay.png"}
+    assert record["empty"] is False
+
+
+def test_write_result_open_vocab_label_map_and_instances(tmp_path) -> None:
+    image = np.zeros((20, 20, 3), dtype=np.uint8)
+    labels = np.zeros((20, 20), dtype=np.int64)
+    labels[:10] = 1
+    labels[15:, 15:] = 2
+    result = _result(
+        labels > 0, "scene", task=Task.OPEN_VOCAB, classes=("wall", "cup"), label_map=labels
+    )
+    paths = write_result(tmp_path, 0, image, result)
+    assert np.array_equal(np.asarray(Image.open(paths["labels"])), labels)
+    over = np.asarray(Image.open(paths["overlay"]))
+    assert not np.array_equal(over[2, 2], over[17, 17]), "each class its own colour"
+    a, b = np.zeros((20, 20), bool), np.zeros((20, 20), bool)
+    a[2:6, 2:6] = True
+    b[12:18, 10:16] = True
+    inst = _result(
+        a | b, "cup", task=Task.INSTANCES, instances=[_result(a, "cup"), _result(b, "cup")]
+    )
+    record = result_to_json(inst, (20, 20))
+    assert [i["box"] for i in record["instances"]] == [[2, 2, 6, 6], [10, 12, 16, 18]]
+    over = render_overlay(image, inst)
+    assert np.array_equal(over[2, 2], PALETTE[0]) and np.array_equal(over[12, 10], PALETTE[1])
+
+
+@pytest.mark.skipif(
+    not (DATA / "davis_blackswan").is_dir(), reason=f"real data not found at {DATA}"
+)
+def test_writers_on_real_frame(tmp_path) -> None:
+    frames = sorted((DATA / "davis_blackswan").rglob("*.jpg"))
+    masks = sorted((DATA / "davis_blackswan").rglob("*.png"))
+    if not frames or not masks:
+        pytest.skip(f"no jpg/png pairs under {DATA / 'davis_blackswan'}")
+    image = read_image(frames[0])
+    mask = np.asarray(Image.open(masks[0]).convert("L")) > 127
+    assert mask.shape == image.shape[:2]
+    coarse = decode_mask(encode_mask(mask, "black swan"), "black swan", mask.shape)
+    paths = write_result(tmp_path, 0, image, _result(coarse, "black swan"))
+    assert np.array_equal(np.asarray(Image.open(paths["mask"])) == 255, coarse)
+    assert json.loads(paths["json"].read_text())["image_size"] == list(mask.shape)

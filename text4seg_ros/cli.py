@@ -1,0 +1,326 @@
+"""``text4seg-segment``: segment one image for one or more language goals, from the shell.
+
+Usage::
+
+    text4seg-segment IMAGE "goal" ["goal" ...] --model DIR [--backbone NAME]
+        [--task res|gres|rec|open_vocab|instances|reason] [--classes a,b,...] [--grid 16]
+        [--refiner PATH] [--refine-prompt points|box] [--out DIR] [--device cpu]
+
+For goal ``i`` (0-based, in the order given) it writes into ``--out`` (created):
+
+* ``NN_<slug>.mask.png``: the mask, mono8, 0 = background, 255 = goal (image size);
+* ``NN_<slug>.overlay.png``: the image with the mask tinted and the box drawn (RGB);
+* ``NN_<slug>.json``: the result (goal, box, score, descriptor, labels, model_steps, timings,
+  image size, ...); see :func:`result_to_json`;
+* for open-vocabulary goals also ``NN_<slug>.labels.png``: mono8 class indices
+  (0 = others, ``i`` = ``labels[i]``).
+
+Exit status: 0 on success, 2 on a user error (missing or unreadable file, bad model directory,
+bad option), printed as one line on stderr, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+
+from .model.types import Goal, GoalResult
+from .prompts import Task
+
+PROG = "text4seg-segment"
+# Tint colours (RGB) cycled over goals / classes; chosen to stay distinct on camera images.
+PALETTE: tuple[tuple[int, int, int], ...] = (
+    (255, 64, 64),
+    (64, 200, 255),
+    (255, 210, 0),
+    (120, 255, 90),
+    (230, 90, 255),
+    (255, 140, 40),
+    (0, 220, 170),
+    (255, 110, 180),
+)
+TINT_ALPHA = 0.45  # share of the tint colour in a masked pixel of the overlay
+
+
+class UserError(Exception):
+    """A problem with the command line or its files: reported in one line, exit status 2."""
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``text4seg-segment``."""
+    p = argparse.ArgumentParser(
+        prog=PROG,
+        description="Segment an image for language goals with a Text4Seg model "
+        "(masks as text: semantic descriptors), optionally refined by SAM.",
+    )
+    p.add_argument("image", type=Path, help="input image (any format Pillow reads)")
+    p.add_argument("goals", nargs="+", help="one or more goals, e.g. 'the red mug'")
+    p.add_argument("--model", type=Path, required=True, help="model directory (Hugging Face)")
+    p.add_argument("--backbone", default=None, help="backbone name (default: from config.json)")
+    p.add_argument(
+        "--task",
+        default=Task.RES.value,
+        choices=[t.value for t in Task],
+        help="goal kind for every goal (default: res)",
+    )
+    p.add_argument("--classes", default="", help="comma-separated class list (open_vocab)")
+    p.add_argument("--grid", type=int, default=16, help="descriptor grid size G (default 16)")
+    p.add_argument("--refiner", type=Path, default=None, help="SAM directory or sam_vit_*.pth")
+    p.add_argument(
+        "--refine-prompt",
+        default="points",
+        choices=["points", "box"],
+        help="SAM prompt: random points (paper) or the coarse mask's box",
+    )
+    p.add_argument("--out", type=Path, default=Path("text4seg_out"), help="output directory")
+    p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    return p
+
+
+def parse_classes(text: str) -> tuple[str, ...]:
+    """``"cup, table,,chair"`` -> ``("cup", "table", "chair")`` (stripped, empties dropped)."""
+    return tuple(c.strip() for c in text.split(",") if c.strip())
+
+
+def make_goals(texts: Sequence[str], task: str, classes: Sequence[str]) -> list[Goal]:
+    """One :class:`Goal` per text (``id`` = its 0-based index); UserError on bad combinations."""
+    kind = Task.parse(task)
+    texts = [t.strip() for t in texts]
+    if any(not t for t in texts):
+        raise UserError("goals must be non-empty text")
+    if kind is Task.OPEN_VOCAB and not classes:
+        raise UserError("--task open_vocab needs --classes a,b,...")
+    if classes and kind is not Task.OPEN_VOCAB:
+        raise UserError(f"--classes is only used with --task open_vocab, not {kind.value}")
+    return [Goal(text=t, task=kind, id=str(i), classes=tuple(classes)) for i, t in enumerate(texts)]
+
+
+def read_image(path: Path) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` ``uint8`` RGB (EXIF orientation applied)."""
+    if not path.is_file():
+        raise UserError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as img:
+            rgb = ImageOps.exif_transpose(img).convert("RGB")
+    except (UnidentifiedImageError, OSError) as exc:
+        raise UserError(f"cannot read image {path}: {exc}") from exc
+    return np.asarray(rgb, dtype=np.uint8).copy()
+
+
+def slug(text: str, limit: int = 40) -> str:
+    """A file-name-safe form of a goal: lower-case ASCII letters, digits and ``-``."""
+    s = re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+    return s[:limit].rstrip("-") or "goal"
+
+
+def mask_png(mask: np.ndarray) -> Image.Image:
+    """An ``(H, W)`` bool mask as a mono8 (``L``) image, 0 / 255."""
+    if not isinstance(mask, np.ndarray) or mask.ndim != 2:
+        raise ValueError(f"mask must be a 2-D (H, W) array, got {getattr(mask, 'shape', mask)}")
+    return Image.fromarray(np.where(mask != 0, 255, 0).astype(np.uint8))
+
+
+def _tint(out: np.ndarray, mask: np.ndarray, color: tuple[int, int, int]) -> None:
+    mixed = (1.0 - TINT_ALPHA) * out[mask] + TINT_ALPHA * np.asarray(color, dtype=np.float32)
+    out[mask] = mixed
+
+
+def render_overlay(image: np.ndarray, result: GoalResult, color_index: int = 0) -> np.ndarray:
+    """The image ``(H, W, 3)`` uint8 with the result tinted and its box(es) outlined.
+
+    Open-vocabulary results tint each class with its own colour; instance results outline
+    every instance box. Boxes are pixel edges (x2/y2 exclusive), drawn 2 px wide inside them.
+    """
+    if image.shape[:2] != result.mask.shape:
+        raise ValueError(f"mask {result.mask.shape} does not match image {image.shape[:2]}")
+    out = image.astype(np.float32)
+    color = PALETTE[color_index % len(PALETTE)]
+    if result.label_map is not None:
+        for k in range(1, int(result.label_map.max(initial=0)) + 1):
+            _tint(out, result.label_map == k, PALETTE[(k - 1) % len(PALETTE)])
+    else:
+        _tint(out, result.mask.astype(bool), color)
+    canvas = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    boxes = [inst.box for inst in result.instances if inst.box is not None] or [result.box]
+    for i, box in enumerate(b for b in boxes if b is not None):
+        x1, y1, x2, y2 = box
+        c = PALETTE[(color_index + i) % len(PALETTE)] if result.instances else color
+        draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=c, width=2)
+    return np.asarray(canvas)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (np.integer, np.floating, np.bool_)):
+        return value.item()
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def result_to_json(
+    result: GoalResult, image_size: tuple[int, int], refined: bool = False
+) -> dict[str, Any]:
+    """The JSON record of one goal's result (no masks: those go to PNG files).
+
+    Keys: ``goal`` (text, task, id, classes), ``image_size`` ``[H, W]``, ``box`` ``[x1, y1, x2,
+    y2]`` pixel edges or null, ``score``, ``empty``, ``area`` (mask pixels), ``descriptor``,
+    ``labels``, ``model_steps``, ``timings`` (seconds), ``refined``, ``repairs`` (strings),
+    ``instances`` (box, score, area, labels each).
+    """
+    t = result.timings
+    return {
+        "goal": {
+            "text": result.goal.text,
+            "task": Task.parse(result.goal.task).value,
+            "id": result.goal.id,
+            "classes": list(result.goal.classes),
+        },
+        "image_size": [int(image_size[0]), int(image_size[1])],
+        "box": None if result.box is None else [int(v) for v in result.box],
+        "score": float(result.score),
+        "empty": bool(result.empty),
+        "area": int(np.count_nonzero(result.mask)),
+        "descriptor": result.descriptor,
+        "labels": list(result.labels),
+        "model_steps": int(result.model_steps),
+        "timings": {
+            "encode_s": float(t.encode_s),
+            "decode_s": float(t.decode_s),
+            "refine_s": float(t.refine_s),
+            "total_s": float(t.total_s),
+        },
+        "refined": bool(refined),
+        "repairs": [str(r) for r in result.repairs],
+        "instances": [
+            {
+                "box": None if inst.box is None else [int(v) for v in inst.box],
+                "score": float(inst.score),
+                "area": int(np.count_nonzero(inst.mask)),
+                "labels": _jsonable(list(inst.labels)),
+            }
+            for inst in result.instances
+        ],
+    }
+
+
+def write_result(
+    out_dir: Path,
+    index: int,
+    image: np.ndarray,
+    result: GoalResult,
+    refined: bool = False,
+) -> dict[str, Path]:
+    """Write the mask PNG, overlay PNG, JSON (and label-map PNG) of goal ``index``.
+
+    Returns the written paths by kind (``mask``, ``overlay``, ``json``, maybe ``labels``).
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = f"{index:02d}_{slug(result.goal.text)}"
+    paths = {
+        "mask": out_dir / f"{stem}.mask.png",
+        "overlay": out_dir / f"{stem}.overlay.png",
+        "json": out_dir / f"{stem}.json",
+    }
+    mask_png(result.mask).save(paths["mask"])
+    Image.fromarray(render_overlay(image, result, index)).save(paths["overlay"])
+    if result.label_map is not None:
+        if result.label_map.max(initial=0) > 255:
+            raise ValueError("label maps with more than 255 classes do not fit a mono8 PNG")
+        paths["labels"] = out_dir / f"{stem}.labels.png"
+        Image.fromarray(result.label_map.astype(np.uint8)).save(paths["labels"])
+    record = result_to_json(result, image.shape[:2], refined)
+    record["files"] = {k: p.name for k, p in paths.items() if k != "json"}
+    paths["json"].write_text(json.dumps(record, indent=2, ensure_ascii=False) + "\n")
+    return paths
+
+
+def _check_model_dir(path: Path) -> None:
+    if not path.is_dir():
+        raise UserError(f"model directory not found: {path}")
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} is not a model directory: it has no config.json")
+
+
+def load_segmenter(args: argparse.Namespace, refiner: Any) -> Any:
+    """The Segmenter for ``--model`` (helper A's ``Segmenter.from_pretrained``)."""
+    from .model.segmenter import Segmenter
+
+    try:
+        return Segmenter.from_pretrained(
+            args.model,
+            backbone=args.backbone,
+            grid=args.grid,
+            device=args.device,
+            refiner=refiner,
+        )
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UserError(f"cannot load model from {args.model}: {exc}") from exc
+
+
+def load_sam(args: argparse.Namespace) -> Any:
+    """The SAM refiner for ``--refiner``, or None."""
+    if args.refiner is None:
+        return None
+    from .refine import RefinerConfig, load_refiner
+
+    try:
+        return load_refiner(args.refiner, args.device, RefinerConfig(prompt=args.refine_prompt))
+    except (OSError, ValueError, ImportError) as exc:
+        raise UserError(f"cannot load SAM refiner {args.refiner}: {exc}") from exc
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Path]]:
+    """Do the work of :func:`main` for parsed ``args``; raises UserError on user errors."""
+    if args.grid < 1:
+        raise UserError(f"--grid must be >= 1, got {args.grid}")
+    try:
+        goals = make_goals(args.goals, args.task, parse_classes(args.classes))
+    except ValueError as exc:  # a label the codec cannot carry (e.g. '|' or '*' in it)
+        raise UserError(str(exc)) from exc
+    image = read_image(args.image)
+    _check_model_dir(args.model)
+    refiner = load_sam(args)
+    segmenter = load_segmenter(args, refiner)
+    segmenter.set_image(image)
+    try:
+        results = segmenter.segment(goals)
+    except ValueError as exc:  # goals the model's label set rejects
+        raise UserError(str(exc)) from exc
+    written = []
+    for i, result in enumerate(results):
+        paths = write_result(args.out, i, image, result, refined=refiner is not None)
+        box = "none" if result.box is None else ",".join(str(v) for v in result.box)
+        print(
+            f"[{i}] {result.goal.text!r}: box={box} score={result.score:.3f} "
+            f"steps={result.model_steps} -> {paths['mask']}"
+        )
+        written.append(paths)
+    return written
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of ``text4seg-segment``; returns the exit status (0 ok, 2 user error)."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # argparse already printed usage and the error
+        return int(exc.code or 0)
+    try:
+        run(args)
+    except UserError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
