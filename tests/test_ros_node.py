@@ -1,0 +1,273 @@
+"""The perception node over real DDS, in-process, with a stand-in Segmenter (tests/ros_fakes.py).
+
+Exercises the ROS shell: lifecycle, topics, headers, services, goal bookkeeping, rejections,
+diagnostics and the newest-frame policy under load. The same node with the real Segmenter and a
+tiny model runs as a subprocess in tests/test_ros_node_dds.py.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
+from rclpy.context import Context  # noqa: E402
+from rclpy.executors import SingleThreadedExecutor  # noqa: E402
+from rclpy.qos import qos_profile_sensor_data  # noqa: E402
+from ros_fakes import ColourSegmenter  # noqa: E402
+from ros_harness import DOMAIN_ID, RosClient, diag_values, wait_for  # noqa: E402
+from sensor_msgs.msg import Image  # noqa: E402
+from std_msgs.msg import Header, String  # noqa: E402
+from std_srvs.srv import Trigger  # noqa: E402
+from text4seg_msgs.msg import Goal, SegmentationArray  # noqa: E402
+from text4seg_msgs.srv import ListGoals  # noqa: E402
+from vision_msgs.msg import Detection2DArray  # noqa: E402
+
+from text4seg_ros.ros.image import array_to_image, image_to_array  # noqa: E402
+from text4seg_ros.ros.node import PerceptionNode  # noqa: E402
+
+pytestmark = pytest.mark.ros
+
+
+def red_square(h: int = 48, w: int = 64, box=(10, 8, 30, 20)) -> np.ndarray:
+    """RGB image, red inside ``box`` (x1, y1, x2, y2 exclusive), grey elsewhere."""
+    img = np.full((h, w, 3), 60, dtype=np.uint8)
+    x1, y1, x2, y2 = box
+    img[y1:y2, x1:x2] = (220, 20, 20)
+    return img
+
+
+def frame(img: np.ndarray, seq: int, encoding: str = "rgb8") -> Image:
+    header = Header(frame_id="camera_optical")
+    header.stamp.sec, header.stamp.nanosec = 1000 + seq, 7
+    return array_to_image(img, encoding, header)
+
+
+class Harness:
+    """Node (own context + executor thread) and a client, on this process's domain."""
+
+    def __init__(self, ns: str, delay_s: float = 0.0, params: dict | None = None) -> None:
+        self.fake = ColourSegmenter(delay_s)
+        self.ctx = Context()
+        rclpy.init(context=self.ctx, domain_id=DOMAIN_ID)
+        overrides = [rclpy.parameter.Parameter(k, value=v) for k, v in (params or {}).items()]
+        self.node = PerceptionNode(
+            segmenter_factory=lambda cfg: self.fake,
+            namespace=ns,
+            context=self.ctx,
+            parameter_overrides=[
+                rclpy.parameter.Parameter("model_path", value="unused"),
+                *overrides,
+            ],
+        )
+        self.executor = SingleThreadedExecutor(context=self.ctx)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self._spin, daemon=True)
+        self.thread.start()
+        self.client = RosClient(f"client_{ns.strip('/')}")
+        self.fqn = self.node.get_fully_qualified_name()
+        self.ns = ns
+        c = self.client
+        self.segs = c.collect(SegmentationArray, f"{ns}/segmentations")
+        self.dets = c.collect(Detection2DArray, f"{ns}/detections")
+        self.masks = c.collect(Image, f"{ns}/mask")
+        self.overlays = c.collect(Image, f"{ns}/overlay")
+        self.diags = c.collect(DiagnosticArray, "/diagnostics")
+        self.images = c.node.create_publisher(Image, f"{ns}/image", qos_profile_sensor_data)
+        self.goals = c.node.create_publisher(Goal, f"{ns}/goals", 10)
+        self.goal_text = c.node.create_publisher(String, f"{ns}/goal_text", 10)
+
+    def _spin(self) -> None:
+        try:
+            self.executor.spin()
+        except Exception:  # noqa: BLE001  context shut down under the executor
+            pass
+
+    def start(self) -> None:
+        assert self.client.transition(self.fqn, "configure")
+        assert self.client.transition(self.fqn, "activate")
+        assert self.client.state(self.fqn) == "active"
+        # the node's subscriptions must be matched before anything is sent
+        assert wait_for(lambda: self.images.get_subscription_count() > 0, 10)
+        assert wait_for(lambda: self.goals.get_subscription_count() > 0, 10)
+
+    def diag(self, key: str) -> str | None:
+        mine = [m for m in list(self.diags) if m.status and m.status[0].name.startswith(self.fqn)]
+        return diag_values(mine[-1]).get(key) if mine else None
+
+    def list_goals(self) -> list:
+        return self.client.call(ListGoals, f"{self.ns}/list_goals", ListGoals.Request()).goals
+
+    def close(self) -> None:
+        self.client.close()
+        self.node._stop_inputs()
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        rclpy.shutdown(context=self.ctx)
+        self.thread.join(5.0)
+
+
+@pytest.fixture
+def harness(request):
+    made = []
+
+    def make(delay_s: float = 0.0, params: dict | None = None) -> Harness:
+        h = Harness(f"/t{request.node.name.replace('test_', '')[:20]}_{len(made)}", delay_s, params)
+        made.append(h)
+        return h
+
+    yield make
+    for h in made:
+        h.close()
+
+
+def test_lifecycle_goal_and_frame_give_results_with_the_frame_header(harness):
+    h = harness(params={"diagnostics_period_s": 0.2})
+    assert h.client.state(h.fqn) == "unconfigured"
+    h.start()
+    h.goals.publish(Goal(id="mug", text="red mug", task="res", standing=False))
+    assert wait_for(lambda: len(h.list_goals()) == 1, 5)
+    img = red_square()
+    # bgr8 with 4 padding bytes per row: exercised end to end
+    bgr = img[:, :, ::-1].copy()
+    msg = frame(bgr, 1, "bgr8")
+    padded = np.zeros((bgr.shape[0], bgr.shape[1] * 3 + 4), np.uint8)
+    padded[:, : bgr.shape[1] * 3] = bgr.reshape(bgr.shape[0], -1)
+    msg.step, msg.data = padded.shape[1], padded.tobytes()
+    h.images.publish(msg)
+    assert wait_for(lambda: h.segs and h.dets and h.masks and h.overlays, 10)
+    seg_array = h.segs[0]
+    assert seg_array.header == msg.header
+    (seg,) = seg_array.segmentations
+    assert seg.header == msg.header and seg.goal_id == "mug" and seg.goal_text == "red mug"
+    assert seg.label == "red mug" and seg.task == "res" and not seg.empty
+    assert np.allclose(seg.box, [10, 8, 30, 20])
+    mask = image_to_array(seg.mask)
+    assert seg.mask.encoding == "mono8" and mask.shape == (48, 64)
+    assert np.array_equal(mask == 255, img[..., 0] > 127)
+    assert seg.model_steps == 3 and 0 < seg.latency_s < 10 and seg.score == pytest.approx(0.9)
+    (det,) = h.dets[0].detections
+    assert h.dets[0].header == msg.header and det.id == "mug"
+    assert det.results[0].hypothesis.class_id == "red mug"
+    assert (det.bbox.center.position.x, det.bbox.center.position.y) == (20.0, 14.0)
+    assert (det.bbox.size_x, det.bbox.size_y) == (20.0, 12.0)
+    assert h.masks[0].header == msg.header
+    assert np.array_equal(image_to_array(h.masks[0]) == 255, img[..., 0] > 127)
+    assert h.overlays[0].encoding == "rgb8" and h.overlays[0].header == msg.header
+    # one-shot: answered once, then gone
+    assert wait_for(lambda: h.list_goals() == [], 5)
+    h.images.publish(frame(img, 2))
+    time.sleep(0.5)
+    assert len(h.segs) == 1
+    assert wait_for(lambda: h.diag("frames_processed") == "1", 5)
+    assert h.diag("state") == "active" and h.diag("model") == "loaded"
+
+
+def test_standing_goals_answer_every_frame_and_can_be_replaced_cancelled_cleared(harness):
+    h = harness()
+    h.start()
+    h.goal_text.publish(String(data="  red thing "))
+    h.goals.publish(Goal(id="cls", text="", task="open_vocab", standing=True, classes=["red"]))
+    assert wait_for(lambda: len(h.list_goals()) == 2, 5)
+    listed = {g.id: g for g in h.list_goals()}
+    assert listed["text"].text == "red thing" and listed["text"].standing
+    assert listed["cls"].task == "open_vocab" and list(listed["cls"].classes) == ["red"]
+    for seq in range(3):
+        h.images.publish(frame(red_square(), seq))
+        assert wait_for(lambda s=seq: len(h.segs) == s + 1, 10)
+    assert [[s.goal_id for s in a.segmentations] for a in h.segs] == [["text", "cls"]] * 3
+    ov = h.segs[-1].segmentations[1]
+    assert list(ov.labels) == ["others", "red"] and ov.label == "red"
+    assert {d.id for d in h.dets[-1].detections} == {"text", "cls/red"}
+    # replacing the shortcut goal keeps one goal with id "text"
+    h.goal_text.publish(String(data="grey wall"))
+    assert wait_for(lambda: {g.text for g in h.list_goals()} == {"grey wall", "red"}, 5)
+    h.goals.publish(Goal(id="cls", cancel=True))
+    assert wait_for(lambda: [g.id for g in h.list_goals()] == ["text"], 5)
+    reply = h.client.call(Trigger, f"{h.ns}/clear_goals", Trigger.Request())
+    assert reply.success and reply.message == "cleared 1 goals"
+    assert h.list_goals() == []
+
+
+def test_bad_input_is_rejected_and_counted_and_the_node_stays_up(harness):
+    h = harness(params={"max_image_pixels": 100 * 100, "diagnostics_period_s": 0.2})
+    h.start()
+    h.goals.publish(Goal(id="ok", text="red", standing=True))
+    assert wait_for(lambda: len(h.list_goals()) == 1, 5)
+    good = frame(red_square(), 0)
+    bad_images = []
+    m = frame(red_square(), 1)
+    m.encoding = "yuv422"  # unsupported
+    bad_images.append(m)
+    m = frame(red_square(), 2)
+    m.step = 64 * 3 - 1  # shorter than a row
+    bad_images.append(m)
+    m = Image(encoding="rgb8", height=0, width=0, step=0)  # zero size
+    bad_images.append(m)
+    bad_images.append(Image(encoding="rgb8", height=4320, width=7680, step=7680 * 3))  # 8K
+    m = frame(red_square(), 3)
+    m.data = bytes(10)  # too short
+    bad_images.append(m)
+    for m in bad_images:
+        h.images.publish(m)
+        time.sleep(0.05)
+    assert wait_for(lambda: h.diag("images_rejected") == str(len(bad_images)), 10)
+    bad_goals = [
+        Goal(text=""),
+        Goal(text="   "),
+        Goal(text="x" * 5000),
+        Goal(text="cup", task="teleport"),
+        Goal(text="a | b"),
+        Goal(text="cup", classes=["cup"]),
+        Goal(id="nope", cancel=True),
+    ]
+    for g in bad_goals:
+        h.goals.publish(g)
+    h.goal_text.publish(String(data=""))
+    n_bad = len(bad_goals) + 1
+    assert wait_for(lambda: h.diag("goals_rejected") == str(n_bad), 10), h.diag("last_rejection")
+    assert [g.id for g in h.list_goals()] == ["ok"]
+    h.images.publish(good)  # still answering
+    assert wait_for(lambda: len(h.segs) == 1, 10)
+    assert h.segs[0].header == good.header
+    # a model error is counted, logged, and the node carries on
+    h.goals.publish(Goal(id="boom", text="fail now", standing=False))
+    assert wait_for(lambda: len(h.list_goals()) == 2, 5)
+    h.images.publish(frame(red_square(), 5))
+    assert wait_for(lambda: h.diag("inference_errors") == "1", 10)
+    assert [g.id for g in h.list_goals()] == ["ok"]  # the failing one-shot was dropped, logged
+    h.images.publish(frame(red_square(), 6))
+    assert wait_for(lambda: len(h.segs) == 2, 10)
+    assert h.client.state(h.fqn) == "active"
+
+
+def test_slow_model_processes_only_the_newest_frames_without_backlog(harness):
+    delay = 0.25
+    h = harness(delay_s=delay, params={"diagnostics_period_s": 0.2})
+    h.start()
+    h.goals.publish(Goal(id="g", text="red", standing=True))
+    assert wait_for(lambda: len(h.list_goals()) == 1, 5)
+    sent = 0
+    end = time.monotonic() + 3.0
+    while time.monotonic() < end:  # a 30 Hz camera
+        h.images.publish(frame(red_square(), sent))
+        sent += 1
+        time.sleep(1 / 30)
+    last_sent_at = time.monotonic()
+    assert wait_for(lambda: h.fake.calls and len(h.segs) == len(h.fake.calls), 5)
+    time.sleep(3 * delay)
+    # no backlog: at most the one frame in flight at the end was answered after the camera stopped
+    seqs = [a.header.stamp.sec - 1000 for a in h.segs]
+    assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
+    assert len(seqs) <= 3.0 / delay + 2, (len(seqs), sent)
+    assert seqs[-1] >= sent - 3, "the last answer must be one of the newest frames"
+    lat = [a.segmentations[0].latency_s for a in h.segs]
+    assert max(lat) < 2 * delay + 0.5, lat
+    assert time.monotonic() - last_sent_at < 5
+    assert wait_for(lambda: int(h.diag("frames_dropped") or 0) >= sent - len(seqs) - 5, 5)
+    assert int(h.diag("frames_received")) <= sent

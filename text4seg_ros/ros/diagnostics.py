@@ -1,0 +1,127 @@
+"""Counters and timings of the perception node, published as ``diagnostic_msgs/DiagnosticArray``.
+
+Keys of the one ``DiagnosticStatus`` (name ``<node name>: perception``), all values strings:
+
+* ``state``: lifecycle state; ``model``: unloaded | loading | loaded | failed: <reason>
+* ``frames_received``, ``frames_processed``, ``frames_dropped`` (replaced before inference),
+  ``frames_skipped`` (no goal active), ``images_rejected``, ``goals_rejected``,
+  ``goals_active``, ``goals_answered``, ``inference_errors``
+* ``rate_hz``: processed frames per second over the last ``window`` frames
+* ``latency_mean_s``, ``latency_p50_s``, ``latency_p95_s``, ``latency_max_s``: frame arrival to
+  results published, over the same window
+* ``rss_mb``: resident memory of the process
+* ``last_rejection``: the newest rejection reason
+
+Level: OK; WARN while no model is loaded or after recent errors / rejections; ERROR when the
+model failed to load.
+"""
+
+from __future__ import annotations
+
+import resource
+import threading
+import time
+from collections import deque
+
+import numpy as np
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+
+
+def rss_mb() -> float:
+    """Resident set size of this process in MiB (from /proc; peak RSS where /proc is absent)."""
+    try:
+        with open("/proc/self/statm") as f:
+            pages = int(f.read().split()[1])
+        return pages * resource.getpagesize() / 2**20
+    except OSError:
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+class NodeStats:
+    """Thread-safe counters (executor and inference threads both write)."""
+
+    COUNTERS = (
+        "frames_received",
+        "frames_processed",
+        "frames_dropped",
+        "frames_skipped",
+        "images_rejected",
+        "goals_rejected",
+        "goals_answered",
+        "inference_errors",
+    )
+
+    def __init__(self, window: int = 100) -> None:
+        self._lock = threading.Lock()
+        self.counts = dict.fromkeys(self.COUNTERS, 0)
+        self.latencies: deque[float] = deque(maxlen=window)
+        self.done_times: deque[float] = deque(maxlen=window)
+        self.last_rejection = ""
+        self._errors_at_last_report = 0
+
+    def add(self, name: str, n: int = 1) -> None:
+        """Increase counter ``name`` by ``n``."""
+        with self._lock:
+            self.counts[name] += n
+
+    def reject(self, name: str, reason: str) -> None:
+        """Count a rejection (``images_rejected`` or ``goals_rejected``) and keep its reason."""
+        with self._lock:
+            self.counts[name] += 1
+            self.last_rejection = reason
+
+    def processed(self, latency_s: float) -> None:
+        """Record one processed frame and its latency in seconds."""
+        with self._lock:
+            self.counts["frames_processed"] += 1
+            self.latencies.append(latency_s)
+            self.done_times.append(time.monotonic())
+
+    def values(self) -> dict[str, float | int | str]:
+        """A consistent copy of all counters and derived timings."""
+        with self._lock:
+            out: dict[str, float | int | str] = dict(self.counts)
+            lat = np.array(self.latencies, dtype=np.float64)
+            times = list(self.done_times)
+            out["last_rejection"] = self.last_rejection
+        rate = 0.0
+        if len(times) >= 2 and times[-1] > times[0]:
+            rate = (len(times) - 1) / (times[-1] - times[0])
+        out["rate_hz"] = rate
+        if lat.size:
+            out["latency_mean_s"] = float(lat.mean())
+            out["latency_p50_s"] = float(np.percentile(lat, 50))
+            out["latency_p95_s"] = float(np.percentile(lat, 95))
+            out["latency_max_s"] = float(lat.max())
+        out["rss_mb"] = rss_mb()
+        return out
+
+    def status(
+        self, name: str, hardware_id: str, state: str, model: str, goals_active: int
+    ) -> DiagnosticStatus:
+        """The node's ``DiagnosticStatus`` (see the module docstring for keys and levels)."""
+        values = self.values()
+        values = {"state": state, "model": model, "goals_active": goals_active, **values}
+        errors = int(values["inference_errors"])
+        new_errors = errors > self._errors_at_last_report
+        self._errors_at_last_report = errors
+        if model.startswith("failed"):
+            level, message = DiagnosticStatus.ERROR, f"model {model}"
+        elif model != "loaded":
+            level, message = DiagnosticStatus.WARN, f"model {model}"
+        elif new_errors:
+            level, message = DiagnosticStatus.WARN, "inference errors since the last report"
+        else:
+            level, message = DiagnosticStatus.OK, f"{state}, {values['rate_hz']:.2f} Hz"
+        status = DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id)
+        for key, value in values.items():
+            text = f"{value:.6g}" if isinstance(value, float) else str(value)
+            status.values.append(KeyValue(key=key, value=text))
+        return status
+
+    def array(self, stamp, **kwargs) -> DiagnosticArray:
+        """A ``DiagnosticArray`` stamped ``stamp`` holding :meth:`status` (same arguments)."""
+        out = DiagnosticArray()
+        out.header.stamp = stamp
+        out.status.append(self.status(**kwargs))
+        return out

@@ -1,0 +1,220 @@
+"""Segmenter results -> ROS messages (text4seg_msgs, vision_msgs, mono8 masks, rgb8 overlay).
+
+Every message carries the camera frame's header unchanged. Boxes are pixel edges
+``(x1, y1, x2, y2)``, ``x2``/``y2`` exclusive, in the camera image frame; in
+``vision_msgs/BoundingBox2D`` the same box is its centre ``((x1 + x2) / 2, (y1 + y2) / 2)`` and
+size ``(x2 - x1, y2 - y1)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+from sensor_msgs.msg import Image
+from std_msgs.msg import Header
+from text4seg_msgs.msg import Goal as GoalMsg
+from text4seg_msgs.msg import Segmentation, SegmentationArray
+from vision_msgs.msg import BoundingBox2D, Detection2D, Detection2DArray, ObjectHypothesisWithPose
+
+from ..descriptors.geometry import mask_to_box
+from ..model.types import GoalResult
+from ..prompts import Task
+from .goals import ActiveGoal
+from .image import array_to_image
+
+# Overlay colours per goal index (RGB), cycled.
+PALETTE = np.array(
+    [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
+     [145, 30, 180], [70, 240, 240], [240, 50, 230]],
+    dtype=np.uint8,
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Answer:
+    """One published answer: a goal, or one instance of an instances goal (``instance >= 1``)."""
+
+    goal_id: str
+    goal_text: str
+    task: str
+    instance: int
+    label: str
+    labels: list[str]
+    mask: np.ndarray  # (H, W) bool
+    label_map: np.ndarray | None  # (H, W) int64 class indices for open_vocab
+    box: tuple[int, int, int, int] | None
+    score: float
+    descriptor: str
+    repairs: int
+    model_steps: int
+
+
+def _clean(mask: np.ndarray, min_pixels: int) -> tuple[np.ndarray, tuple | None]:
+    mask = np.asarray(mask, dtype=bool)
+    if min_pixels and int(mask.sum()) < min_pixels:
+        mask = np.zeros_like(mask)
+    return mask, mask_to_box(mask)
+
+
+def answers(entry: ActiveGoal, result: GoalResult, min_pixels: int = 0) -> list[Answer]:
+    """The answers of one goal: the goal itself, then its instances (B-SD goals).
+
+    Masks with fewer than ``min_pixels`` pixels are reported empty.
+    """
+    goal = entry.goal
+    # labels[0] is "others"; the goal's own label follows (the goal text for referring tasks)
+    label = result.labels[1] if len(result.labels) > 1 else goal.text
+    if goal.task is Task.OPEN_VOCAB:
+        label = goal.text
+    mask, box = _clean(result.mask, min_pixels)
+    label_map = result.label_map
+    if label_map is not None and not mask.any():
+        label_map = np.zeros_like(label_map)
+    out = [
+        Answer(
+            goal.id,
+            goal.text,
+            goal.task.value,
+            0,
+            label,
+            list(result.labels),
+            mask,
+            label_map,
+            box,
+            float(result.score),
+            result.descriptor,
+            len(result.repairs),
+            int(result.model_steps),
+        )
+    ]
+    for i, inst in enumerate(result.instances, start=1):
+        inst_mask, inst_box = _clean(inst.mask, min_pixels)
+        out.append(
+            Answer(
+                goal.id,
+                goal.text,
+                goal.task.value,
+                i,
+                label,
+                list(inst.labels or result.labels),
+                inst_mask,
+                None,
+                inst_box,
+                float(inst.score),
+                inst.descriptor,
+                len(inst.repairs),
+                int(inst.model_steps),
+            )
+        )
+    return out
+
+
+def mono8(mask: np.ndarray, label_map: np.ndarray | None = None) -> np.ndarray:
+    """``(H, W)`` uint8: 255 where ``mask``, or the class indices of ``label_map`` (<= 255)."""
+    if label_map is not None:
+        return np.clip(label_map, 0, 255).astype(np.uint8)
+    return np.where(mask, np.uint8(255), np.uint8(0))
+
+
+def segmentation_array(
+    header: Header, items: Sequence[Answer], latency_s: float
+) -> SegmentationArray:
+    """A ``SegmentationArray`` with one ``Segmentation`` per answer, in order."""
+    out = SegmentationArray(header=header)
+    for a in items:
+        seg = Segmentation(header=header, goal_id=a.goal_id, goal_text=a.goal_text, task=a.task)
+        seg.instance = a.instance
+        seg.label = a.label
+        seg.labels = a.labels
+        seg.mask = array_to_image(mono8(a.mask, a.label_map), "mono8", header)
+        seg.empty = not bool(a.mask.any())
+        seg.box = [float(v) for v in (a.box or (0, 0, 0, 0))]
+        seg.score = min(max(a.score, 0.0), 1.0)
+        seg.descriptor = a.descriptor
+        seg.repairs = a.repairs
+        seg.model_steps = max(a.model_steps, 0)
+        seg.latency_s = float(latency_s)
+        out.segmentations.append(seg)
+    return out
+
+
+def _detection(header: Header, det_id: str, class_id: str, score: float, box) -> Detection2D:
+    x1, y1, x2, y2 = box
+    det = Detection2D(header=header, id=det_id)
+    det.bbox = BoundingBox2D()
+    det.bbox.center.position.x = (x1 + x2) / 2.0
+    det.bbox.center.position.y = (y1 + y2) / 2.0
+    det.bbox.size_x = float(x2 - x1)
+    det.bbox.size_y = float(y2 - y1)
+    hyp = ObjectHypothesisWithPose()
+    hyp.hypothesis.class_id = class_id
+    hyp.hypothesis.score = float(score)
+    hyp.pose.pose.orientation.w = 1.0
+    det.results.append(hyp)
+    return det
+
+
+def detection_array(
+    header: Header, items: Sequence[Answer], score_threshold: float = 0.0
+) -> Detection2DArray:
+    """``vision_msgs/Detection2DArray``: one detection per non-empty answer above the threshold.
+
+    Instances goals contribute their instances (not the union); open-vocabulary goals one
+    detection per class present (``id`` ``goal_id/class``). ``class_id`` is the label text.
+    """
+    out = Detection2DArray(header=header)
+    has_instances = {a.goal_id for a in items if a.instance > 0}
+    for a in items:
+        if a.box is None or a.score < score_threshold:
+            continue
+        if a.instance == 0 and a.goal_id in has_instances:
+            continue
+        if a.label_map is not None:
+            for k in np.unique(a.label_map):
+                if k == 0 or k >= len(a.labels):
+                    continue
+                box = mask_to_box(a.label_map == k)
+                det_id = f"{a.goal_id}/{a.labels[k]}"
+                out.detections.append(_detection(header, det_id, a.labels[k], a.score, box))
+            continue
+        det_id = a.goal_id if a.instance == 0 else f"{a.goal_id}/{a.instance}"
+        out.detections.append(_detection(header, det_id, a.label, a.score, a.box))
+    return out
+
+
+def mask_image(header: Header, items: Sequence[Answer], shape: tuple[int, int], mode: str) -> Image:
+    """The ``mask`` topic: mono8 ``union`` (255 = any goal) or ``label_map`` (goal index + 1)."""
+    out = np.zeros(shape, dtype=np.uint8)
+    goal_ids = list(dict.fromkeys(a.goal_id for a in items))
+    for a in items:
+        if a.instance > 0:
+            continue
+        out[a.mask] = 255 if mode == "union" else min(goal_ids.index(a.goal_id) + 1, 255)
+    return array_to_image(out, "mono8", header)
+
+
+def overlay_image(header: Header, rgb: np.ndarray, items: Sequence[Answer]) -> Image:
+    """rgb8 debug image: each goal's mask tinted with its palette colour, box outlined."""
+    out = rgb.astype(np.uint16)
+    goal_ids = list(dict.fromkeys(a.goal_id for a in items))
+    for a in items:
+        if a.instance > 0 or a.box is None:
+            continue
+        colour = PALETTE[goal_ids.index(a.goal_id) % len(PALETTE)].astype(np.uint16)
+        out[a.mask] = (out[a.mask] + colour) // 2
+        x1, y1, x2, y2 = a.box
+        out[y1, x1:x2] = colour
+        out[y2 - 1, x1:x2] = colour
+        out[y1:y2, x1] = colour
+        out[y1:y2, x2 - 1] = colour
+    return array_to_image(out.astype(np.uint8), "rgb8", header)
+
+
+def goal_msg(entry: ActiveGoal) -> GoalMsg:
+    """An active goal as a ``text4seg_msgs/Goal`` (for ``list_goals``)."""
+    g = entry.goal
+    return GoalMsg(
+        id=g.id, text=g.text, task=g.task.value, standing=entry.standing, classes=list(g.classes)
+    )

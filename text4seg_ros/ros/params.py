@@ -1,0 +1,193 @@
+"""Parameters of the perception node: declared with descriptors, validated in one place.
+
+Defaults live in ``config/perception.yaml`` (the same values as :data:`SPECS` here, so the node
+also starts without the file). :func:`config_from_values` is ROS-free apart from the descriptor
+types and raises ``ValueError`` naming the parameter and what is allowed; the node calls it on
+``configure`` and from its set-parameters callback, so a bad value is refused when it is set.
+
+``LIVE`` parameters take effect at once while the node runs; the others (model, QoS, topics)
+are read on ``configure`` / ``activate``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+
+ENGINES_AVAILABLE = ("torch",)
+ENGINES_PLANNED = ("onnxruntime", "tensorrt")
+DTYPES = ("float32", "float16", "bfloat16")
+DESCRIPTORS = ("isd", "bsd")
+REFINERS = ("none", "sam")
+RELIABILITIES = ("best_effort", "reliable")
+MASK_MODES = ("union", "label_map")
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Validated parameter values (see :data:`SPECS` for meaning, units and ranges)."""
+
+    model_path: str = ""
+    backbone: str = ""
+    engine: str = "torch"
+    device: str = "cpu"
+    dtype: str = "float32"
+    grid: int = 16
+    descriptor: str = "isd"
+    refiner: str = "none"
+    refiner_path: str = ""
+    max_goals: int = 8
+    max_goal_chars: int = 256
+    score_threshold: float = 0.0
+    min_mask_pixels: int = 0
+    max_image_pixels: int = 3840 * 2160
+    compressed: bool = False
+    image_qos_depth: int = 1
+    image_qos_reliability: str = "best_effort"
+    output_qos_depth: int = 5
+    output_qos_reliability: str = "reliable"
+    mask_mode: str = "union"
+    publish_overlay: bool = True
+    diagnostics_period_s: float = 1.0
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """One parameter: its description, numeric range and value check."""
+
+    description: str
+    int_range: tuple[int, int] | None = None
+    float_range: tuple[float, float] | None = None
+    choices: tuple[str, ...] | None = None
+    check: Callable[[Any], str | None] | None = None  # returns an error text or None
+    live: bool = False
+
+    def descriptor(self, name: str) -> ParameterDescriptor:
+        """The ``ParameterDescriptor`` declared for ``name``."""
+        desc = ParameterDescriptor(name=name, description=self.description)
+        if self.int_range is not None:
+            desc.integer_range = [
+                IntegerRange(from_value=self.int_range[0], to_value=self.int_range[1])
+            ]
+        if self.float_range is not None:
+            desc.floating_point_range = [
+                FloatingPointRange(from_value=self.float_range[0], to_value=self.float_range[1])
+            ]
+        if self.choices is not None:
+            desc.additional_constraints = "one of: " + ", ".join(self.choices)
+        return desc
+
+
+def _check_engine(value: str) -> str | None:
+    if value in ENGINES_AVAILABLE:
+        return None
+    if value in ENGINES_PLANNED:
+        return (
+            f"engine {value!r} is not available in the node yet; use one of "
+            f"{', '.join(ENGINES_AVAILABLE)}"
+        )
+    return f"unknown engine {value!r}; allowed: {', '.join(ENGINES_AVAILABLE)}"
+
+
+def _check_device(value: str) -> str | None:
+    if value == "cpu" or value == "cuda":
+        return None
+    if value.startswith("cuda:") and value[5:].isdigit():
+        return None
+    return f"device must be 'cpu', 'cuda' or 'cuda:N', got {value!r}"
+
+
+SPECS: dict[str, ParamSpec] = {
+    "model_path": ParamSpec("Model directory (HF layout or base + LoRA); required to configure"),
+    "backbone": ParamSpec(
+        "Backbone name (qwen2_vl, llava, internvl); empty: from the model config"
+    ),
+    "engine": ParamSpec("Decode engine", choices=ENGINES_AVAILABLE, check=_check_engine),
+    "device": ParamSpec("Torch device: cpu, cuda or cuda:N", check=_check_device),
+    "dtype": ParamSpec("Model weights dtype", choices=DTYPES),
+    "grid": ParamSpec("Descriptor grid size G (G x G cells)", int_range=(2, 64)),
+    "descriptor": ParamSpec(
+        "Descriptor kind: isd (image-wise) or bsd (box-wise)", choices=DESCRIPTORS
+    ),
+    "refiner": ParamSpec("Mask refiner", choices=REFINERS),
+    "refiner_path": ParamSpec("SAM model directory when refiner is sam"),
+    "max_goals": ParamSpec("Most active goals; more are rejected", int_range=(1, 64), live=True),
+    "max_goal_chars": ParamSpec(
+        "Longest goal text in characters; longer is rejected", int_range=(1, 4096), live=True
+    ),
+    "score_threshold": ParamSpec(
+        "Detections below this score are not published on `detections` (segmentations always are)",
+        float_range=(0.0, 1.0),
+        live=True,
+    ),
+    "min_mask_pixels": ParamSpec(
+        "Masks with fewer pixels are reported empty", int_range=(0, 1 << 30), live=True
+    ),
+    "max_image_pixels": ParamSpec(
+        "Largest accepted image (width x height); bigger frames are rejected",
+        int_range=(1, 1 << 31),
+        live=True,
+    ),
+    "compressed": ParamSpec("Subscribe image/compressed (JPEG/PNG) instead of image"),
+    "image_qos_depth": ParamSpec(
+        "Camera subscription queue depth (1: newest only)", int_range=(1, 100)
+    ),
+    "image_qos_reliability": ParamSpec(
+        "Camera subscription reliability (best_effort also matches reliable cameras)",
+        choices=RELIABILITIES,
+    ),
+    "output_qos_depth": ParamSpec("Depth of the result publishers", int_range=(1, 100)),
+    "output_qos_reliability": ParamSpec(
+        "Reliability of the result publishers", choices=RELIABILITIES
+    ),
+    "mask_mode": ParamSpec(
+        "`mask` topic: union (255 = any goal) or label_map (pixel = goal index + 1)",
+        choices=MASK_MODES,
+        live=True,
+    ),
+    "publish_overlay": ParamSpec("Publish the rgb8 debug `overlay` image", live=True),
+    "diagnostics_period_s": ParamSpec(
+        "Seconds between /diagnostics messages", float_range=(0.05, 60.0)
+    ),
+}
+LIVE = frozenset(name for name, spec in SPECS.items() if spec.live)
+DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(NodeConfig)}
+assert set(SPECS) == set(DEFAULTS), "every NodeConfig field needs a ParamSpec"
+
+
+def check_value(name: str, value: Any) -> Any:
+    """Validate one parameter value; return it (ints accepted for floats); ValueError otherwise."""
+    if name not in SPECS:
+        raise ValueError(f"unknown parameter {name!r}; known: {', '.join(SPECS)}")
+    spec, default = SPECS[name], DEFAULTS[name]
+    kind = type(default)
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if type(value) is not kind:
+        raise ValueError(f"parameter {name} must be {kind.__name__}, got {value!r}")
+    if spec.int_range is not None and not spec.int_range[0] <= value <= spec.int_range[1]:
+        raise ValueError(
+            f"parameter {name}={value} outside [{spec.int_range[0]}, {spec.int_range[1]}]"
+        )
+    if spec.float_range is not None and not spec.float_range[0] <= value <= spec.float_range[1]:
+        lo, hi = spec.float_range
+        raise ValueError(f"parameter {name}={value} outside [{lo}, {hi}]")
+    if spec.check is not None:
+        error = spec.check(value)
+        if error:
+            raise ValueError(f"parameter {name}: {error}")
+    elif spec.choices is not None and value not in spec.choices:
+        raise ValueError(f"parameter {name}={value!r}; allowed: {', '.join(spec.choices)}")
+    return value
+
+
+def config_from_values(values: Mapping[str, Any]) -> NodeConfig:
+    """A :class:`NodeConfig` from parameter values (missing names take their defaults)."""
+    merged = {**DEFAULTS, **values}
+    checked = {name: check_value(name, merged[name]) for name in SPECS}
+    if checked["refiner"] == "sam" and not checked["refiner_path"]:
+        raise ValueError("parameter refiner_path is required when refiner is 'sam'")
+    return NodeConfig(**checked)
