@@ -1,0 +1,259 @@
+"""Turn answers for (frame, goal) pairs into report rows and metrics.
+
+One :class:`EvalRow` per (frame, goal) pair in the bag, answered or not. Metrics (from
+:mod:`text4seg_ros.metrics`) are computed over the answered pairs that have ground truth:
+
+* ``cIoU``, ``gIoU``, ``N-acc``, ``T-acc``: :class:`~text4seg_ros.metrics.MaskMetrics`.
+* ``Acc@0.5``: :class:`~text4seg_ros.metrics.RecAccuracy` over pairs with a non-empty target
+  (an empty target has no box to hit); an empty predicted mask is a miss.
+* ``latency_s``: per-frame latency (``p50``, ``p90``, ``p99``, ``mean``, ``max``) over answered
+  frames: ``set_image`` + ``segment`` for direct evaluation, the node's own ``latency_s``
+  (frame received to result ready) through the node.
+
+Pairs that were not answered (``status`` ``dropped``, ``missing`` or ``error``) count in
+``failed_pairs`` and not in the metrics; frames with no answer at all count in ``dropped_frames``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from ..metrics import MaskMetrics, RecAccuracy, box_iou, mask_to_box
+from ..model.types import Goal
+from .reader import Frame
+
+STATUSES = ("ok", "dropped", "missing", "error")
+
+
+@dataclass
+class Answer:
+    """A predicted answer to one goal on one frame; ``mask`` is ``(H, W)`` bool."""
+
+    mask: np.ndarray
+    score: float = 0.0
+    model_steps: int = 0
+    repairs: int = 0
+    descriptor: str = ""
+
+
+@dataclass
+class EvalRow:
+    """One (frame, goal) pair of the bag. ``status`` is one of :data:`STATUSES`.
+
+    Boxes are ``[x1, y1, x2, y2]`` pixels (x2/y2 exclusive) or None when the mask is empty.
+    Metric fields are None when the pair was not answered or has no ground truth.
+    """
+
+    frame: int
+    stamp_ns: int
+    goal_id: str
+    goal_text: str
+    task: str
+    status: str
+    has_ground_truth: bool
+    iou: float | None = None
+    pred_empty: bool | None = None
+    gt_empty: bool | None = None
+    pred_box: list[int] | None = None
+    gt_box: list[int] | None = None
+    box_iou: float | None = None
+    hit: bool | None = None
+    score: float | None = None
+    model_steps: int | None = None
+    repairs: int | None = None
+    latency_s: float | None = None
+    error: str = ""
+
+
+@dataclass
+class MontageSample:
+    """A downscaled frame for the overlay montage: rgb ``(h, w, 3)``, masks ``(h, w)`` bool."""
+
+    frame: int
+    goal_text: str
+    rgb: np.ndarray
+    truth: np.ndarray | None
+    pred: np.ndarray | None
+    iou: float | None
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    """``p50``, ``p90``, ``p99``, ``mean``, ``max`` of ``values`` (None for an empty list)."""
+    if not values:
+        return {"p50": None, "p90": None, "p99": None, "mean": None, "max": None}
+    arr = np.asarray(values, dtype=np.float64)
+    p50, p90, p99 = np.percentile(arr, [50, 90, 99])
+    return {
+        "p50": float(p50),
+        "p90": float(p90),
+        "p99": float(p99),
+        "mean": float(arr.mean()),
+        "max": float(arr.max()),
+    }
+
+
+def _downscale(array: np.ndarray, width: int) -> np.ndarray:
+    """Nearest-neighbour downscale to ``width`` columns (keeps the aspect ratio)."""
+    h, w = array.shape[:2]
+    if w <= width:
+        return array.copy()
+    height = max(1, round(h * width / w))
+    rows = (np.arange(height) * h) // height
+    cols = (np.arange(width) * w) // width
+    return array[rows][:, cols].copy()
+
+
+@dataclass
+class Scorer:
+    """Accumulates rows and metrics frame by frame.
+
+    ``montage_frames``: frame indices whose overlay is kept (downscaled to ``montage_width``).
+    """
+
+    goals: list[Goal]
+    montage_frames: set[int] = field(default_factory=set)
+    montage_width: int = 320
+    rows: list[EvalRow] = field(default_factory=list)
+    samples: list[MontageSample] = field(default_factory=list)
+    frame_latencies: list[float] = field(default_factory=list)
+    frames: int = 0
+    dropped_frames: int = 0
+
+    def __post_init__(self) -> None:
+        self.mask_metrics = MaskMetrics()
+        self.rec = RecAccuracy()
+        self.per_goal = {g.id: (MaskMetrics(), RecAccuracy()) for g in self.goals}
+
+    def add_frame(
+        self,
+        frame: Frame,
+        answers: dict[str, Answer] | None,
+        latency_s: float | None = None,
+        error: str = "",
+        status_if_absent: str = "missing",
+    ) -> list[EvalRow]:
+        """Score every goal on ``frame``; ``answers`` maps goal id to its answer.
+
+        ``answers=None`` means the frame got no answer at all (``error`` set: ``error``
+        rows, else ``dropped``). A goal absent from ``answers`` gets ``status_if_absent``.
+        Returns this frame's rows.
+        """
+        self.frames += 1
+        if answers is None:
+            self.dropped_frames += 1
+        elif latency_s is not None:
+            self.frame_latencies.append(float(latency_s))
+        new_rows = []
+        sample_goal = next((g for g in self.goals if g.id in frame.ground_truth), None)
+        sample_goal = sample_goal or (self.goals[0] if self.goals else None)
+        for goal in self.goals:
+            truth = frame.ground_truth.get(goal.id)
+            row = EvalRow(
+                frame.index,
+                frame.stamp_ns,
+                goal.id,
+                goal.text,
+                goal.task.value,
+                "ok",
+                truth is not None,
+            )
+            if truth is not None:
+                gt_box = mask_to_box(truth)
+                row.gt_empty, row.gt_box = gt_box is None, _box(gt_box)
+            answer = None if answers is None else answers.get(goal.id)
+            if answer is None:
+                row.status = (
+                    ("error" if error else "dropped") if answers is None else status_if_absent
+                )
+                row.error = error
+            else:
+                self._score(row, goal, answer, truth, latency_s)
+            new_rows.append(row)
+            if goal is sample_goal and frame.index in self.montage_frames:
+                self.samples.append(
+                    MontageSample(
+                        frame.index,
+                        goal.text,
+                        _downscale(frame.rgb, self.montage_width),
+                        None if truth is None else _downscale(truth, self.montage_width),
+                        None if answer is None else _downscale(answer.mask, self.montage_width),
+                        row.iou,
+                    )
+                )
+        self.rows.extend(new_rows)
+        return new_rows
+
+    def _score(
+        self,
+        row: EvalRow,
+        goal: Goal,
+        answer: Answer,
+        truth: np.ndarray | None,
+        latency_s: float | None,
+    ) -> None:
+        pred = np.asarray(answer.mask) != 0
+        pred_box = mask_to_box(pred) if pred.ndim == 2 else None
+        row.pred_empty, row.pred_box = pred_box is None, _box(pred_box)
+        row.score, row.model_steps, row.repairs = (
+            float(answer.score),
+            answer.model_steps,
+            answer.repairs,
+        )
+        row.latency_s = latency_s
+        if truth is None:
+            return
+        if pred.shape != truth.shape:
+            row.status, row.error = (
+                "error",
+                f"mask shape {pred.shape} != ground truth {truth.shape}",
+            )
+            return
+        goal_metrics, goal_rec = self.per_goal[goal.id]
+        row.iou = self.mask_metrics.update(pred, truth)
+        goal_metrics.update(pred, truth)
+        if not row.gt_empty:
+            gt_box = tuple(row.gt_box)
+            row.box_iou = box_iou(pred_box, gt_box)
+            row.hit = self.rec.update(pred_box, gt_box)
+            goal_rec.update(pred_box, gt_box)
+
+    def summary(self) -> dict:
+        """Counts, metrics by name (NaN where undefined) and latency percentiles."""
+        answered = sum(r.status == "ok" for r in self.rows)
+        out = {
+            "pairs_in_bag": len(self.rows),
+            "frames": self.frames,
+            "goals": [{"id": g.id, "text": g.text, "task": g.task.value} for g in self.goals],
+            "answered_pairs": answered,
+            "failed_pairs": len(self.rows) - answered,
+            "scored_pairs": self.mask_metrics.queries,
+            "dropped_frames": self.dropped_frames,
+            **_metrics(self.mask_metrics, self.rec),
+            "latency_s": percentiles(self.frame_latencies),
+            "per_goal": {gid: _metrics(*acc) for gid, acc in self.per_goal.items()},
+        }
+        return out
+
+    def rows_as_dicts(self) -> list[dict]:
+        return [asdict(r) for r in self.rows]
+
+
+def _box(box: tuple[int, int, int, int] | None) -> list[int] | None:
+    return None if box is None else [int(v) for v in box]
+
+
+def _metrics(masks: MaskMetrics, rec: RecAccuracy) -> dict[str, float]:
+    values = masks.compute()
+    # cIoU of no query at all is undefined, not 0: say so instead of reporting a fake zero.
+    ciou = values["cIoU"] if masks.queries else math.nan
+    return {
+        "cIoU": ciou,
+        "gIoU": values["gIoU"],
+        "N-acc": values["N-acc"],
+        "T-acc": values["T-acc"],
+        "Acc@0.5": rec.compute()["Acc@0.5"],
+    }
