@@ -1,0 +1,95 @@
+"""Launch the text4seg_ros perception node (a lifecycle node), configured and activated.
+
+    ros2 launch text4seg_ros perception.launch.py model_path:=/models/text4seg \\
+        image:=/camera/color/image_raw namespace:=arm_camera
+
+Arguments: ``params_file`` (default: the package's config/perception.yaml), ``model_path``,
+``image`` (the camera topic the node's ``image`` input is remapped to), ``namespace``,
+``use_sim_time``, ``autostart`` (configure then activate; false leaves the node unconfigured
+for ``ros2 lifecycle set``). The node's command line is
+``perception_node --ros-args -r __node:=perception_node -r __ns:=/NS --params-file FILE
+-p model_path:=... -p use_sim_time:=... -r image:=TOPIC``.
+"""
+
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.conditions import IfCondition
+from launch.events import matches_action
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import LifecycleNode
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from launch_ros.parameter_descriptions import ParameterValue
+from launch_ros.substitutions import FindPackageShare
+from lifecycle_msgs.msg import Transition
+
+from launch import LaunchDescription
+
+PACKAGE = "text4seg_ros"
+
+
+def generate_launch_description() -> LaunchDescription:
+    """The launch description: arguments, the lifecycle node, and its autostart transitions."""
+    arguments = [
+        DeclareLaunchArgument(
+            "params_file",
+            default_value=PathJoinSubstitution(
+                [FindPackageShare(PACKAGE), "config", "perception.yaml"]
+            ),
+            description="YAML file with the node's parameters",
+        ),
+        DeclareLaunchArgument(
+            "model_path", default_value="", description="Model directory (overrides params_file)"
+        ),
+        DeclareLaunchArgument(
+            "image", default_value="image", description="Camera topic (sensor_msgs/Image)"
+        ),
+        DeclareLaunchArgument("namespace", default_value="", description="Node namespace"),
+        DeclareLaunchArgument(
+            "use_sim_time", default_value="false", description="Use the /clock topic"
+        ),
+        DeclareLaunchArgument(
+            "autostart", default_value="true", description="Configure and activate at start"
+        ),
+    ]
+    node = LifecycleNode(
+        package=PACKAGE,
+        executable="perception_node",
+        name="perception_node",
+        namespace=LaunchConfiguration("namespace"),
+        parameters=[
+            LaunchConfiguration("params_file"),
+            {
+                "model_path": ParameterValue(LaunchConfiguration("model_path"), value_type=str),
+                "use_sim_time": ParameterValue(
+                    LaunchConfiguration("use_sim_time"), value_type=bool
+                ),
+            },
+        ],
+        remappings=[("image", LaunchConfiguration("image"))],
+        output="screen",
+    )
+    autostart = IfCondition(LaunchConfiguration("autostart"))
+    configure = EmitEvent(
+        event=ChangeState(
+            lifecycle_node_matcher=matches_action(node),
+            transition_id=Transition.TRANSITION_CONFIGURE,
+        ),
+        condition=autostart,
+    )
+    activate = RegisterEventHandler(
+        OnStateTransition(
+            target_lifecycle_node=node,
+            start_state="configuring",
+            goal_state="inactive",
+            entities=[
+                EmitEvent(
+                    event=ChangeState(
+                        lifecycle_node_matcher=matches_action(node),
+                        transition_id=Transition.TRANSITION_ACTIVATE,
+                    )
+                )
+            ],
+        ),
+        condition=autostart,
+    )
+    return LaunchDescription([*arguments, node, activate, configure])
