@@ -1,0 +1,25 @@
+"""Backbone-agnostic, batched, grammar-constrained decoding (jump-forward + verified drafts).
+
+* :class:`DecodeStep`: the one call an engine implements (see :mod:`.step`).
+* :class:`HFCausalLMStep`: that call for a ``transformers`` causal LM; :func:`prefill`.
+* :func:`constrained_generate`: one descriptor per goal under its grammar
+  (:mod:`text4seg_ros.descriptors.grammar`), greedy, batched.
+* :func:`greedy_generate`: the unconstrained greedy reference through the same step.
+* :class:`OracleStep`: a teacher-forced stand-in that counts forward calls for a known answer.
+"""
+
+from __future__ import annotations
+
+from .loop import GenerationResult, constrained_generate, greedy_generate
+from .oracle import OracleStep
+from .step import DecodeStep, HFCausalLMStep, prefill
+
+__all__ = [
+    "DecodeStep",
+    "GenerationResult",
+    "HFCausalLMStep",
+    "OracleStep",
+    "constrained_generate",
+    "greedy_generate",
+    "prefill",
+]

@@ -1,0 +1,276 @@
+"""Batched, grammar-constrained greedy decoding with jump-forward and draft verification.
+
+Per goal, every forward call feeds one block of tokens:
+
+1. the token the model chose at the last free choice (argmax over the grammar's allowed tokens;
+   in the first call: the goal's suffix, question + answer prefix + ``<seg>``),
+2. the run of tokens the grammar forces after it (jump-forward: no sampling step for them),
+3. a draft of what follows (:mod:`.drafts`, row copies), each token checked against the model's
+   own masked argmax at the position before it; the first disagreement replaces the draft by the
+   model's choice, which starts the next block. Rejected draft slots stay in the cache with
+   attention mask 0.
+
+So the output is exactly the greedy constrained output (the same as without drafts and
+jump-forward), and when the model's unconstrained greedy output is a valid descriptor it is that
+output, token for token. Rows of a batch with blocks of different lengths are right-padded and
+masked; logical position ids keep every row's positions contiguous.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..descriptors.grammar import TokenGrammar
+from .drafts import draft_text
+from .step import DecodeStep
+
+
+@dataclass
+class GenerationResult:
+    """What one goal's decoding produced.
+
+    * ``tokens``: generated token ids (the descriptor after the suffix, up to the grammar's end).
+    * ``text``: their text.
+    * ``forward_calls``: sequential model forward calls this goal took part in (its prefill of the
+      suffix included; the shared prefix excluded).
+    * ``chosen_probs``: softmax probability (over the whole vocabulary) of every token the model
+      chose at a free choice, in order; forced tokens have none.
+    * ``complete``: the grammar reached its end (False only when ``max_new_tokens`` cut it).
+    * ``drafted`` / ``accepted``: draft tokens fed / kept.
+    """
+
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    forward_calls: int = 0
+    chosen_probs: list[float] = field(default_factory=list)
+    complete: bool = False
+    drafted: int = 0
+    accepted: int = 0
+
+    @property
+    def mean_log_prob(self) -> float:
+        """Mean natural log of ``chosen_probs`` (0.0 when the model chose nothing)."""
+        if not self.chosen_probs:
+            return 0.0
+        return float(np.mean(np.log(np.maximum(self.chosen_probs, 1e-45))))
+
+
+class _Batch:
+    """Cache bookkeeping shared by the constrained and the plain greedy loop."""
+
+    def __init__(
+        self, step: DecodeStep, cache: Any, prefix_len: int, rows: int, pad: int, device: Any
+    ) -> None:
+        self.step, self.cache, self.pad, self.device = step, cache, pad, device
+        self.mask = torch.ones(rows, prefix_len, dtype=torch.long, device=device)
+        self.pos = [prefix_len] * rows  # logical position of each row's next token
+
+    def forward(self, blocks: Sequence[Sequence[int]]) -> tuple[torch.Tensor, int]:
+        """Feed one block per row (empty for finished rows); returns (logits, column offset)."""
+        width = max(len(b) for b in blocks)
+        ids = torch.full((len(blocks), width), self.pad, dtype=torch.long)
+        new_mask = torch.zeros((len(blocks), width), dtype=torch.long)
+        for r, block in enumerate(blocks):
+            ids[r, : len(block)] = torch.tensor(block, dtype=torch.long)
+            new_mask[r, : len(block)] = 1
+        pos = torch.tensor(self.pos, dtype=torch.long)[:, None] + torch.arange(width)[None]
+        offset = self.mask.shape[1]
+        self.mask = torch.cat([self.mask, new_mask.to(self.device)], 1)
+        logits, self.cache = self.step(
+            ids.to(self.device), pos.to(self.device), self.mask, self.cache
+        )
+        return logits, offset
+
+    def keep(self, row: int, offset: int, kept: int, fed: int) -> None:
+        """Row ``row`` keeps the first ``kept`` of the ``fed`` tokens written at ``offset``."""
+        if kept < fed:
+            self.mask[row, offset + kept : offset + fed] = 0
+        self.pos[row] += kept
+
+
+def _choose(
+    logits: torch.Tensor, queries: list[tuple[int, int, np.ndarray]]
+) -> tuple[list[int], list[float]]:
+    """Masked argmax and its full-vocabulary probability for (row, column, allowed ids) queries."""
+    if not queries:
+        return [], []
+    rows = torch.tensor([q[0] for q in queries], device=logits.device)
+    cols = torch.tensor([q[1] for q in queries], device=logits.device)
+    sel = logits[rows, cols].float()  # (N, V)
+    width = max(len(q[2]) for q in queries)
+    allowed = np.full((len(queries), width), -1, dtype=np.int64)
+    for n, (_, _, a) in enumerate(queries):
+        allowed[n, : len(a)] = a
+    idx = torch.from_numpy(allowed).to(logits.device)
+    picked = sel.gather(1, idx.clamp(min=0)).masked_fill(idx < 0, float("-inf"))
+    best = picked.argmax(1)  # first maximum: ties go to the lowest token id, as torch.argmax
+    token = idx.gather(1, best[:, None])[:, 0]
+    logp = picked.gather(1, best[:, None])[:, 0] - torch.logsumexp(sel, 1)
+    return token.tolist(), logp.exp().tolist()
+
+
+def constrained_generate(
+    step: DecodeStep,
+    grammars: Sequence[TokenGrammar],
+    suffix_ids: Sequence[Sequence[int]],
+    prefix_cache: Any = None,
+    prefix_len: int = 0,
+    max_new_tokens: int | None = None,
+    max_draft_tokens: int = 64,
+    pad_token_id: int = 0,
+    device: torch.device | str | None = None,
+) -> list[GenerationResult]:
+    """Decode one descriptor per goal, batched, under each goal's grammar.
+
+    ``prefix_cache`` holds the shared prefix (image + prompt) for ``len(grammars)`` rows and is
+    extended in place (pass a copy to reuse it); ``prefix_len`` is its logical length.
+    ``suffix_ids[b]`` (non-empty) are goal ``b``'s prompt tokens after the prefix. Greedy: at
+    every free choice the allowed token with the highest logit. ``max_draft_tokens = 0`` turns
+    drafts off (jump-forward only). ``max_new_tokens`` (default: no limit; every grammar here is
+    finite) cuts a goal, which is then ``complete=False``.
+    """
+    if len(grammars) != len(suffix_ids) or not grammars:
+        raise ValueError(
+            f"need one suffix per grammar, got {len(grammars)} grammars, {len(suffix_ids)} suffixes"
+        )
+    if any(len(s) == 0 for s in suffix_ids):
+        raise ValueError("every suffix must hold at least one token (the model needs an input)")
+    device = device if device is not None else getattr(step, "device", "cpu")
+    batch = _Batch(step, prefix_cache, prefix_len, len(grammars), pad_token_id, device)
+    results = [GenerationResult() for _ in grammars]
+    states = [g.start() for g in grammars]
+    blocks: list[list[int]] = []
+    committed: list[int] = []  # tokens of each block that are output for sure (no draft)
+    for b, g in enumerate(grammars):
+        forced, states[b] = g.forced(states[b])
+        results[b].tokens += forced
+        blocks.append(list(suffix_ids[b]) + list(forced))
+        committed.append(len(blocks[b]))
+        _finish_or_draft(b, g, states[b], results[b], blocks, max_draft_tokens, max_new_tokens)
+    while any(blocks):
+        logits, offset = batch.forward(blocks)
+        queries, plans = [], []
+        for b, g in enumerate(grammars):
+            if not blocks[b]:
+                plans.append(None)
+                continue
+            results[b].forward_calls += 1
+            draft = blocks[b][committed[b] :]
+            path, state = [], states[b]  # free choice points along the draft
+            for j, token in enumerate(draft):
+                allowed = g.allowed(state)
+                if len(allowed) > 1:
+                    path.append(len(queries))
+                    queries.append((b, committed[b] - 1 + j, allowed))
+                else:
+                    path.append(-1)
+                state = g.advance(state, token)
+            tail = -1
+            if not g.is_done(state):  # the choice after the whole draft
+                tail = len(queries)
+                queries.append((b, committed[b] - 1 + len(draft), g.allowed(state)))
+            plans.append((draft, path, tail))
+        tokens, probs = _choose(logits, queries)
+        for b, g in enumerate(grammars):
+            if plans[b] is None:
+                continue
+            draft, path, tail = plans[b]
+            res, state, kept, choice = results[b], states[b], 0, None
+            for token, q in zip(draft, path):
+                if q >= 0 and tokens[q] != token:
+                    choice = q
+                    break
+                if q >= 0:
+                    res.chosen_probs.append(probs[q])
+                state = g.advance(state, token)
+                kept += 1
+            res.drafted += len(draft)
+            res.accepted += kept
+            res.tokens += draft[:kept]
+            batch.keep(b, offset, committed[b] + kept, len(blocks[b]))
+            if choice is None:
+                choice = tail
+            if choice < 0:  # the draft reached the grammar's end
+                res.complete, blocks[b] = True, []
+                continue
+            token = tokens[choice]
+            if len(g.allowed(state)) > 1:
+                res.chosen_probs.append(probs[choice])
+            state = g.advance(state, token)
+            forced, state = g.forced(state)
+            res.tokens += [token, *forced]
+            blocks[b], committed[b], states[b] = [token, *forced], 1 + len(forced), state
+            _finish_or_draft(b, g, state, res, blocks, max_draft_tokens, max_new_tokens)
+    for res, g in zip(results, grammars):
+        res.text = g.codec.decode(res.tokens)
+    return results
+
+
+def _finish_or_draft(
+    b: int,
+    g: TokenGrammar,
+    state: int,
+    res: GenerationResult,
+    blocks: list[list[int]],
+    max_draft: int,
+    max_new: int | None,
+) -> None:
+    """End row ``b`` when its grammar is done or the budget is spent; else append a draft."""
+    if g.is_done(state):
+        res.complete, blocks[b] = True, []
+        return
+    if max_new is not None and len(res.tokens) >= max_new:
+        del res.tokens[max_new:]
+        blocks[b] = []
+        return
+    if max_draft > 0:
+        limit = max_draft if max_new is None else min(max_draft, max_new - len(res.tokens))
+        text = g.codec.decode(res.tokens)
+        draft, _, _ = g.tokens_for_text(draft_text(g, text), state, limit)
+        blocks[b] += draft
+
+
+def greedy_generate(
+    step: DecodeStep,
+    suffix_ids: Sequence[Sequence[int]],
+    max_new_tokens: int,
+    prefix_cache: Any = None,
+    prefix_len: int = 0,
+    eos_token_id: int | None = None,
+    stop_ids: Sequence[int] | None = None,
+    pad_token_id: int = 0,
+    device: torch.device | str | None = None,
+) -> list[GenerationResult]:
+    """Unconstrained greedy decoding through the same step: the reference output.
+
+    A row stops after ``eos_token_id``, after its tokens end with ``stop_ids`` (e.g. the tokens
+    of ``"\\n</seg>"``), or after ``max_new_tokens``. ``text`` is left empty (no tokenizer here).
+    """
+    if not suffix_ids or any(len(s) == 0 for s in suffix_ids):
+        raise ValueError("need at least one non-empty suffix")
+    device = device if device is not None else getattr(step, "device", "cpu")
+    batch = _Batch(step, prefix_cache, prefix_len, len(suffix_ids), pad_token_id, device)
+    stop = list(stop_ids or [])
+    results = [GenerationResult() for _ in suffix_ids]
+    blocks = [list(s) for s in suffix_ids]
+    while any(blocks):
+        logits, offset = batch.forward(blocks)
+        for b, block in enumerate(blocks):
+            if not block:
+                continue
+            res = results[b]
+            res.forward_calls += 1
+            batch.keep(b, offset, len(block), len(block))
+            probs = torch.softmax(logits[b, len(block) - 1].float(), -1)
+            token = int(probs.argmax())
+            res.tokens.append(token)
+            res.chosen_probs.append(float(probs[token]))
+            ended = token == eos_token_id or (stop and res.tokens[-len(stop) :] == stop)
+            res.complete = bool(ended)
+            blocks[b] = [] if ended or len(res.tokens) >= max_new_tokens else [token]
+    return results

@@ -1,0 +1,92 @@
+"""The decoder step every engine implements, and the default one for Hugging Face causal LMs.
+
+A step runs the language model on a block of new tokens against a KV cache::
+
+    step(input_ids, position_ids, attention_mask, cache) -> (logits, cache)
+
+* ``input_ids``: ``LongTensor (B, T)``, right-padded (pads are masked, their logits unused).
+* ``position_ids``: ``LongTensor (B, T)``: logical positions, counting the shared prefix, so a
+  row's positions stay contiguous even where pad or rejected slots sit in the cache. Backbones
+  with multimodal RoPE (Qwen2-VL) map them to their own position layout inside their step.
+* ``attention_mask``: ``LongTensor (B, past + T)``: 1 for every cache slot and new token a row
+  may attend to, 0 for pads and rejected draft tokens (its length is the cache's length plus T).
+* ``cache``: the engine's KV cache (``transformers`` ``Cache``, or any object the engine keeps);
+  None before the first call. Returned updated; the loop never looks inside it.
+* ``logits``: ``FloatTensor (B, T, V)``: next-token logits at every input position.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import torch
+
+
+class DecodeStep(Protocol):
+    """One forward call of a decoder over new tokens with a KV cache (see module docs)."""
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: Any,
+    ) -> tuple[torch.Tensor, Any]:
+        """Return ``(logits (B, T, V), cache)``."""
+        ...
+
+
+class HFCausalLMStep:
+    """:class:`DecodeStep` of a plain ``transformers`` causal LM (Llama, Qwen2, ...).
+
+    Calls ``model(input_ids=..., position_ids=..., attention_mask=..., past_key_values=cache,
+    use_cache=True)`` under ``torch.inference_mode``. ``device`` is where inputs are built.
+    """
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        if not callable(model):
+            raise TypeError(f"model must be a callable torch module, got {type(model).__name__}")
+        self.model = model
+        self.calls = 0
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the model's parameters."""
+        return next(self.model.parameters()).device
+
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: Any,
+    ) -> tuple[torch.Tensor, Any]:
+        self.calls += 1
+        with torch.inference_mode():
+            out = self.model(
+                input_ids=input_ids,
+                position_ids=position_ids,
+                attention_mask=attention_mask,
+                past_key_values=cache,
+                use_cache=True,
+            )
+        return out.logits, out.past_key_values
+
+
+def prefill(
+    step: DecodeStep, prefix_ids: list[int], batch: int, device: torch.device | str = "cpu"
+) -> tuple[Any, int]:
+    """Run a shared text prefix once and expand its cache to ``batch`` rows.
+
+    For plain LMs and tests; VLM Segmenters build their own prefix cache (image + prompt).
+    Returns ``(cache, prefix_len)``. The cache must support ``batch_repeat_interleave`` (all
+    ``transformers`` dynamic caches do).
+    """
+    if not prefix_ids:
+        return None, 0
+    ids = torch.tensor([prefix_ids], dtype=torch.long, device=device)
+    pos = torch.arange(len(prefix_ids), device=device)[None]
+    _, cache = step(ids, pos, torch.ones_like(ids), None)
+    if batch > 1:
+        cache.batch_repeat_interleave(batch)
+    return cache, len(prefix_ids)
