@@ -144,8 +144,9 @@ def run_eval(
         else:
             from .node_eval import evaluate_through_node
 
+            kwargs = {"log_path": out_dir / "node.log", **(node_kwargs or {})}
             scorer, extra = evaluate_through_node(
-                bag, model, montage=montage, progress=progress, **(node_kwargs or {})
+                bag, model, montage=montage, progress=progress, **kwargs
             )
     report = write_reports(scorer, out_dir, info, extra)
     if echo is not None:

@@ -1,0 +1,230 @@
+"""Evaluate a bag through the running ``perception_node`` (a subprocess), over real DDS.
+
+Steps, as a robot would run the node:
+
+1. start ``perception_node --ros-args --params-file config/perception.yaml -p model_path:=DIR``
+   (stdout and stderr go to ``log_path``);
+2. lifecycle ``configure`` (loads the model) via ``/perception_node/change_state``;
+3. play the bag's goals and wait until ``/perception_node``'s ``list_goals`` service lists them
+   all (so no frame arrives before its goals);
+4. ``activate``, then play the images as fast as the node acknowledges: each image waits for the
+   ``segmentations`` message with its header stamp (``ack_timeout`` seconds, else dropped);
+5. score every frame against the bag's ground truth; stop the node (SIGINT, then SIGKILL).
+
+The eval process joins the ROS domain of its environment (``ROS_DOMAIN_ID``); the node
+inherits it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import rclpy
+from lifecycle_msgs.msg import Transition
+from lifecycle_msgs.srv import ChangeState
+from rclpy.context import Context
+from rclpy.executors import SingleThreadedExecutor
+from rclpy.node import Node
+
+from . import messages as m
+from .play import BagPlayer, ros_message_class
+from .reader import EvalBag
+from .scoring import Answer, Scorer, percentiles
+
+NODE_NAME = "perception_node"
+
+
+def default_params_file() -> Path:
+    """``config/perception.yaml`` of the source tree, else of the installed share folder."""
+    for path in (
+        Path(__file__).resolve().parents[2] / "config" / "perception.yaml",
+        Path(sys.prefix) / "share" / "text4seg_ros" / "config" / "perception.yaml",
+    ):
+        if path.is_file():
+            return path
+    raise FileNotFoundError("config/perception.yaml not found; pass --params-file")
+
+
+def node_command(
+    model: str | Path, params_file: Path, *, backbone: str | None, device: str, grid: int
+) -> list[str]:
+    """The node's command line, exactly as the launch file starts it, plus model parameters."""
+    exe = Path(sys.executable).parent / "perception_node"
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "text4seg_ros.ros.node"]
+    cmd += ["--ros-args", "--params-file", str(params_file), "-p", f"model_path:={model}"]
+    cmd += ["-p", f"device:={device}", "-p", f"grid:={grid}"]
+    if backbone:
+        cmd += ["-p", f"backbone:={backbone}"]
+    return cmd
+
+
+class NodeProcess:
+    """The node subprocess and the client side of its lifecycle and goal services."""
+
+    def __init__(self, cmd: list[str], log_path: Path, ros: Node, spin: Callable) -> None:
+        self.cmd, self.log_path, self.ros, self.spin = cmd, log_path, ros, spin
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("wb")
+        self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
+        self._change = ros.create_client(ChangeState, f"/{NODE_NAME}/change_state")
+        self._list = ros.create_client(
+            ros_message_class("text4seg_msgs/srv/ListGoals"), f"/{NODE_NAME}/list_goals"
+        )
+
+    def log_tail(self, lines: int = 30) -> str:
+        self._log.flush()
+        text = self.log_path.read_text(errors="replace").splitlines()
+        return "\n".join(text[-lines:])
+
+    def _check_alive(self) -> None:
+        if self.proc.poll() is not None:
+            raise RuntimeError(
+                f"perception_node exited with status {self.proc.returncode}; log "
+                f"{self.log_path}:\n{self.log_tail()}"
+            )
+
+    def _call(self, client, request, timeout_s: float, what: str):
+        deadline = time.monotonic() + timeout_s
+        while not client.service_is_ready():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: service {client.srv_name} not available")
+            self.spin(0.1)
+        future = client.call_async(request)
+        while not future.done():
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: no reply within {timeout_s} s")
+            self.spin(0.1)
+        return future.result()
+
+    def transition(self, transition_id: int, label: str, timeout_s: float) -> None:
+        """Drive one lifecycle transition; RuntimeError (with the node's log) on failure."""
+        request = ChangeState.Request()
+        request.transition.id = transition_id
+        if not self._call(self._change, request, timeout_s, label).success:
+            raise RuntimeError(f"perception_node refused {label}; log:\n{self.log_tail()}")
+
+    def wait_goals(self, ids: set[str], timeout_s: float) -> None:
+        """Poll ``list_goals`` until every id in ``ids`` is active."""
+        deadline = time.monotonic() + timeout_s
+        request = self._list.srv_type.Request()
+        while True:
+            active = {g.id for g in self._call(self._list, request, timeout_s, "list_goals").goals}
+            if ids <= active:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"node lists goals {sorted(active)}, expected {sorted(ids)}")
+            self.spin(0.1)
+
+    def stop(self, timeout_s: float = 15.0) -> int | None:
+        """SIGINT, wait, then SIGKILL (a node under load may ignore SIGINT)."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        self._log.close()
+        return self.proc.returncode
+
+
+def _answers(raw: bytes) -> tuple[dict[str, Answer], float]:
+    """Goal id -> answer (the whole goal, ``instance == 0``) and the frame's node latency."""
+    array = m.deserialize(raw, m.SEGMENTATION_ARRAY_TYPE)
+    answers, latency = {}, 0.0
+    for seg in array.segmentations:
+        latency = max(latency, float(seg.latency_s))
+        if seg.instance == 0:
+            answers[str(seg.goal_id)] = Answer(
+                m.image_to_mask(seg.mask), float(seg.score), int(seg.model_steps),
+                int(seg.repairs), str(seg.descriptor),
+            )  # fmt: skip
+    return answers, latency
+
+
+def evaluate_through_node(
+    bag: EvalBag,
+    model: str | Path,
+    *,
+    params_file: Path | None = None,
+    backbone: str | None = None,
+    device: str = "cpu",
+    grid: int = 16,
+    ack_timeout: float = 60.0,
+    startup_timeout: float = 300.0,
+    log_path: Path | None = None,
+    montage: int = 8,
+    progress: bool = True,
+) -> tuple[Scorer, dict]:
+    """Play ``bag`` to a fresh ``perception_node`` and score its answers (see module doc).
+
+    Returns the scorer and extra report fields (``roundtrip_s`` percentiles, ``node_command``,
+    ``node_log``, ``play_wall_s``). Raises RuntimeError/TimeoutError when the node does not
+    start, configure or activate (with the tail of its log).
+    """
+    from .evaluate import montage_frames
+
+    if not bag.goals:
+        raise ValueError(f"bag {bag.path} has no goals: record it with --goal TEXT")
+    cmd = node_command(model, params_file or default_params_file(), backbone=backbone,
+                       device=device, grid=grid)  # fmt: skip
+    log_path = log_path or Path(f"/tmp/text4seg_bag_node_{os.getpid()}.log")
+    context = Context()
+    rclpy.init(context=context)
+    ros = rclpy.create_node("text4seg_bag_eval", context=context)
+    executor = SingleThreadedExecutor(context=context)
+    executor.add_node(ros)
+
+    def spin(timeout_s: float) -> None:
+        executor.spin_once(timeout_sec=timeout_s)
+
+    node = NodeProcess(cmd, log_path, ros, spin)
+    collected: dict[int, tuple[dict[str, Answer], float]] = {}
+    try:
+        node.transition(Transition.TRANSITION_CONFIGURE, "configure", startup_timeout)
+        goals = BagPlayer(ros, bag.path, topics=[m.GOALS_TOPIC])
+        try:
+            goals.wait_for_subscribers(10.0)
+            goals.play(rate=1e9, spin=spin)
+        finally:
+            goals.close()
+        node.wait_goals({g.id for g in bag.goals}, 30.0)
+        node.transition(Transition.TRANSITION_ACTIVATE, "activate", 60.0)
+        images = BagPlayer(ros, bag.path, topics=[m.IMAGE_TOPIC])
+        try:
+            missing = images.wait_for_subscribers(10.0)
+            if missing:
+                raise TimeoutError(f"perception_node did not subscribe {missing}")
+            images.subscribe_acks(m.SEGMENTATIONS_TOPIC)
+            stats = images.play(
+                rate=None, ack_timeout=ack_timeout, spin=spin, progress=progress,
+                on_ack=lambda stamp, raw, _rt: collected.__setitem__(stamp, _answers(raw)),
+            )  # fmt: skip
+        finally:
+            images.close()
+    finally:
+        node.stop()
+        executor.shutdown()
+        ros.destroy_node()
+        rclpy.try_shutdown(context=context)
+
+    scorer = Scorer(bag.goals, montage_frames(bag.frame_count, montage))
+    for frame in bag.frames():
+        answers, latency = collected.get(frame.stamp_ns, (None, None))
+        # A goal the node did not answer on an acknowledged frame is "missing", not dropped.
+        scorer.add_frame(frame, answers, latency)
+    extra = {
+        "roundtrip_s": percentiles(stats.roundtrip_s),
+        "play_wall_s": stats.wall_s,
+        "node_command": cmd,
+        "node_log": str(log_path),
+    }
+    return scorer, extra
