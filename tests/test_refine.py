@@ -328,3 +328,87 @@ def test_segment_anything_backend_absent_gives_clear_error(sam_dir, tmp_path) ->
         load_refiner(path, backend="segment_anything")
     with pytest.raises(ValueError, match="directory"):
         load_refiner(sam_dir, backend="segment_anything")
+
+
+def _tiny_segment_anything_model():  # noqa: ANN202
+    """A tiny model built from segment_anything's own modules (same shapes as tiny_sam_config)."""
+    from functools import partial
+
+    from segment_anything.modeling import (
+        ImageEncoderViT,
+        MaskDecoder,
+        PromptEncoder,
+        Sam,
+        TwoWayTransformer,
+    )
+
+    torch.manual_seed(1)
+    sam = Sam(
+        image_encoder=ImageEncoderViT(
+            depth=2,
+            embed_dim=32,
+            img_size=128,
+            mlp_ratio=2.0,
+            norm_layer=partial(torch.nn.LayerNorm, eps=1e-6),
+            num_heads=2,
+            patch_size=16,
+            qkv_bias=True,
+            use_rel_pos=True,
+            global_attn_indexes=[1],
+            window_size=4,
+            out_chans=32,
+        ),
+        prompt_encoder=PromptEncoder(
+            embed_dim=32, image_embedding_size=(8, 8), input_image_size=(128, 128), mask_in_chans=8
+        ),
+        mask_decoder=MaskDecoder(
+            num_multimask_outputs=3,
+            transformer=TwoWayTransformer(depth=2, embedding_dim=32, mlp_dim=64, num_heads=8),
+            transformer_dim=32,
+            iou_head_depth=3,
+            iou_head_hidden_dim=32,
+        ),
+        pixel_mean=[123.675, 116.28, 103.53],
+        pixel_std=[58.395, 57.12, 57.375],
+    )
+    with torch.no_grad():  # zero-initialised position tables would hide mapping mistakes
+        for name, p in sam.named_parameters():
+            if "rel_pos" in name or "pos_embed" in name:
+                p.normal_(0.0, 0.02)
+    return sam.eval()
+
+
+@pytest.mark.skipif(
+    not segment_anything_available(),
+    reason="segment_anything (needs torchvision) is not installed; runs where it is",
+)
+def test_segment_anything_backend_matches_converted_transformers_model(
+    tmp_path, image, coarse
+) -> None:
+    from text4seg_ros.refine import SegmentAnythingBackend
+
+    sam = _tiny_segment_anything_model()
+    path = tmp_path / "sam_vit_tiny.pth"
+    torch.save(sam.state_dict(), path)
+    hf = load_refiner(path)  # official layout -> transformers SamModel
+    sa_backend = SegmentAnythingBackend(sam)
+    assert sa_backend.low_res_side == hf.backend.low_res_side == 32
+    for prompt in ("points", "box"):
+        cfg = RefinerConfig(prompt=prompt)
+        a = SamRefiner(hf.backend, cfg)
+        b = SamRefiner(sa_backend, cfg)
+        ma, mb = a.refine(image, coarse), b.refine(image, coarse)
+        assert (ma == mb).mean() > 0.999, f"{prompt}: {(ma != mb).sum()} pixels differ"
+        pa = hf.backend.predict(None, None, np.array([30, 15, 69, 39], np.float32), None)
+        pb = sa_backend.predict(None, None, np.array([30, 15, 69, 39], np.float32), None)
+        assert np.allclose(pa.low_res, pb.low_res, atol=1e-3), np.abs(pa.low_res - pb.low_res).max()
+        assert abs(pa.score - pb.score) < 1e-3
+
+
+@pytest.mark.gpu
+def test_refiner_on_cuda_matches_cpu(sam_dir, image, coarse) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    cpu = load_refiner(sam_dir).refine(image, coarse)
+    gpu = load_refiner(sam_dir, device="cuda").refine(image, coarse)
+    assert gpu.shape == cpu.shape and (gpu == cpu).mean() > 0.999

@@ -139,13 +139,16 @@ class SamRefiner:
         coarse_mask: np.ndarray,
         box: tuple[int, int, int, int] | None = None,
         rng: RngLike = None,
+        config: RefinerConfig | None = None,
     ) -> np.ndarray:
         """Refine an ``(H, W)`` bool mask of the image given to :meth:`set_image`.
 
         ``box`` (pixel edges, x2/y2 exclusive) is the box prompt of ``prompt="box"`` (default:
         the coarse mask's tight box); with ``prompt="points"`` a given box is added to the
         points. ``rng`` is a ``numpy.random.Generator``, an int seed, or None for
-        ``config.seed``. Returns a new ``(H, W)`` bool array; an empty mask comes back as is.
+        ``config.seed``. ``config`` overrides the refiner's own for this call (e.g. to compare
+        prompt kinds on one cached embedding). Returns a new ``(H, W)`` bool array; an empty
+        mask comes back as is.
         """
         if self._size is None:
             raise RuntimeError("call set_image(image) before refine_mask(), or use refine()")
@@ -153,7 +156,9 @@ class SamRefiner:
         if not mask.any():
             self.last_score = None
             return mask.copy()
-        cfg = self.config
+        cfg = self.config if config is None else config
+        if not isinstance(cfg, RefinerConfig):
+            raise TypeError(f"config must be a RefinerConfig, got {type(cfg).__name__}")
         points = labels = sam_xyxy = None
         if cfg.prompt == "points":
             points, labels = sample_points(
