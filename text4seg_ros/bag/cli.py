@@ -7,7 +7,8 @@ Subcommands::
     text4seg-bag play BAG [--rate 1.0 | --as-fast-as-acked] [--remap FROM:=TO ...]
     text4seg-bag eval BAG --model DIR [--direct | --through-node] [--out DIR]
 
-Exit status: 0 on success, 2 on bad arguments or input (with a message on stderr).
+Exit status: 0 on success, 2 on bad arguments or input, 1 when the node or model fails at run
+time (with a message on stderr).
 """
 
 from __future__ import annotations
@@ -211,6 +212,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (FileNotFoundError, ValueError, TypeError) as exc:
         print(f"text4seg-bag {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except (RuntimeError, TimeoutError) as exc:  # the node or the model failed at run time
+        print(f"text4seg-bag {args.command}: failed: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":
