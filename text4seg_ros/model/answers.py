@@ -1,0 +1,144 @@
+"""From goals to prompts and grammars, and from descriptor text back to masks.
+
+One :class:`GoalPlan` per goal says what the model is asked (the question), what the answer
+starts with (forced, part of the prompt suffix), which grammar constrains the rest, and how the
+descriptor is read back (:func:`read_answer`):
+
+========================  =============================  ====================================
+task                      descriptor written              read back as
+========================  =============================  ====================================
+RES, REC, REASON          I-SD ``<seg>`` R-RLE, labels    mask of the goal text's cells
+                          {others, goal text}
+GRES                      the same (all ``others`` =     the same; empty mask is a valid answer
+                          no target)
+OPEN_VOCAB                I-SD over {others, classes}    ``label_map`` (0 = others), mask = any
+INSTANCES (or any         B-SD triples (box + grid over  one result per instance; mask = union
+referring task when       the box), then end of turn
+``descriptor="bsd"``)
+========================  =============================  ====================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..descriptors import OTHERS, SEG_OPEN, grid_to_labels, parse_rrle
+from ..descriptors.bsd import decode_instances, parse_bsd
+from ..descriptors.rrle import Repair, check_label
+from ..metrics import mask_to_box
+from ..prompts import Task, answer_prefix, question
+from .types import Goal, GoalResult
+
+DESCRIPTORS: tuple[str, ...] = ("isd", "bsd")
+REFERRING = (Task.RES, Task.GRES, Task.REC, Task.REASON)
+
+
+@dataclass(frozen=True)
+class GoalPlan:
+    """How one goal is asked and read: ``kind`` is ``"isd"``, ``"open_vocab"`` or ``"bsd"``;
+    ``names``: label set (``names[0] == 'others'``); ``question`` and ``answer_start`` (the
+    forced beginning of the answer) go into the prompt suffix."""
+
+    goal: Goal
+    task: Task
+    kind: str
+    names: tuple[str, ...]
+    question: str
+    answer_start: str
+
+
+def plan_goal(goal: Goal, index: int = 0, descriptor: str = "isd") -> GoalPlan:
+    """The :class:`GoalPlan` of ``goal``; TypeError/ValueError naming the goal when invalid."""
+    where = f"goal {index}" + (f" (id {goal.id!r})" if getattr(goal, "id", "") else "")
+    if not isinstance(goal, Goal):
+        raise TypeError(f"{where}: expected a Goal, got {type(goal).__name__}")
+    try:
+        task = Task.parse(goal.task)
+        if task is Task.OPEN_VOCAB:
+            classes = tuple(goal.classes)
+            if not classes:
+                raise ValueError("open-vocabulary goals need a non-empty classes list")
+            names = (OTHERS, *(check_label(c, "class name") for c in classes))
+            if len(set(names)) != len(names):
+                raise ValueError(f"classes must be unique and not {OTHERS!r}, got {classes!r}")
+            text = question(task, classes=list(classes))
+            return GoalPlan(goal, task, "open_vocab", names, text, answer_prefix(task) + SEG_OPEN)
+        label = check_label(goal.text.strip() if isinstance(goal.text, str) else goal.text)
+        if label == OTHERS:
+            raise ValueError(f"goal text must not be {OTHERS!r} (the background label)")
+        if task is Task.INSTANCES or descriptor == "bsd":
+            text = question(Task.INSTANCES, label)
+            start = answer_prefix(Task.INSTANCES, label)
+            return GoalPlan(goal, task, "bsd", (OTHERS, label), text, start)
+        text = question(task, label)
+        return GoalPlan(
+            goal, task, "isd", (OTHERS, label), text, answer_prefix(task, label) + SEG_OPEN
+        )
+    except (TypeError, ValueError) as err:
+        raise type(err)(f"{where}: {err}") from None
+
+
+@dataclass
+class Answer:
+    """A decoded answer before timings: what :class:`GoalResult` needs from the text."""
+
+    mask: np.ndarray
+    labels: list[str]
+    descriptor: str
+    label_map: np.ndarray | None = None
+    instances: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    repairs: list[Repair] = field(default_factory=list)
+
+
+def read_answer(plan: GoalPlan, text: str, size: tuple[int, int], grid: int) -> Answer:
+    """Read the generated ``text`` (after the forced answer start) at image ``size = (H, W)``.
+
+    For I-SD the descriptor is ``"<seg>" + text`` (the model writes the body and ``</seg>``);
+    for B-SD it is the triples as written.
+    """
+    if plan.kind == "bsd":
+        _, repairs = parse_bsd(text, [plan.names[1]], grid)
+        decoded = decode_instances(text, [plan.names[1]], size, grid)
+        mask = np.zeros(size, dtype=bool)
+        for inst in decoded:
+            mask |= inst.mask
+        instances = [(inst.label, inst.mask) for inst in decoded]
+        return Answer(mask, list(plan.names), text, instances=instances, repairs=repairs)
+    descriptor = SEG_OPEN + text
+    parsed = parse_rrle(descriptor, plan.names, grid)
+    label_map = grid_to_labels(parsed.grid, size)
+    if plan.kind == "open_vocab":
+        return Answer(
+            label_map > 0, list(plan.names), descriptor, label_map, repairs=parsed.repairs
+        )
+    return Answer(label_map > 0, list(plan.names), descriptor, repairs=parsed.repairs)
+
+
+def to_result(plan: GoalPlan, answer: Answer, score: float, steps: int) -> GoalResult:
+    """A :class:`GoalResult` (timings filled in by the caller); boxes are tight mask boxes."""
+    instances = [
+        GoalResult(
+            goal=plan.goal,
+            mask=mask,
+            box=mask_to_box(mask),
+            score=score,
+            descriptor=answer.descriptor,
+            labels=[label],
+            model_steps=steps,
+        )
+        for label, mask in answer.instances
+    ]
+    return GoalResult(
+        goal=plan.goal,
+        mask=answer.mask,
+        box=mask_to_box(answer.mask),
+        score=score,
+        descriptor=answer.descriptor,
+        labels=answer.labels,
+        model_steps=steps,
+        label_map=answer.label_map,
+        instances=instances,
+        repairs=list(answer.repairs),
+    )

@@ -1,0 +1,320 @@
+"""Backbone registry: how each multimodal LLM family is prompted, encoded and stepped.
+
+Like segment-anything's ``sam_model_registry``, :data:`BACKBONES` maps a name to a
+:class:`Backbone` that knows its transformers model and processor classes, its chat prompt, its
+image preprocessing (the backbone's own HF image processor) and how to run one decoder step of
+its language model against a KV cache::
+
+    backbone = BACKBONES["qwen2_vl"]
+    prefix = backbone.encode_prefix(model, processor, image)    # once per frame
+    step = backbone.make_step(model, prefix)                    # DecodeStep for the decoder
+    cache = prefix.cache(batch=len(goals))                      # prefix KV, B rows
+
+Prompts are split in two at the image: the shared *prefix* is everything up to and including
+the image tokens (identical for every goal, encoded once); the per-goal *suffix* is the rest of
+the user turn (the question), the assistant start, and the answer's beginning (the answer
+sentence and ``<seg>``, forced rather than generated). The templates are the official ones:
+LLaVA-1.5 / Text4Seg use vicuna_v1 (``"<system> USER: <image>\\nQ ASSISTANT: A</s>"``), Qwen2-VL
+and InternVL2 use ChatML. :meth:`Backbone.render` gives the full training text.
+
+DecodeStep contract (shared with :mod:`text4seg_ros.decoding`)::
+
+    step(input_ids (B, T) long, position_ids (B, T) long, attention_mask (B, past + T) long,
+         cache) -> (logits (B, T, V) float32, cache)
+
+``position_ids`` are logical text positions counting the prefix (0 = first prefix token); the
+adapter maps them to what the model needs (Qwen2-VL: 3-D mrope positions shifted by the
+prefix's rope delta, since the image's positions are 2-D and compressed).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import (
+    DynamicCache,
+    InternVLForConditionalGeneration,
+    LlavaForConditionalGeneration,
+    PreTrainedModel,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2VLForConditionalGeneration,
+)
+
+from .processors import PROCESSOR_CLASSES
+from .tokenizer import LLAVA_SYSTEM
+
+DecodeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, Any]]
+CHATML_SYSTEM = "You are a helpful assistant."
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """Validate an ``(H, W, 3)`` ``uint8`` RGB frame; return it C-contiguous."""
+    if not isinstance(image, np.ndarray):
+        raise TypeError(
+            f"image must be a numpy array (H, W, 3) uint8 RGB, got {type(image).__name__}"
+        )
+    if image.dtype != np.uint8:
+        raise TypeError(f"image must be uint8 RGB (H, W, 3), got dtype {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
+        raise ValueError(f"image must have shape (H, W, 3) RGB, got {image.shape}")
+    return np.ascontiguousarray(image)
+
+
+@dataclass
+class Prefix:
+    """The encoded shared prefix of one frame (system, user turn start, image tokens).
+
+    ``keys``/``values``: per decoder layer, ``(1, kv_heads, P, head_dim)`` tensors of the
+    prefix's KV cache. ``input_ids``: ``(1, P)``. ``rope_delta``: added to logical text
+    positions after the prefix (Qwen2-VL mrope; 0 for 1-D rope backbones). ``image_size``:
+    ``(H, W)`` of the frame in pixels.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    input_ids: torch.Tensor
+    image_size: tuple[int, int]
+    rope_delta: int = 0
+    n_image_tokens: int = 0
+
+    @property
+    def length(self) -> int:
+        """Number of prefix tokens P."""
+        return int(self.input_ids.shape[1])
+
+    def cache(self, batch: int = 1) -> DynamicCache:
+        """A fresh ``DynamicCache`` holding the prefix for ``batch`` rows (prefix left intact)."""
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        # expand() is a view; the cache's first update concatenates into new tensors, so the
+        # stored prefix is never written and can serve every later segment() call.
+        data = [
+            (k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
+            for k, v in zip(self.keys, self.values)
+        ]
+        return DynamicCache(ddp_cache_data=data)
+
+
+@dataclass(frozen=True)
+class Backbone:
+    """One backbone family: classes, prompt and step adapter.
+
+    ``prefix_template``/``suffix_template`` are format strings: ``{system}`` and ``{image}``
+    (the processor's image placeholder, expanded by the processor) in the prefix;
+    ``{question}`` and ``{answer}`` (the forced answer start) in the suffix. ``turn_end`` closes
+    the assistant turn in training text.
+    """
+
+    name: str
+    model_class: type[PreTrainedModel]
+    model_types: tuple[str, ...]  # config.model_type values that select this backbone
+    prefix_template: str
+    suffix_template: str
+    turn_end: str
+    system: str
+    image_placeholder: str
+    mrope: bool = False
+    notes: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def processor_class(self) -> type:
+        """The processor class that loads in this environment (see ``processors``)."""
+        return PROCESSOR_CLASSES[self.name]
+
+    # -- prompts ---------------------------------------------------------------------------
+    def prompt_prefix(self, system: str | None = None) -> str:
+        """Shared prompt text up to and including the (unexpanded) image placeholder."""
+        return self.prefix_template.format(
+            system=self.system if system is None else system, image=self.image_placeholder
+        )
+
+    def prompt_suffix(self, question: str, answer_start: str = "") -> str:
+        """Per-goal prompt text: rest of the user turn, assistant start, forced answer start."""
+        if not isinstance(question, str) or not question.strip():
+            raise ValueError("question must be a non-empty str")
+        return self.suffix_template.format(question=question, answer=answer_start)
+
+    def render(self, question: str, answer: str, system: str | None = None) -> str:
+        """Full conversation text for training: prefix, suffix with the answer, turn end."""
+        return self.prompt_prefix(system) + self.prompt_suffix(question, answer) + self.turn_end
+
+    # -- encoding --------------------------------------------------------------------------
+    def preprocess(self, processor: Any, image: np.ndarray, system: str | None = None) -> Any:
+        """Run the backbone's processor on the frame and the prefix text (tensors, batch 1)."""
+        image = check_image(image)
+        return processor(
+            images=[Image.fromarray(image)],
+            text=[self.prompt_prefix(system)],
+            return_tensors="pt",
+        )
+
+    @torch.no_grad()
+    def encode_prefix(
+        self, model: PreTrainedModel, processor: Any, image: np.ndarray, system: str | None = None
+    ) -> Prefix:
+        """Encode the frame: vision tower, projector and the prefix through the language model.
+
+        ``image``: ``(H, W, 3)`` ``uint8`` RGB. Returns the prefix KV cache (batch 1).
+        """
+        inputs = self.preprocess(processor, image, system)
+        device, dtype = model.device, model.dtype
+        inputs = {
+            k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
+            for k, v in inputs.items()
+            if isinstance(v, torch.Tensor)
+        }
+        input_ids = inputs["input_ids"]
+        cache = DynamicCache(config=model.config)
+        rope_delta = 0
+        kwargs = dict(inputs)
+        if not self.mrope:
+            kwargs.pop("mm_token_type_ids", None)
+        else:
+            position_ids, deltas = model.model.get_rope_index(
+                input_ids,
+                mm_token_type_ids=inputs["mm_token_type_ids"],
+                image_grid_thw=inputs["image_grid_thw"],
+                attention_mask=inputs["attention_mask"],
+            )
+            rope_delta = int(deltas.reshape(-1)[0])
+            kwargs["position_ids"] = position_ids
+        model.model(**kwargs, past_key_values=cache, use_cache=True)
+        keys = [layer.keys for layer in cache.layers]
+        values = [layer.values for layer in cache.layers]
+        image_id = image_token_id(model)
+        return Prefix(
+            keys=keys,
+            values=values,
+            input_ids=input_ids,
+            image_size=(int(image.shape[0]), int(image.shape[1])),
+            rope_delta=rope_delta,
+            n_image_tokens=int((input_ids == image_id).sum()),
+        )
+
+    def make_step(self, model: PreTrainedModel, prefix: Prefix) -> DecodeStep:
+        """The decoder step on the language model for continuations of ``prefix``."""
+        language_model = model.model.language_model
+        embed = model.get_input_embeddings()
+        head = model.get_output_embeddings()
+        delta = prefix.rope_delta
+        mrope = self.mrope
+
+        @torch.no_grad()
+        def step(
+            input_ids: torch.Tensor,
+            position_ids: torch.Tensor,
+            attention_mask: torch.Tensor,
+            cache: Any,
+        ) -> tuple[torch.Tensor, Any]:
+            if input_ids.ndim != 2 or position_ids.shape != input_ids.shape:
+                raise ValueError(
+                    f"input_ids and position_ids must both be (B, T), got "
+                    f"{tuple(input_ids.shape)} and {tuple(position_ids.shape)}"
+                )
+            device = embed.weight.device
+            positions = position_ids.to(device)
+            if mrope:  # text after the image: the same position on the t, h and w axes
+                positions = (positions + delta)[None].expand(3, -1, -1)
+            out = language_model(
+                inputs_embeds=embed(input_ids.to(device)),
+                position_ids=positions,
+                attention_mask=attention_mask.to(device),
+                past_key_values=cache,
+                use_cache=True,
+            )
+            logits = head(out.last_hidden_state).float()
+            return logits, out.past_key_values
+
+        return step
+
+
+def image_token_id(model: PreTrainedModel) -> int:
+    """The id of the image placeholder token in ``model``'s vocabulary."""
+    config = model.config
+    for key in ("image_token_id", "image_token_index"):
+        value = getattr(config, key, None)
+        if value is not None:
+            return int(value)
+    raise ValueError(f"{type(config).__name__} names no image token id")
+
+
+_CHATML_PREFIX = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{image}"
+_CHATML_SUFFIX = "{question}<|im_end|>\n<|im_start|>assistant\n{answer}"
+
+BACKBONES: dict[str, Backbone] = {
+    "llava": Backbone(
+        name="llava",
+        model_class=LlavaForConditionalGeneration,
+        model_types=("llava",),
+        prefix_template="{system} USER: {image}",
+        suffix_template="\n{question} ASSISTANT: {answer}",
+        turn_end="</s>",
+        system=LLAVA_SYSTEM,
+        image_placeholder="<image>",
+        notes="LLaVA-1.5 (vicuna_v1 prompt, image padded to a square); text4seg-llava-7b-p24",
+    ),
+    "qwen2_vl": Backbone(
+        name="qwen2_vl",
+        model_class=Qwen2VLForConditionalGeneration,
+        model_types=("qwen2_vl",),
+        prefix_template=_CHATML_PREFIX,
+        suffix_template=_CHATML_SUFFIX,
+        turn_end="<|im_end|>\n",
+        system=CHATML_SYSTEM,
+        image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+        mrope=True,
+        notes="Qwen2-VL (ChatML, dynamic resolution, 3-D mrope)",
+    ),
+    "qwen2_5_vl": Backbone(
+        name="qwen2_5_vl",
+        model_class=Qwen2_5_VLForConditionalGeneration,
+        model_types=("qwen2_5_vl",),
+        prefix_template=_CHATML_PREFIX,
+        suffix_template=_CHATML_SUFFIX,
+        turn_end="<|im_end|>\n",
+        system=CHATML_SYSTEM,
+        image_placeholder="<|vision_start|><|image_pad|><|vision_end|>",
+        mrope=True,
+        notes="Qwen2.5-VL, the Text4Seg++ backbone (ChatML, window attention vision tower)",
+    ),
+    "internvl": Backbone(
+        name="internvl",
+        model_class=InternVLForConditionalGeneration,
+        model_types=("internvl",),
+        prefix_template=_CHATML_PREFIX,
+        suffix_template="\n" + _CHATML_SUFFIX,
+        turn_end="<|im_end|>\n",
+        system=CHATML_SYSTEM,
+        image_placeholder="<IMG_CONTEXT>",
+        notes="InternVL2/2.5 in the transformers layout (ChatML, <img>...</img> image block)",
+    ),
+}
+backbone_registry = BACKBONES  # the segment-anything spelling
+
+
+def get_backbone(name: str) -> Backbone:
+    """The registered backbone ``name``; ValueError listing the registered names otherwise."""
+    if not isinstance(name, str):
+        raise TypeError(f"backbone must be a str, got {type(name).__name__}")
+    try:
+        return BACKBONES[name]
+    except KeyError:
+        raise ValueError(f"unknown backbone {name!r}; registered: {', '.join(BACKBONES)}") from None
+
+
+def detect_backbone(model_type: str) -> Backbone:
+    """The backbone whose ``model_types`` contains a config's ``model_type``."""
+    for backbone in BACKBONES.values():
+        if model_type in backbone.model_types:
+            return backbone
+    known = sorted(t for b in BACKBONES.values() for t in b.model_types)
+    raise ValueError(
+        f"no registered backbone for model_type {model_type!r}; supported: {', '.join(known)} "
+        "(pass backbone= explicitly if the config is of a compatible family)"
+    )

@@ -1,0 +1,260 @@
+"""The Segmenter: encode a camera frame once, answer many language goals against it.
+
+Like segment-anything's ``SamPredictor``::
+
+    seg = Segmenter.from_pretrained("models/demo")          # backbone read from config.json
+    seg.set_image(frame)                                    # (H, W, 3) uint8 RGB, encoded once
+    results = seg.segment([Goal("red mug"), Goal("chair", Task.INSTANCES)])
+
+``set_image`` runs the vision tower and the shared prompt prefix (system, user turn start, image
+tokens) through the language model once and keeps its KV cache. ``segment`` decodes every goal
+against that prefix in ONE batch with the grammar-constrained, jump-forward decoder of
+:mod:`text4seg_ros.decoding`, so every answer is a valid descriptor (exactly G rows of G cells,
+labels from the goal's label set). Batched results equal one-goal-at-a-time results.
+
+Score (``GoalResult.score``): the arithmetic mean, over the tokens the model chose at a free
+choice (where the grammar allowed more than one token; forced tokens excluded), of that token's
+softmax probability over the whole vocabulary, as the model computed it before the grammar mask.
+In [0, 1]; 1.0 when every token was forced. A model sure of its descriptor scores near 1; a
+grammar that had to overrule the model (its favourite token was not allowed) lowers it.
+Instances of a B-SD goal share the goal's score.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..decoding import constrained_generate
+from ..descriptors.grammar import TokenCodec, bsd_grammar, rrle_grammar
+from .answers import DESCRIPTORS, GoalPlan, plan_goal, read_answer, to_result
+from .loading import as_dtype, load_pretrained
+from .registry import Backbone, Prefix, check_image, get_backbone
+from .types import Goal, GoalResult, Timings
+
+ENGINES: tuple[str, ...] = ("torch",)
+
+
+def _load_refiner(refiner: Any, refiner_path: str | Path, device: str) -> Any:
+    """``None``/``"none"``: no refinement; ``"sam"``: SAM from ``refiner_path``; else an object
+    with ``refine(image, mask, box)`` (the :class:`~text4seg_ros.refine.Refiner` protocol)."""
+    if refiner is None or refiner == "none":
+        return None
+    if refiner == "sam":
+        if not refiner_path:
+            raise ValueError("refiner='sam' needs refiner_path (a SAM directory or .pth file)")
+        from ..refine import load_refiner
+
+        return load_refiner(refiner_path, device=str(device))
+    if isinstance(refiner, str):
+        raise ValueError(f"unknown refiner {refiner!r}; allowed: 'none', 'sam' or a Refiner")
+    if not callable(getattr(refiner, "refine", None)):
+        raise TypeError(f"refiner must have refine(image, mask, box), got {type(refiner).__name__}")
+    return refiner
+
+
+class Segmenter:
+    """Text4Seg inference over a registered backbone (see module doc).
+
+    ``grid``: descriptor grid size G. ``descriptor``: ``"isd"`` (image-wise) or ``"bsd"``
+    (referring goals answered box-wise too). ``bricks``/``max_instances``: B-SD options.
+    ``max_new_tokens``: cap per goal (None: the grammar ends every answer). ``system``: system
+    prompt (None: the backbone's default).
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        processor: Any,
+        backbone: Backbone | str,
+        grid: int = 16,
+        refiner: Any = None,
+        descriptor: str = "isd",
+        bricks: bool = False,
+        max_instances: int = 8,
+        max_new_tokens: int | None = None,
+        max_draft_tokens: int = 64,
+        system: str | None = None,
+    ) -> None:
+        if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
+            raise ValueError(f"grid must be an int >= 1, got {grid!r}")
+        if descriptor not in DESCRIPTORS:
+            raise ValueError(
+                f"unknown descriptor {descriptor!r}; allowed: {', '.join(DESCRIPTORS)}"
+            )
+        self.model = model.eval()
+        self.processor = processor
+        self.tokenizer = processor.tokenizer
+        self.backbone = get_backbone(backbone) if isinstance(backbone, str) else backbone
+        self.grid, self.descriptor, self.bricks = grid, descriptor, bricks
+        self.max_instances, self.max_new_tokens = max_instances, max_new_tokens
+        self.max_draft_tokens, self.system = max_draft_tokens, system
+        self.refiner = refiner
+        self.codec = TokenCodec(self.tokenizer)
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = int(pad if pad is not None else self.tokenizer.eos_token_id)
+        self._image: np.ndarray | None = None
+        self._prefix: Prefix | None = None
+        self._step: Any = None
+        self._encode_s = 0.0
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        backbone: str | None = None,
+        device: str = "cpu",
+        dtype: str | torch.dtype = "float32",
+        grid: int = 16,
+        refiner: Any = None,
+        refiner_path: str | Path = "",
+        descriptor: str = "isd",
+        engine: str = "torch",
+        adapter: str | Path | None = None,
+        merge_adapter: bool = True,
+        vision_tower: str | Path | None = None,
+        trust_remote_code: bool = False,
+        **options: Any,
+    ) -> Segmenter:
+        """Load a model (any layout of :mod:`.loading`) and wrap it.
+
+        ``backbone``: registry name or None (from ``config.json``). ``refiner``: None/``"none"``,
+        ``"sam"`` (with ``refiner_path``) or a Refiner object. ``engine``: ``"torch"`` (the
+        reference engine; others are built by :mod:`text4seg_ros.engines`). ``options`` go to
+        :class:`Segmenter` (``bricks``, ``max_instances``, ``max_new_tokens``, ``system``...).
+        """
+        if engine not in ENGINES:
+            raise ValueError(f"engine {engine!r} not available here; allowed: {', '.join(ENGINES)}")
+        loaded = load_pretrained(
+            path,
+            backbone=backbone or None,
+            adapter=adapter,
+            merge_adapter=merge_adapter,
+            vision_tower=vision_tower,
+            device=device,
+            dtype=as_dtype(dtype),
+            trust_remote_code=trust_remote_code,
+        )
+        return cls(
+            loaded.model,
+            loaded.processor,
+            loaded.backbone,
+            grid=grid,
+            refiner=_load_refiner(refiner, refiner_path, device),
+            descriptor=descriptor,
+            **options,
+        )
+
+    # -- frame -------------------------------------------------------------------------------
+    @property
+    def image_size(self) -> tuple[int, int] | None:
+        """``(H, W)`` of the current frame, None before :meth:`set_image`."""
+        return None if self._prefix is None else self._prefix.image_size
+
+    def set_image(self, image: np.ndarray) -> None:
+        """Encode an ``(H, W, 3)`` ``uint8`` RGB frame (vision tower + prompt prefix KV cache)
+        once for the following :meth:`segment` calls."""
+        image = check_image(image)
+        start = time.perf_counter()
+        self._prefix = self.backbone.encode_prefix(self.model, self.processor, image, self.system)
+        self._step = self.backbone.make_step(self.model, self._prefix)
+        self._image = image
+        self._encode_s = time.perf_counter() - start
+
+    def reset_image(self) -> None:
+        """Forget the current frame (frees the prefix cache)."""
+        self._image = self._prefix = self._step = None
+
+    # -- goals -------------------------------------------------------------------------------
+    def plan(self, goals: Sequence[Goal]) -> list[GoalPlan]:
+        """Validate goals and plan their prompts (TypeError/ValueError naming the bad goal)."""
+        if isinstance(goals, Goal) or not isinstance(goals, Sequence):
+            raise TypeError(f"goals must be a sequence of Goal, got {type(goals).__name__}")
+        return [plan_goal(g, i, self.descriptor) for i, g in enumerate(goals)]
+
+    def suffix_ids(self, plan: GoalPlan) -> list[int]:
+        """Token ids of a goal's prompt suffix (question, assistant start, answer start)."""
+        text = self.backbone.prompt_suffix(plan.question, plan.answer_start)
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def grammar(self, plan: GoalPlan) -> Any:
+        """The token grammar constraining a goal's answer (cached per label set)."""
+        if plan.kind == "bsd":
+            eos = self.tokenizer.eos_token_id
+            return bsd_grammar(
+                self.codec, list(plan.names), int(eos), self.grid, self.bricks, self.max_instances
+            )
+        return rrle_grammar(self.codec, list(plan.names), self.grid)
+
+    def segment(self, goals: Sequence[Goal]) -> list[GoalResult]:
+        """Answer every goal against the current frame in one batch; one result per goal.
+
+        Raises RuntimeError before :meth:`set_image`, TypeError/ValueError for invalid goals.
+        """
+        plans = self.plan(goals)
+        if self._prefix is None:
+            raise RuntimeError("segment() called before set_image(): no frame is encoded")
+        if not plans:
+            return []
+        start = time.perf_counter()
+        prefix = self._prefix
+        outputs = constrained_generate(
+            self._step,
+            [self.grammar(p) for p in plans],
+            [self.suffix_ids(p) for p in plans],
+            prefix_cache=prefix.cache(len(plans)),
+            prefix_len=prefix.length,
+            max_new_tokens=self.max_new_tokens,
+            max_draft_tokens=self.max_draft_tokens,
+            pad_token_id=self.pad_token_id,
+            device=self.model.device,
+        )
+        decode_s = time.perf_counter() - start
+        results = []
+        eos = self.tokenizer.eos_token_id
+        for plan, out in zip(plans, outputs):
+            text = out.text
+            if out.tokens and out.tokens[-1] == eos:  # B-SD ends with the end-of-turn token
+                text = self.codec.decode(out.tokens[:-1])
+            answer = read_answer(plan, text, prefix.image_size, self.grid)
+            score = float(np.mean(out.chosen_probs)) if out.chosen_probs else 1.0
+            results.append(to_result(plan, answer, score, out.forward_calls))
+        refine_s = self._refine(results, plans)
+        timings = Timings(
+            encode_s=self._encode_s,
+            decode_s=decode_s,
+            refine_s=refine_s,
+            total_s=self._encode_s + decode_s + refine_s,
+        )
+        for r in results:
+            r.timings = timings
+            for inst in r.instances:
+                inst.timings = timings
+        return results
+
+    def _refine(self, results: list[GoalResult], plans: list[GoalPlan]) -> float:
+        """Sharpen non-empty masks with the refiner (not label maps); returns seconds spent."""
+        if self.refiner is None:
+            return 0.0
+        from ..metrics import mask_to_box
+
+        start = time.perf_counter()
+        for result, plan in zip(results, plans):
+            if plan.kind == "open_vocab":
+                continue  # a refined union would disagree with the label map
+            targets = result.instances if plan.kind == "bsd" else [result]
+            for target in targets:
+                if target.mask.any():
+                    target.mask = np.asarray(self.refiner.refine(self._image, target.mask), bool)
+                    target.box = mask_to_box(target.mask)
+            if plan.kind == "bsd":
+                union = np.zeros_like(result.mask)
+                for inst in result.instances:
+                    union |= inst.mask
+                result.mask, result.box = union, mask_to_box(union)
+        return time.perf_counter() - start
