@@ -371,10 +371,9 @@ def _tiny_segment_anything_model():  # noqa: ANN202
         pixel_mean=[123.675, 116.28, 103.53],
         pixel_std=[58.395, 57.12, 57.375],
     )
-    with torch.no_grad():  # zero-initialised position tables would hide mapping mistakes
-        for name, p in sam.named_parameters():
-            if "rel_pos" in name or "pos_embed" in name:
-                p.normal_(0.0, 0.02)
+    with torch.no_grad():  # constant-initialised tensors (norms, position tables) would hide
+        for p in sam.parameters():  # a swapped mapping: make every tensor distinct
+            p.add_(torch.randn_like(p) * 0.05)
     return sam.eval()
 
 

@@ -54,6 +54,11 @@ def build_tiny_sam(out_dir: str | Path, seed: int = 0, image_size: int = 128) ->
 
     torch.manual_seed(seed)
     model = SamModel(tiny_sam_config(image_size)).eval()
+    with torch.no_grad():
+        # Default init leaves norms at 1/0 and the vision tower near 0 (initializer 1e-10): noise
+        # on every tensor gives non-trivial masks and lets tests catch swapped weights.
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out)
