@@ -278,3 +278,59 @@ def test_writers_on_real_frame(tmp_path) -> None:
     paths = write_result(tmp_path, 0, image, _result(coarse, "black swan"))
     assert np.array_equal(np.asarray(Image.open(paths["mask"])) == 255, coarse)
     assert json.loads(paths["json"].read_text())["image_size"] == list(mask.shape)
+
+
+# -- end to end with a tiny random LLaVA (and a tiny SAM) --------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from text4seg_ros.model.tiny import build_tiny_model
+
+    return build_tiny_model("llava", tmp_path_factory.mktemp("llava") / "tiny", grid=4)
+
+
+def test_end_to_end_writes_valid_results(tiny_llava, image_file, tmp_path, capsys) -> None:
+    out = tmp_path / "out"
+    argv = [str(image_file), "the cup", "a red chair", "--model", str(tiny_llava)]
+    assert main([*argv, "--grid", "4", "--out", str(out)]) == 0
+    stdout = capsys.readouterr().out
+    assert "[0] 'the cup'" in stdout and "[1] 'a red chair'" in stdout
+    for i, text in enumerate(("the cup", "a red chair")):
+        stem = f"{i:02d}_{slug(text)}"
+        record = json.loads((out / f"{stem}.json").read_text())
+        mask = np.asarray(Image.open(out / f"{stem}.mask.png")) == 255
+        assert mask.shape == (48, 64) and record["image_size"] == [48, 64]
+        assert record["goal"]["text"] == text and record["goal"]["id"] == str(i)
+        # The mask is exactly the descriptor decoded at image size (no refiner).
+        assert np.array_equal(mask, decode_mask(record["descriptor"], text, (48, 64), 4))
+        assert record["box"] == (None if not mask.any() else list(mask_to_box(mask)))
+        assert record["labels"] == ["others", text] and record["refined"] is False
+        assert record["model_steps"] >= 1 and 0.0 <= record["score"] <= 1.0
+        assert record["timings"]["total_s"] > 0
+        assert Image.open(out / f"{stem}.overlay.png").size == (64, 48)
+
+
+def test_end_to_end_with_sam_refiner(tiny_llava, image_file, tmp_path) -> None:
+    from text4seg_ros.refine.tiny import build_tiny_sam
+
+    sam = build_tiny_sam(tmp_path / "sam")
+    out = tmp_path / "out"
+    argv = [str(image_file), "the cup", "--model", str(tiny_llava), "--grid", "4"]
+    assert main([*argv, "--refiner", str(sam), "--refine-prompt", "box", "--out", str(out)]) == 0
+    record = json.loads((out / "00_the-cup.json").read_text())
+    assert record["refined"] is True
+    coarse = decode_mask(record["descriptor"], "the cup", (48, 64), 4)
+    if coarse.any():  # an empty coarse mask is not refined
+        assert record["timings"]["refine_s"] > 0
+
+
+def test_end_to_end_model_errors_exit_2(tiny_llava, image_file, tmp_path, capsys) -> None:
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "config.json").write_text('{"model_type": "llava"}')
+    assert main([str(image_file), "cup", "--model", str(broken)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot load model" in err and "Traceback" not in err
+    assert main([str(image_file), "cup", "--model", str(tiny_llava), "--backbone", "gpt9"]) == 2
+    assert "cannot load model" in capsys.readouterr().err
