@@ -172,3 +172,26 @@ def test_refiner_is_applied(tmp_path):
     assert refined[0].box == mask_to_box(refined[0].mask)
     assert refined[0].timings.refine_s > 0
     assert np.array_equal(refined[1].mask, coarse[1].mask)  # label maps are not refined
+
+
+def test_bfloat16_weights(tmp_path):
+    path = build_tiny_model("internvl", tmp_path / "m", seed=7)
+    seg = Segmenter.from_pretrained(path, grid=4, dtype="bfloat16")
+    assert seg.model.dtype == torch.bfloat16
+    seg.set_image(IMAGE)
+    (result,) = seg.segment([Goal("cup")])
+    assert parse_rrle(result.descriptor, [OTHERS, "cup"], 4).valid
+
+
+@pytest.mark.gpu
+def test_cuda_matches_cpu(tmp_path):
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device")
+    path = build_tiny_model("qwen2_vl", tmp_path / "m", seed=7)
+    cpu = Segmenter.from_pretrained(path, grid=GRID)
+    gpu = Segmenter.from_pretrained(path, grid=GRID, device="cuda")
+    for seg in (cpu, gpu):
+        seg.set_image(IMAGE)
+    for a, b in zip(cpu.segment(GOALS), gpu.segment(GOALS)):
+        check_result(b, b.goal)
+        assert a.descriptor == b.descriptor
