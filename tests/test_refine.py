@@ -205,6 +205,15 @@ def test_bad_input_errors(refiner, image, coarse, sam_dir) -> None:
         SamRefiner(ref.backend, config={"passes": 3})
 
 
+def test_half_precision_weights(sam_dir, image, coarse) -> None:
+    ref = load_refiner(sam_dir, dtype="bfloat16")
+    assert next(ref.backend.model.parameters()).dtype == torch.bfloat16
+    out = ref.refine(image, coarse)
+    assert out.shape == (H, W) and out.dtype == bool
+    with pytest.raises(ValueError, match="dtype"):
+        load_refiner(sam_dir, dtype="int8")
+
+
 def test_loader_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_refiner(tmp_path / "nope")

@@ -21,11 +21,27 @@ _EXPECTED = (
 )
 
 
+DTYPES: dict[str, torch.dtype] = {
+    "float32": torch.float32,
+    "bfloat16": torch.bfloat16,
+    "float16": torch.float16,
+}
+
+
+def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
+    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
+        return dtype
+    if isinstance(dtype, str) and dtype in DTYPES:
+        return DTYPES[dtype]
+    raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
+
+
 def load_refiner(
     path: str | Path,
     device: str = "cpu",
     config: RefinerConfig | None = None,
     backend: BackendName = "auto",
+    dtype: str | torch.dtype = "float32",
 ) -> SamRefiner:
     """Load SAM from ``path`` and wrap it in a :class:`SamRefiner`.
 
@@ -35,10 +51,13 @@ def load_refiner(
       (:func:`~.convert.sam_checkpoint_to_hf`); with ``"segment_anything"`` loaded into the
       official package's model (ImportError when that package is absent).
 
+    ``dtype`` (``float32``, ``bfloat16``, ``float16`` or a torch dtype) is the transformers
+    model's weight dtype (half precision is for GPUs; the segment_anything backend stays float32).
     Raises FileNotFoundError for a missing path and ValueError for a path that is neither.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    torch_dtype = _as_dtype(dtype)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"SAM refiner path {path} does not exist; expected {_EXPECTED}")
@@ -56,7 +75,9 @@ def load_refiner(
             raise ValueError(f"{cfg_file} is not readable JSON: {exc}") from exc
         if model_type != "sam":
             raise ValueError(f"{cfg_file} has model_type {model_type!r}; expected 'sam'")
-        return SamRefiner(HfSamBackend.from_pretrained(path, device), config)
+        hf = HfSamBackend.from_pretrained(path, device)
+        hf.model.to(torch_dtype)
+        return SamRefiner(hf, config)
     if path.suffix not in CHECKPOINT_SUFFIXES:
         raise ValueError(f"{path} has suffix {path.suffix!r}; expected {_EXPECTED}")
     try:
@@ -70,6 +91,6 @@ def load_refiner(
     if backend == "segment_anything":
         sam = SegmentAnythingBackend.from_state_dict(state, sam_kind(state), device)
         return SamRefiner(sam, config)
-    model = sam_checkpoint_to_hf(state)
+    model = sam_checkpoint_to_hf(state).to(torch_dtype)
     processor = build_processor(int(model.config.vision_config.image_size))
     return SamRefiner(HfSamBackend(model, processor, device), config)
