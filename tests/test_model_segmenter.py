@@ -195,3 +195,21 @@ def test_cuda_matches_cpu(tmp_path):
     for a, b in zip(cpu.segment(GOALS), gpu.segment(GOALS)):
         check_result(b, b.goal)
         assert a.descriptor == b.descriptor
+
+
+def test_real_camera_frame(data_dir, tmp_path):
+    """A real 854 x 480 DAVIS frame through the whole path at G = 16 (random weights)."""
+    from PIL import Image
+
+    frames = sorted((data_dir / "davis_blackswan" / "JPEGImages").rglob("*.jpg"))
+    assert frames, "no JPEG frames in davis_blackswan/JPEGImages"
+    with Image.open(frames[0]) as im:
+        frame = np.asarray(im.convert("RGB"))
+    path = build_tiny_model("qwen2_5_vl", tmp_path / "m", seed=1)
+    seg = Segmenter.from_pretrained(path, grid=16)
+    seg.set_image(frame)
+    goals = [Goal("black swan"), Goal("water", Task.GRES)]
+    for goal, result in zip(goals, seg.segment(goals)):
+        assert result.mask.shape == frame.shape[:2] == (480, 854)
+        parsed = parse_rrle(result.descriptor, [OTHERS, goal.text], 16)
+        assert parsed.valid and result.descriptor.count("\n ") == 15
