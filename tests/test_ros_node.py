@@ -174,14 +174,16 @@ def test_standing_goals_answer_every_frame_and_can_be_replaced_cancelled_cleared
     h.goal_text.publish(String(data="  red thing "))
     h.goals.publish(Goal(id="cls", text="", task="open_vocab", standing=True, classes=["red"]))
     assert wait_for(lambda: len(h.list_goals()) == 2, 5)
+    order = [g.id for g in h.list_goals()]  # arrival order (two topics: either may be first)
+    assert sorted(order) == ["cls", "text"]
     listed = {g.id: g for g in h.list_goals()}
     assert listed["text"].text == "red thing" and listed["text"].standing
     assert listed["cls"].task == "open_vocab" and list(listed["cls"].classes) == ["red"]
     for seq in range(3):
         h.images.publish(frame(red_square(), seq))
         assert wait_for(lambda s=seq: len(h.segs) == s + 1, 10)
-    assert [[s.goal_id for s in a.segmentations] for a in h.segs] == [["text", "cls"]] * 3
-    ov = h.segs[-1].segmentations[1]
+    assert [[s.goal_id for s in a.segmentations] for a in h.segs] == [order] * 3
+    ov = h.segs[-1].segmentations[order.index("cls")]
     assert list(ov.labels) == ["others", "red"] and ov.label == "red"
     assert {d.id for d in h.dets[-1].detections} == {"text", "cls/red"}
     # replacing the shortcut goal keeps one goal with id "text"
@@ -271,3 +273,81 @@ def test_slow_model_processes_only_the_newest_frames_without_backlog(harness):
     assert time.monotonic() - last_sent_at < 5
     assert wait_for(lambda: int(h.diag("frames_dropped") or 0) >= sent - len(seqs) - 5, 5)
     assert int(h.diag("frames_received")) <= sent
+
+
+def test_compressed_input_when_enabled(harness):
+    import io
+
+    from PIL import Image as PILImage
+    from sensor_msgs.msg import CompressedImage
+
+    h = harness(params={"compressed": True})
+    assert h.client.transition(h.fqn, "configure") and h.client.transition(h.fqn, "activate")
+    pub = h.client.node.create_publisher(
+        CompressedImage, f"{h.ns}/image/compressed", qos_profile_sensor_data
+    )
+    assert wait_for(lambda: pub.get_subscription_count() == 1, 10)
+    assert h.images.get_subscription_count() == 0, "raw image is not subscribed then"
+    h.goals.publish(Goal(id="r", text="red", standing=True))
+    assert wait_for(lambda: len(h.list_goals()) == 1, 5)
+    img = red_square()
+    buf = io.BytesIO()
+    PILImage.fromarray(img).save(buf, format="png")
+    msg = CompressedImage(format="png", data=buf.getvalue())
+    msg.header.frame_id = "cam"
+    pub.publish(msg)
+    assert wait_for(lambda: len(h.segs) == 1, 10)
+    seg = h.segs[0].segmentations[0]
+    assert seg.header.frame_id == "cam" and np.allclose(seg.box, [10, 8, 30, 20])
+
+
+def test_parameters_are_validated_when_set_and_live_ones_apply(harness):
+    from rcl_interfaces.msg import Parameter as ParameterMsg
+    from rcl_interfaces.msg import ParameterType, ParameterValue
+    from rcl_interfaces.srv import SetParameters
+
+    h = harness()
+    h.start()
+
+    def set_param(name, **value):
+        req = SetParameters.Request()
+        req.parameters = [ParameterMsg(name=name, value=ParameterValue(**value))]
+        return h.client.call(SetParameters, f"{h.fqn}/set_parameters", req).results[0]
+
+    res = set_param("engine", type=ParameterType.PARAMETER_STRING, string_value="tensorrt")
+    assert not res.successful and "not available in the node yet" in res.reason
+    res = set_param("max_goals", type=ParameterType.PARAMETER_INTEGER, integer_value=0)
+    assert not res.successful and "out of range" in res.reason  # the descriptor range
+    res = set_param("max_goals", type=ParameterType.PARAMETER_INTEGER, integer_value=1)
+    assert res.successful and h.node.goals.max_goals == 1
+    h.goals.publish(Goal(id="a", text="red", standing=True))
+    h.goals.publish(Goal(id="b", text="blue", standing=True))
+    assert wait_for(lambda: h.node.stats.counts["goals_rejected"] == 1, 5)
+    assert [g.id for g in h.list_goals()] == ["a"]
+
+
+def test_configure_fails_cleanly_without_a_model_and_the_node_stays_up():
+    from rclpy.lifecycle import TransitionCallbackReturn
+
+    from text4seg_ros.ros.model_loader import load_segmenter
+
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=DOMAIN_ID)
+    try:
+        node = PerceptionNode(segmenter_factory=load_segmenter, context=ctx, namespace="/nomodel")
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert node.model_state.startswith("failed: parameter model_path is empty")
+        node.set_parameters([rclpy.parameter.Parameter("model_path", value="/no/such/dir")])
+        assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
+        assert "is not a directory" in node.model_state
+        status = node.stats.status("n", "cpu", "unconfigured", node.model_state, 0)
+        assert status.level == status.ERROR
+        # the node is still unconfigured and can be configured again
+        node.segmenter_factory = lambda cfg: ColourSegmenter()
+        assert node.trigger_configure() == TransitionCallbackReturn.SUCCESS
+        assert node.model_state == "loaded"
+        assert node.trigger_cleanup() == TransitionCallbackReturn.SUCCESS
+        assert node.model_state == "unloaded" and node.segmenter is None
+        node.destroy_node()
+    finally:
+        rclpy.shutdown(context=ctx)
