@@ -213,3 +213,31 @@ def test_real_camera_frame(data_dir, tmp_path):
         assert result.mask.shape == frame.shape[:2] == (480, 854)
         parsed = parse_rrle(result.descriptor, [OTHERS, goal.text], 16)
         assert parsed.valid and result.descriptor.count("\n ") == 15
+
+
+def test_prompt_descriptor_boundary_check():
+    """Qwen's pre-tokenizer glues '>' to the next word: the boundary check must say so."""
+    from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    from text4seg_ros.model.segmenter import joins_cleanly
+    from text4seg_ros.model.tiny import build_tiny
+
+    qwen_regex = (
+        r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+        r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+"
+    )
+    backend = Tokenizer(models.BPE())
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(qwen_regex), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    trainer = trainers.BpeTrainer(
+        vocab_size=300, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+    )
+    backend.train_from_iterator(["<seg>others *16\n cup *4| others *12\n</seg>"] * 20, trainer)
+    qwen_like = PreTrainedTokenizerFast(tokenizer_object=backend)
+    assert not joins_cleanly(qwen_like)
+    assert joins_cleanly(build_tiny("qwen2_vl")[1].tokenizer)

@@ -23,6 +23,7 @@ Instances of a B-SD goal share the goal's score.
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,7 @@ import numpy as np
 import torch
 
 from ..decoding import constrained_generate
+from ..descriptors import SEG_OPEN
 from ..descriptors.grammar import TokenCodec, bsd_grammar, rrle_grammar
 from .answers import DESCRIPTORS, GoalPlan, plan_goal, read_answer, to_result
 from .loading import as_dtype, load_pretrained
@@ -56,6 +58,19 @@ def _load_refiner(refiner: Any, refiner_path: str | Path, device: str) -> Any:
     if not callable(getattr(refiner, "refine", None)):
         raise TypeError(f"refiner must have refine(image, mask, box), got {type(refiner).__name__}")
     return refiner
+
+
+def joins_cleanly(tokenizer: Any, start: str = SEG_OPEN, body: str = "others *1") -> bool:
+    """True when ``tokenizer`` cuts between the forced answer start and the descriptor, i.e.
+    ``encode(start + body) == encode(start) + encode(body)``. Byte-level BPEs with the GPT-2
+    pre-tokenizer do; Qwen's pre-tokenizer glues ``">others"`` and Llama's SentencePiece adds a
+    word-start marker, so for those the split the Segmenter decodes with differs from training
+    text tokenized whole by one token at the boundary."""
+
+    def enc(text: str) -> list[int]:
+        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    return enc(start + body) == enc(start) + enc(body)
 
 
 class Segmenter:
@@ -98,6 +113,15 @@ class Segmenter:
         self.codec = TokenCodec(self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else self.tokenizer.eos_token_id)
+        self.boundary_ok = joins_cleanly(self.tokenizer)
+        if not self.boundary_ok:
+            warnings.warn(
+                f"{type(self.tokenizer).__name__} merges '<seg>' with the label after it "
+                "(e.g. '>others' as one pre-token): the prompt suffix ends at '<seg>' and the "
+                "descriptor is decoded from there, a tokenization the model may not have seen "
+                "in training; masks stay valid but can differ from unconstrained decoding",
+                stacklevel=2,
+            )
         self._image: np.ndarray | None = None
         self._prefix: Prefix | None = None
         self._step: Any = None
