@@ -21,7 +21,9 @@ from text4seg_ros.prompts import Task
 class ColourSegmenter:
     """SegmenterLike: the target of every goal is where ``image[..., 0] > 127``.
 
-    Goals whose text contains ``fail`` raise RuntimeError (to test error handling). ``calls``
+    Goals whose text contains ``fail`` raise RuntimeError at ``segment`` (to test error
+    handling); :meth:`plan` refuses texts containing ``forbidden`` as the real Segmenter refuses
+    invalid goals. ``calls``
     records ``(frame_id, goal ids)`` per ``segment`` call; ``frames`` the images set.
     """
 
@@ -37,6 +39,12 @@ class ColourSegmenter:
         self.image = image
         with self.lock:
             self.frames.append(image)
+
+    def plan(self, goals: Sequence[Goal]) -> list[Goal]:
+        for goal in goals:
+            if "forbidden" in goal.text:
+                raise ValueError(f"goal {goal.id!r}: the model refuses {goal.text!r}")
+        return list(goals)
 
     def segment(self, goals: Sequence[Goal]) -> list[GoalResult]:
         assert self.image is not None, "set_image first"

@@ -227,6 +227,7 @@ def test_bad_input_is_rejected_and_counted_and_the_node_stays_up(harness):
         Goal(text="a | b"),
         Goal(text="cup", classes=["cup"]),
         Goal(id="nope", cancel=True),
+        Goal(text="forbidden fruit"),  # refused by the Segmenter's own goal check
     ]
     for g in bad_goals:
         h.goals.publish(g)

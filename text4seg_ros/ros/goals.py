@@ -65,8 +65,9 @@ def validate_goal(
 ) -> Goal:
     """A :class:`Goal` from raw fields, or :class:`GoalError` saying what is wrong.
 
-    ``text`` is stripped; it must be non-empty (except for open-vocabulary goals with a class
-    list), at most ``max_chars`` characters, valid UTF-8 and free of descriptor syntax. ``task``
+    ``text`` is stripped; it must be non-empty (open-vocabulary goals: optional, their
+    ``classes`` list is required), at most ``max_chars`` characters, valid UTF-8, not
+    ``others`` and free of descriptor syntax. ``task``
     is a :class:`Task` value (empty: RES).
     """
     try:
@@ -85,17 +86,16 @@ def validate_goal(
         names = [_check_text(c, "class name", max_chars) for c in classes if c.strip() != OTHERS]
         if len(set(names)) != len(names):
             raise GoalError(f"class names must be unique, got {names!r}")
+        if not names:
+            raise GoalError("open_vocab goal needs a non-empty class list (`classes`)")
         text = text.strip()
-        if text:
-            text = _check_text(text, "goal text", max_chars)
-        elif not names:
-            raise GoalError("open_vocab goal needs a goal text or a class list")
-        else:
-            text = "|".join(names)
+        text = _check_text(text, "goal text", max_chars) if text else "|".join(names)
     else:
         if classes:
             raise GoalError(f"classes are only allowed for open_vocab goals, not {parsed.value!r}")
         text = _check_text(text, "goal text", max_chars)
+        if text == OTHERS:
+            raise GoalError(f"goal text must not be {OTHERS!r}: that is the background label")
     return Goal(text=text, task=parsed, id=goal_id, classes=tuple(names))
 
 

@@ -244,6 +244,7 @@ class PerceptionNode(LifecycleNode):
     def _add_goal(self, text: str, task: str, goal_id: str, classes: list, standing: bool) -> None:
         try:
             goal = validate_goal(text, task, goal_id, classes, self.config.max_goal_chars)
+            self._check_with_model(goal)
             entry = self.goals.add(goal, standing)
         except GoalError as exc:
             self._reject("goals_rejected", f"goal {goal_id!r} rejected: {exc}")
@@ -251,6 +252,15 @@ class PerceptionNode(LifecycleNode):
         kind = "standing" if standing else "one-shot"
         g = entry.goal
         self.get_logger().info(f"goal {g.id!r} accepted ({g.task.value}, {kind}): {g.text!r}")
+
+    def _check_with_model(self, goal) -> None:
+        """Let the Segmenter refuse a goal now (if it can plan goals), not on every frame."""
+        plan = getattr(self.segmenter, "plan", None)
+        if callable(plan):
+            try:
+                plan([goal])
+            except (TypeError, ValueError) as exc:
+                raise GoalError(str(exc)) from None
 
     def _on_list_goals(self, request, response):
         response.goals = [messages.goal_msg(entry) for entry in self.goals.snapshot()]
