@@ -321,7 +321,14 @@ class RRLEGrammar(_BodyMixin, TokenGrammar):
         self.grid, self.distinct_runs = grid, distinct_runs
         self.start_point = ("L", 0, 0, 0, None)
         super().__init__(codec)
-        samples = [np.zeros((grid, grid), np.int64), np.indices((grid, grid)).sum(0) % 2]
+        # Samples that meet every label at a row start and after "| ", and every count.
+        rows = np.arange(grid)[:, None] % len(self.names)
+        mixed = np.broadcast_to(rows, (grid, grid)).copy()
+        mixed[0] = np.arange(grid) % len(self.names)
+        if grid > 1:
+            mixed[1, : grid // 2] = (mixed[1, 0] + 1) % len(self.names)
+        counts = np.arange(grid)[None, :] >= np.arange(grid)[:, None]  # runs of every length
+        samples = [mixed, counts.astype(np.int64)]
         self._check_canonical([encode_grid(s, self.names) + SEG_CLOSE for s in samples])
 
     def body_names(self, tag: Hashable) -> list[str]:
