@@ -72,8 +72,8 @@ class InferenceWorker:
 
     ``on_result(frame, goals, results, latency_s)`` runs on the worker thread after each frame
     with goals (``latency_s``: frame arrival to results ready); ``on_error(frame, goals, exc)``
-    when the segmenter raised. Frames that arrive while no goal is active are taken and skipped
-    (``skipped`` counts them): there is nothing to answer.
+    when the segmenter or ``on_result`` raised (the thread carries on). Frames that arrive
+    while no goal is active are taken and skipped (``skipped`` counts them): nothing to answer.
     """
 
     def __init__(
@@ -136,5 +136,9 @@ class InferenceWorker:
             latency = time.monotonic() - frame.received
             if self._stop.is_set():
                 return  # deactivated while the model ran: publishers are off
-            self.on_result(frame, active, results, latency)
+            try:
+                self.on_result(frame, active, results, latency)
+            except Exception as exc:  # noqa: BLE001  e.g. publishing while the node shuts down
+                self.on_error(frame, active, exc)
+                continue
             self.processed += 1
