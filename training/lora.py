@@ -8,7 +8,6 @@ language model sits at ``model.language_model`` for all four backbones.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +15,8 @@ import torch
 from peft import LoraConfig
 from transformers import PreTrainedModel
 
-from text4seg_ros.model.processors import load_processor
-from text4seg_ros.model.registry import Backbone, detect_backbone, get_backbone
+from text4seg_ros.model.loading import load_pretrained
+from text4seg_ros.model.registry import Backbone
 
 _LM_LINEARS = (
     r"model\.language_model\.layers\.\d+\."
@@ -52,20 +51,13 @@ def lora_config(backbone: str, r: int = 64, alpha: int = 128, dropout: float = 0
     )
 
 
-def backbone_of(path: str | Path) -> Backbone:
-    """The registered backbone of a Hugging Face model directory (from its ``config.json``)."""
-    config = Path(path) / "config.json"
-    if not config.exists():
-        raise ValueError(f"{path} is not a Hugging Face model directory (no config.json)")
-    model_type = json.loads(config.read_text(encoding="utf-8")).get("model_type", "")
-    return detect_backbone(model_type)
-
-
 def load_base(
-    path: str | Path, dtype: torch.dtype = torch.float32, backbone: str | None = None
+    path: str | Path,
+    dtype: torch.dtype = torch.float32,
+    backbone: str | None = None,
+    adapter: str | Path | None = None,
 ) -> tuple[PreTrainedModel, Any, Backbone]:
-    """Load ``(model, processor, backbone)`` from a local HF directory (no download)."""
-    spec = get_backbone(backbone) if backbone else backbone_of(path)
-    model = spec.model_class.from_pretrained(str(path), dtype=dtype)
-    processor = load_processor(path, spec.name)
-    return model, processor, spec
+    """Load ``(model, processor, backbone)`` exactly as the Segmenter does (any layout of
+    :func:`text4seg_ros.model.loading.load_pretrained`; ``adapter`` merged in when given)."""
+    loaded = load_pretrained(path, backbone=backbone, adapter=adapter, dtype=dtype)
+    return loaded.model, loaded.processor, loaded.backbone

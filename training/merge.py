@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 import torch
-from peft import PeftConfig, PeftModel
+from peft import PeftConfig
 
 from text4seg_ros.model.processors import save_processor
 
@@ -47,8 +47,7 @@ def merge_adapter(
         raise ValueError(
             f"base model {base} not found: pass --base (the directory training started from)"
         )
-    model, processor, backbone = load_base(base, dtype)
-    merged = PeftModel.from_pretrained(model, str(adapter)).merge_and_unload()
+    merged, processor, backbone = load_base(base, dtype, adapter=adapter)
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out))
     save_processor(processor, out, backbone.name)

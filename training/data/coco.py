@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import random
+import warnings
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -76,7 +77,9 @@ class CocoInstances:
             rle = mask_utils.frPyObjects(segm, h, w)
         else:
             rle = segm
-        return mask_utils.decode(rle).astype(bool)
+        with warnings.catch_warnings():  # pycocotools 2.0.11 vs numpy 2 copy-keyword notice
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return mask_utils.decode(rle).astype(bool)
 
     def union_mask(self, ann_ids: list[int], image_id: int) -> np.ndarray:
         """Union of several annotations' masks (empty list: an all-False mask)."""
@@ -134,6 +137,7 @@ def build_class_queries(
                 grid=grid,
                 meta={
                     "dataset": "coco_classes",
+                    "label": label,
                     "image_id": image_id,
                     "category_id": cat_id,
                     "ann_ids": [int(a["id"]) for a in anns],

@@ -61,6 +61,7 @@ def build_instances(
                 grid=grid,
                 meta={
                     "dataset": "coco_instances",
+                    "label": label,
                     "image_id": image_id,
                     "category_id": cat_id,
                     "ann_ids": [int(a["id"]) for _, _, a in keyed],

@@ -104,6 +104,7 @@ def build_refer(
                 grid=grid,
                 meta={
                     "dataset": dataset,
+                    "label": label,
                     "split": ref.get("split"),
                     "ref_id": ref["ref_id"],
                     "sent_id": sent.get("sent_id", k),

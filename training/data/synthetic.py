@@ -200,6 +200,7 @@ def build_synthetic(
                 grid=grid,
                 meta={
                     "dataset": "synthetic",
+                    "label": goal.text,
                     "size": list(size),
                     "box": list(mask_to_box(goal.mask) or []),
                 },
