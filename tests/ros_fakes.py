@@ -29,6 +29,8 @@ class ColourSegmenter:
 
     def __init__(self, delay_s: float = 0.0) -> None:
         self.delay_s = delay_s
+        self.gate: threading.Event | None = None  # when set up, segment() waits until it is set
+        self.entered = threading.Event()  # set when segment() starts
         self.image: np.ndarray | None = None
         self.frames: list[np.ndarray] = []
         self.calls: list[list[str]] = []
@@ -50,6 +52,9 @@ class ColourSegmenter:
         assert self.image is not None, "set_image first"
         if any("fail" in g.text for g in goals):
             raise RuntimeError("model failure requested by the goal text")
+        self.entered.set()
+        if self.gate is not None:
+            assert self.gate.wait(30), "gate never opened"
         time.sleep(self.delay_s)
         with self.lock:
             self.calls.append([g.id for g in goals])

@@ -352,3 +352,29 @@ def test_configure_fails_cleanly_without_a_model_and_the_node_stays_up():
         node.destroy_node()
     finally:
         rclpy.shutdown(context=ctx)
+
+
+def test_a_busy_model_blocks_no_callback_and_the_newest_frame_comes_next(harness):
+    h = harness(params={"diagnostics_period_s": 0.2})
+    h.start()
+    h.fake.gate = threading.Event()  # the model "runs" until the test opens the gate
+    h.goals.publish(Goal(id="a", text="red", standing=True))
+    assert wait_for(lambda: len(h.list_goals()) == 1, 5)
+    h.images.publish(frame(red_square(), 0))
+    assert h.fake.entered.wait(10)
+    # inference is in progress: services, goals and camera callbacks still run
+    start = time.monotonic()
+    assert [g.id for g in h.list_goals()] == ["a"]
+    h.goals.publish(Goal(id="b", text="red too", standing=True))
+    assert wait_for(lambda: len(h.list_goals()) == 2, 5)
+    for seq in range(1, 6):
+        h.images.publish(frame(red_square(), seq))
+        time.sleep(0.1)
+    assert wait_for(lambda: h.diag("frames_received") == "6", 5)
+    assert h.diag("frames_dropped") == "4"  # frames 1..4 replaced by newer ones, 5 waits
+    assert h.segs == [] and time.monotonic() - start < 10
+    h.fake.gate.set()
+    assert wait_for(lambda: len(h.segs) == 2, 10)
+    time.sleep(0.3)
+    assert [a.header.stamp.sec - 1000 for a in h.segs] == [0, 5]
+    assert [len(a.segmentations) for a in h.segs] == [1, 2]  # goal b joined on the next frame
