@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 
@@ -9,12 +10,13 @@ import numpy as np
 import pytest
 import torch
 from peft import LoraConfig, get_peft_model
+from safetensors.torch import save_file
 
 from text4seg_ros.model.llava_original import save_llava_original
 from text4seg_ros.model.loading import as_dtype, load_pretrained
 from text4seg_ros.model.registry import get_backbone
 from text4seg_ros.model.tiny import TINY_BACKBONES, build_tiny, build_tiny_model
-from text4seg_ros.model.tokenizer import LLAVA_CHAT_TEMPLATE, build_tokenizer
+from text4seg_ros.model.tokenizer import LLAVA_CHAT_TEMPLATE, build_tokenizer, corpus
 
 torch.set_num_threads(1)
 IMAGE = np.random.default_rng(1).integers(0, 255, (24, 36, 3), dtype=np.uint8)
@@ -152,27 +154,56 @@ def test_llava_original_missing_projector_and_mismatch(tmp_path):
         load_pretrained(out, backbone="qwen2_vl")
 
 
-def test_llava_original_tokenizer_without_image_token(tmp_path):
+def write_research_tokenizer(out, kind: str) -> int:
+    """Replace the saved tokenizer by one without ``<image>``, as the research code saves it:
+    a byte-level BPE (tokenizer.json) or a Llama SentencePiece model (tokenizer.model only).
+    Returns its vocabulary size."""
+    for name in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
+        (out / name).unlink(missing_ok=True)
+    if kind == "bpe":
+        specials = ("<pad>", "</s>", "<s>", "<unk>")
+        tok = build_tokenizer(specials, LLAVA_CHAT_TEMPLATE, {}, vocab_size=512, seed=6, bos="<s>")
+        tok.save_pretrained(out)
+        return len(tok)
+    spm = pytest.importorskip("sentencepiece")
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus(0, 16)),
+        model_writer=buffer,
+        vocab_size=400,
+        model_type="bpe",
+        byte_fallback=True,
+        split_digits=True,
+        unk_id=0,
+        bos_id=1,
+        eos_id=2,
+        pad_id=-1,
+        normalization_rule_name="identity",
+        minloglevel=2,
+    )
+    (out / "tokenizer.model").write_bytes(buffer.getvalue())
+    config = {"tokenizer_class": "LlamaTokenizer", "bos_token": "<s>", "eos_token": "</s>"}
+    (out / "tokenizer_config.json").write_text(json.dumps({**config, "unk_token": "<unk>"}))
+    return 400
+
+
+@pytest.mark.parametrize("kind", ["bpe", "sentencepiece"])
+def test_llava_original_tokenizer_without_image_token(tmp_path, kind):
     """The research tokenizer has no <image>: it is added and the embeddings grow by one row."""
     model, processor = build_tiny("llava", seed=6)
     out = save_llava_original(model, processor, tmp_path / "llava", tmp_path / "clip")
-    specials = ("<pad>", "</s>", "<s>", "<unk>")  # no <image>
-    tok = build_tokenizer(specials, LLAVA_CHAT_TEMPLATE, {}, vocab_size=512, seed=6, bos="<s>")
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        (out / f).unlink()
-    tok.save_pretrained(out)
-    config = json.loads((out / "config.json").read_text())
-    rows = len(tok)
-    weights = {k: v for k, v in model.state_dict().items() if k.startswith("model.language_model")}
-    from safetensors.torch import save_file
-
+    rows = write_research_tokenizer(out, kind)
+    assert rows <= model.config.text_config.vocab_size
+    weights = model.state_dict()
     lm = {
         "model." + k.removeprefix("model.language_model."): v.contiguous()
         for k, v in weights.items()
+        if k.startswith("model.language_model.")
     }
     lm["model.embed_tokens.weight"] = lm["model.embed_tokens.weight"][:rows].contiguous()
-    lm["lm_head.weight"] = model.state_dict()["lm_head.weight"][:rows].contiguous()
+    lm["lm_head.weight"] = weights["lm_head.weight"][:rows].contiguous()
     save_file(lm, str(out / "model.safetensors"))
+    config = json.loads((out / "config.json").read_text())
     config["vocab_size"] = rows
     (out / "config.json").write_text(json.dumps(config))
     loaded = load_pretrained(out)

@@ -116,10 +116,11 @@ class Segmenter:
         self.boundary_ok = joins_cleanly(self.tokenizer)
         if not self.boundary_ok:
             warnings.warn(
-                f"{type(self.tokenizer).__name__} merges '<seg>' with the label after it "
-                "(e.g. '>others' as one pre-token): the prompt suffix ends at '<seg>' and the "
-                "descriptor is decoded from there, a tokenization the model may not have seen "
-                "in training; masks stay valid but can differ from unconstrained decoding",
+                f"{type(self.tokenizer).__name__} tokenizes '<seg>' + descriptor differently "
+                "from the two apart (Qwen glues '>others', SentencePiece adds a word-start mark): "
+                "the prompt suffix ends at '<seg>' and decoding starts there, a tokenization "
+                "the model may not have seen in training; masks stay valid but can differ from "
+                "unconstrained decoding",
                 stacklevel=2,
             )
         self._image: np.ndarray | None = None

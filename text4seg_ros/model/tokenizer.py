@@ -87,7 +87,7 @@ _WORDS = (
 ).split()
 
 
-def _corpus(seed: int, grid: int) -> list[str]:
+def corpus(seed: int, grid: int) -> list[str]:
     """Prompt-like and descriptor-like text to train the BPE on (deterministic per seed)."""
     # Imported here: prompts imports the descriptors package, which is light, but keeping the
     # module import graph flat avoids cycles when the registry imports this module.
@@ -141,7 +141,7 @@ def build_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(_corpus(seed, grid), trainer)
+    tok.train_from_iterator(corpus(seed, grid), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=specials[0],
