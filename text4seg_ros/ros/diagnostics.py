@@ -3,7 +3,9 @@
 Keys of the one ``DiagnosticStatus`` (name ``<node name>: perception``), all values strings:
 
 * ``state``: lifecycle state; ``model``: unloaded | loading | loaded | failed: <reason>
-* ``frames_received``, ``frames_processed``, ``frames_dropped`` (replaced before inference),
+* ``frames_received``, ``frames_processed``, ``frames_dropped`` (replaced in the node's
+  mailbox before inference), ``frames_missed`` (published by the camera but replaced in the DDS
+  queue before the callback took them: gaps in the publication sequence numbers),
   ``frames_skipped`` (no goal active), ``images_rejected``, ``goals_rejected``,
   ``goals_active``, ``goals_answered``, ``inference_errors``
 * ``rate_hz``: processed frames per second over the last ``window`` frames
@@ -44,6 +46,7 @@ class NodeStats:
         "frames_received",
         "frames_processed",
         "frames_dropped",
+        "frames_missed",
         "frames_skipped",
         "images_rejected",
         "goals_rejected",

@@ -80,6 +80,7 @@ class PerceptionNode(LifecycleNode):
         self._pubs: dict[str, object] = {}
         self._configured_entities: list = []
         self._image_sub = None
+        self._last_seq: int | None = None
         self._log_times: dict[str, float] = {}
         period = max(0.05, float(self.get_parameter("diagnostics_period_s").value))
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
@@ -138,6 +139,7 @@ class PerceptionNode(LifecycleNode):
         """Start the inference thread, subscribe to the camera, enable the result publishers."""
         self.worker = InferenceWorker(self.segmenter, self.goals, self._on_result, self._on_error)
         self.worker.start()
+        self._last_seq = None
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         qos = _qos(self.config.image_qos_depth, self.config.image_qos_reliability)
         if self.config.compressed:
@@ -209,11 +211,27 @@ class PerceptionNode(LifecycleNode):
 
     # ---------------------------------------------------------------- inputs
 
-    def _on_image(self, msg: Image) -> None:
+    def _on_image(self, msg: Image, info: dict) -> None:
+        self._count_missed(info)
         self._enqueue(msg.header, lambda: image_to_rgb(msg, self.config.max_image_pixels))
 
-    def _on_compressed(self, msg: CompressedImage) -> None:
+    def _on_compressed(self, msg: CompressedImage, info: dict) -> None:
+        self._count_missed(info)
         self._enqueue(msg.header, lambda: compressed_to_rgb(msg, self.config.max_image_pixels))
+
+    def _count_missed(self, info: dict) -> None:
+        """Count frames that never reached the callback: gaps in the publication sequence.
+
+        With sensor-data QoS (best effort, depth 1) DDS replaces a frame not yet taken by a
+        newer one; those are dropped before the node sees them. Exact for one camera publisher;
+        a sequence going back (another publisher, a restarted camera) only resets the count.
+        """
+        seq = info.get("publication_sequence_number") if isinstance(info, dict) else None
+        if not seq:
+            return
+        last, self._last_seq = self._last_seq, seq
+        if last is not None and seq > last + 1:
+            self.stats.add("frames_missed", seq - last - 1)
 
     def _enqueue(self, header, convert: Callable) -> None:
         received = time.monotonic()
