@@ -34,7 +34,7 @@ from text4seg_msgs.msg import Goal, SegmentationArray  # noqa: E402
 from text4seg_msgs.srv import ListGoals  # noqa: E402
 from vision_msgs.msg import Detection2DArray  # noqa: E402
 
-from text4seg_ros.descriptors import decode_mask  # noqa: E402
+from text4seg_ros.descriptors import decode_labels, decode_mask, grid_to_labels  # noqa: E402
 from text4seg_ros.ros.image import array_to_image, image_to_array  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -129,8 +129,30 @@ def test_1_lifecycle_and_goal_and_frame_in_segmentation_out(rig):
     assert seg.descriptor.count("\n") >= GRID, "a full G-row descriptor"
     assert rig.masks[0].header == msg.header
     assert wait_for(lambda: rig.list_goals() == [], 10), "one-shot goal answered once, then removed"
+    # every other task kind through the real Segmenter, batched on one frame
+    rig.goals.publish(Goal(id="g", text="cups", task="gres"))
+    rig.goals.publish(Goal(id="ov", task="open_vocab", classes=["cup", "plate"]))
+    rig.goals.publish(Goal(id="in", text="mug", task="instances"))
+    assert wait_for(lambda: len(rig.list_goals()) == 3, 10)
+    msg = frame(2)
+    rig.camera.publish(msg)
+    assert wait_for(lambda: len(rig.segs) == 2, 30), rig.node.log()[-3000:]
+    segs = rig.segs[1].segmentations
+    assert all(s.header == msg.header for s in segs)
+    whole = {s.goal_id: s for s in segs if s.instance == 0}
+    assert set(whole) == {"g", "ov", "in"}
+    assert whole["g"].task == "gres" and whole["in"].task == "instances"
+    ov = whole["ov"]
+    assert list(ov.labels) == ["others", "cup", "plate"]
+    grid = decode_labels(ov.descriptor, ["others", "cup", "plate"], GRID)
+    assert np.array_equal(image_to_array(ov.mask), grid_to_labels(grid, (48, 64)))
+    instances = [s for s in segs if s.goal_id == "in" and s.instance > 0]
+    assert [s.instance for s in instances] == list(range(1, len(instances) + 1))
+    det_ids = {d.id for d in rig.dets[1].detections}
+    assert det_ids <= {"g", "ov/cup", "ov/plate"} | {f"in/{s.instance}" for s in instances}
+    assert wait_for(lambda: rig.list_goals() == [], 10)
     d = rig.fresh_diag()
-    assert d["model"] == "loaded" and d["state"] == "active" and d["frames_processed"] == "1"
+    assert d["model"] == "loaded" and d["state"] == "active" and d["frames_processed"] == "2"
 
 
 def test_2_bad_input_is_rejected_counted_and_the_node_stays_up(rig):
