@@ -191,6 +191,17 @@ def test_standing_goals_answer_every_frame_and_can_be_replaced_cancelled_cleared
     assert wait_for(lambda: {g.text for g in h.list_goals()} == {"grey wall", "red"}, 5)
     h.goals.publish(Goal(id="cls", cancel=True))
     assert wait_for(lambda: [g.id for g in h.list_goals()] == ["text"], 5)
+    # deactivate: no answers, goals kept; activate again: answers resume
+    assert h.client.transition(h.fqn, "deactivate")
+    n = len(h.segs)
+    h.images.publish(frame(red_square(), 10))
+    time.sleep(0.5)
+    assert len(h.segs) == n and [g.id for g in h.list_goals()] == ["text"]
+    assert h.client.transition(h.fqn, "activate")
+    assert wait_for(lambda: h.images.get_subscription_count() > 0, 10)
+    h.images.publish(frame(red_square(), 11))
+    assert wait_for(lambda: len(h.segs) == n + 1, 10)
+    assert h.segs[-1].header.stamp.sec == 1011
     reply = h.client.call(Trigger, f"{h.ns}/clear_goals", Trigger.Request())
     assert reply.success and reply.message == "cleared 1 goals"
     assert h.list_goals() == []
