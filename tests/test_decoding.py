@@ -233,7 +233,8 @@ def test_bsd_random_weight_generations_are_valid(codec):
         suffixes = [list(codec.encode(f"instances {i}:\n")) for i in range(4)]
         for res in constrained_generate(HFCausalLMStep(model), grammars, suffixes):
             assert res.complete and res.tokens[-1] == EOS
-            instances, repairs = parse_bsd(codec.decode(res.tokens[:-1]), ["cup"], 4)
+            assert res.text == codec.decode(res.tokens[:-1])  # the text stops before EOS
+            instances, repairs = parse_bsd(res.text, ["cup"], 4)
             assert not repairs and all(not i.repairs for i in instances)
             found += len(instances)
     assert found > 0  # the random models did write instances, not only the empty answer

@@ -35,7 +35,7 @@ class GenerationResult:
     """What one goal's decoding produced.
 
     * ``tokens``: generated token ids (the descriptor after the suffix, up to the grammar's end).
-    * ``text``: their text.
+    * ``text``: their text (without a final end-of-sequence token, for B-SD).
     * ``forward_calls``: sequential model forward calls this goal took part in (its prefill of the
       suffix included; the shared prefix excluded).
     * ``chosen_probs``: softmax probability (over the whole vocabulary) of every token the model
@@ -207,7 +207,9 @@ def constrained_generate(
             blocks[b], committed[b], states[b] = [token, *forced], 1 + len(forced), state
             _finish_or_draft(b, g, state, res, blocks, max_draft_tokens, max_new_tokens)
     for res, g in zip(results, grammars):
-        res.text = g.codec.decode(res.tokens)
+        eos = getattr(g, "eos", None)
+        end = -1 if eos is not None and res.tokens[-1:] == [eos] else None
+        res.text = g.codec.decode(res.tokens[:end])
     return results
 
 

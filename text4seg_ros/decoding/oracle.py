@@ -27,6 +27,12 @@ class OracleStep:
         self.starts = list(starts)
         self.vocab = vocab
         self.calls = 0
+        width = max([1, *map(len, self.targets)])
+        self._truth = torch.zeros(len(self.targets), width, dtype=torch.long)  # (B, L) padded
+        for r, target in enumerate(self.targets):
+            self._truth[r, : len(target)] = torch.tensor(target, dtype=torch.long)
+        self._lengths = torch.tensor([len(x) for x in self.targets], dtype=torch.long)[:, None]
+        self._starts = torch.tensor(self.starts, dtype=torch.long)[:, None]
 
     def __call__(
         self,
@@ -37,10 +43,9 @@ class OracleStep:
     ) -> tuple[torch.Tensor, Any]:
         self.calls += 1
         b, t = input_ids.shape
-        logits = torch.zeros(b, t, self.vocab)
-        for r in range(b):
-            target, start = self.targets[r], self.starts[r]
-            for c in range(t):
-                k = int(position_ids[r, c]) + 1 - start
-                logits[r, c, target[k] if 0 <= k < len(target) else 0] = 1.0
+        k = position_ids.cpu() + 1 - self._starts  # (B, T) index of the true next token
+        inside = (k >= 0) & (k < self._lengths)
+        width = self._truth.shape[1]
+        truth = torch.where(inside, self._truth.gather(1, k.clamp(0, width - 1)), 0)
+        logits = torch.zeros(b, t, self.vocab).scatter_(2, truth[..., None], 1.0)
         return logits, cache

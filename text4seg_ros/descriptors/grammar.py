@@ -29,8 +29,10 @@ the text, so almost no token is forced (after ``"|"`` the model may write ``" "`
 which need not be the tokens the model itself would emit, so "constrained output identical to the
 model's own valid greedy output" cannot be guaranteed at the token level; (3) xgrammar requires
 triton and an unpinned torch, which this project cannot install. Measured with llguidance 1.9.1
-(which installs cleanly): masks cost about 4 us, but a 16 x 16 mask needed 72 free steps for 131
-tokens (1.8x) where this automaton with drafts needs a fraction of that (bench/decode_steps.py).
+(no dependencies; Lark grammar with the expanded row-sum rules): masks cost about 4 us, but one
+16 x 16 mask answer of 131 tokens needed 72 model steps (1.8 tokens per step); this automaton
+needs 60 (jump-forward only) and the decoder with verified drafts 6 (bench/decode_steps.py has
+the numbers over all real masks). :class:`BSDGrammar` lives in :mod:`.grammar_bsd`.
 
 States are small ints; allowed sets, transitions and forced runs are cached per grammar, so a
 step costs a few dict look-ups (microseconds), far below a model forward.
@@ -45,8 +47,7 @@ from typing import Any
 
 import numpy as np
 
-from .bsd import BOX_CLOSE, BOX_OPEN, BRICK, BRICK_NAMES, QUANT, REF_CLOSE, REF_OPEN
-from .rrle import OTHERS, RUN_SEP, SEG_CLOSE, SEG_OPEN, check_label, encode_grid
+from .rrle import OTHERS, RUN_SEP, SEG_CLOSE, check_label, encode_grid
 
 END: Hashable = None  # the choice point after the last token
 
@@ -93,8 +94,11 @@ class TokenCodec:
         return text
 
     def decode(self, tokens: Sequence[int]) -> str:
-        """Text of a token sequence (concatenated pieces)."""
-        return "".join(self.piece(int(t)) for t in tokens)
+        """Text of a token sequence (decoded whole, so multi-byte characters survive)."""
+        ids = [int(t) for t in tokens]
+        if self._backend is not None:
+            return self._backend.decode(ids, skip_special_tokens=False)
+        return self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
 
 
 @dataclass(frozen=True)
@@ -341,129 +345,32 @@ class RRLEGrammar(_BodyMixin, TokenGrammar):
         return tuple(self.body_options(point))  # type: ignore[arg-type]
 
 
-class BSDGrammar(_BodyMixin, TokenGrammar):
-    """B-SD instances (see :mod:`.bsd`): ``<ref>..</ref><box>[..]</box><seg>..</seg>`` joined by
-    ``"\\n"``, at most ``max_instances``, ended by ``eos_token_id`` (an empty list is just EOS).
-
-    Box coordinates are decimal 0..1000 with ``x1 < x2`` and ``y1 < y2``. The body grid is
-    ``grid`` (labels ``{LABEL, others}``) or, with ``bricks``, ``grid // 2`` over the brick tokens.
-    """
-
-    def __init__(
-        self,
-        codec: TokenCodec,
-        labels: Sequence[str],
-        eos_token_id: int,
-        grid: int = 16,
-        bricks: bool = False,
-        max_instances: int = 8,
-        distinct_runs: bool = True,
-    ) -> None:
-        self.labels = [n for n in _check_labels(labels, "label") if n != OTHERS]
-        if not self.labels:
-            raise ValueError(f"labels must name at least one class besides {OTHERS!r}")
-        if not isinstance(eos_token_id, int) or eos_token_id < 0:
-            raise TypeError(f"eos_token_id must be a token id (int >= 0), got {eos_token_id!r}")
-        if bricks and grid % BRICK:
-            raise ValueError(f"semantic bricks need an even grid, got {grid}")
-        if max_instances < 1:
-            raise ValueError(f"max_instances must be >= 1, got {max_instances}")
-        self.eos, self.bricks, self.max_instances = eos_token_id, bricks, max_instances
-        self.grid = grid // BRICK if bricks else grid
-        self.distinct_runs = distinct_runs
-        self.start_point = ("I", 0)
-        super().__init__(codec)
-
-    def body_names(self, tag: Hashable) -> list[str]:
-        _, label = tag  # type: ignore[misc]
-        return list(BRICK_NAMES) if self.bricks else [OTHERS, self.labels[label]]
-
-    @staticmethod
-    def _ref_text(k: int, label: str) -> str:
-        """Text that opens instance ``k``, from its separator up to the first box digit."""
-        sep = "\n" if k else ""
-        return f"{sep}{REF_OPEN}{label}{REF_CLOSE}{BOX_OPEN}["
-
-    def body_end(self, tag: Hashable) -> list[Option]:
-        # "</seg>" and the next "<ref>" are one piece: Qwen-style regexes glue ">" to a newline.
-        k, _ = tag  # type: ignore[misc]
-        close = "\n" + SEG_CLOSE
-        out = [Option(self.codec.encode(close) + (self.eos,), END)]
-        if k + 1 < self.max_instances:
-            out += [
-                Option(self.codec.encode(close + self._ref_text(k + 1, lab)), ("Q", k + 1, j, ()))
-                for j, lab in enumerate(self.labels)
-            ]
-        return out
-
-    def options(self, point: Hashable) -> tuple[Option, ...]:
-        kind = point[0]  # type: ignore[index]
-        if kind == "I":
-            first = [
-                Option(self.codec.encode(self._ref_text(0, lab)), ("Q", 0, j, ()))
-                for j, lab in enumerate(self.labels)
-            ]
-            return tuple(first + [Option((self.eos,), END)])
-        if kind == "Q":  # box coordinate j of instance k: ("Q", k, label, values so far)
-            _, k, label, vals = point  # type: ignore[misc]
-            j = len(vals)
-            lo = 0 if j < 2 else vals[j - 2] + 1
-            hi = QUANT - 1 if j < 2 else QUANT
-            return tuple(
-                Option(self.codec.encode(str(v)), ("QS", k, label, vals + (v,)))
-                for v in range(lo, hi + 1)
-            )
-        if kind == "QS":
-            _, k, label, vals = point  # type: ignore[misc]
-            if len(vals) < 4:
-                return (Option(self.codec.encode(", "), ("Q", k, label, vals)),)
-            tag = (k, label)
-            names = self.body_names(tag)
-            head = f"]{BOX_CLOSE}{SEG_OPEN}"  # glued to the first label, as encode does
-            return tuple(
-                Option(self.codec.encode(f"{head}{name} *"), ("N", tag, 0, 0, i))
-                for i, name in enumerate(names)
-            )
-        return tuple(self.body_options(point))  # type: ignore[arg-type]
-
-
 @lru_cache(maxsize=64)
-def _cached(kind: str, codec: TokenCodec, key: tuple) -> TokenGrammar:
-    if kind == "rrle":
-        labels, grid, distinct = key
-        return RRLEGrammar(codec, labels, grid, distinct)
-    labels, eos, grid, bricks, max_instances, distinct = key
-    return BSDGrammar(codec, labels, eos, grid, bricks, max_instances, distinct)
+def _cached_rrle(codec: TokenCodec, labels: tuple, grid: int, distinct: bool) -> RRLEGrammar:
+    return RRLEGrammar(codec, labels, grid, distinct)
 
 
 def rrle_grammar(
     codec: TokenCodec, labels: Sequence[str], grid: int = 16, distinct_runs: bool = True
 ) -> RRLEGrammar:
     """A cached :class:`RRLEGrammar` (standing goals reuse their automaton every frame)."""
-    return _cached("rrle", codec, (tuple(labels), grid, distinct_runs))  # type: ignore[return-value]
+    return _cached_rrle(codec, tuple(labels), grid, distinct_runs)
 
 
-def bsd_grammar(
-    codec: TokenCodec,
-    labels: Sequence[str],
-    eos_token_id: int,
-    grid: int = 16,
-    bricks: bool = False,
-    max_instances: int = 8,
-    distinct_runs: bool = True,
-) -> BSDGrammar:
-    """A cached :class:`BSDGrammar`."""
-    key = (tuple(labels), eos_token_id, grid, bricks, max_instances, distinct_runs)
-    return _cached("bsd", codec, key)  # type: ignore[return-value]
+def __getattr__(name: str) -> Any:
+    """B-SD lives in :mod:`.grammar_bsd` (file size); imported lazily: it builds on this module."""
+    if name in ("BSDGrammar", "bsd_grammar"):
+        from . import grammar_bsd
+
+        return getattr(grammar_bsd, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
-__all__ = [
-    "BSDGrammar",
+__all__ = [  # plus BSDGrammar and bsd_grammar, served by __getattr__
     "END",
     "Option",
     "RRLEGrammar",
     "TokenCodec",
     "TokenGrammar",
-    "bsd_grammar",
     "rrle_grammar",
 ]

@@ -1,0 +1,116 @@
+"""Token-level grammar of box-wise descriptors (B-SD); see :mod:`.grammar` and :mod:`.bsd`."""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from functools import lru_cache
+
+from .bsd import BOX_CLOSE, BOX_OPEN, BRICK, BRICK_NAMES, QUANT, REF_CLOSE, REF_OPEN
+from .grammar import END, Option, TokenCodec, TokenGrammar, _BodyMixin, _check_labels
+from .rrle import OTHERS, SEG_CLOSE, SEG_OPEN
+
+
+class BSDGrammar(_BodyMixin, TokenGrammar):
+    """B-SD instances (see :mod:`.bsd`): ``<ref>..</ref><box>[..]</box><seg>..</seg>`` joined by
+    ``"\\n"``, at most ``max_instances``, ended by ``eos_token_id`` (an empty list is just EOS).
+
+    Box coordinates are decimal 0..1000 with ``x1 < x2`` and ``y1 < y2``. The body grid is
+    ``grid`` (labels ``{LABEL, others}``) or, with ``bricks``, ``grid // 2`` over the brick tokens.
+    """
+
+    def __init__(
+        self,
+        codec: TokenCodec,
+        labels: Sequence[str],
+        eos_token_id: int,
+        grid: int = 16,
+        bricks: bool = False,
+        max_instances: int = 8,
+        distinct_runs: bool = True,
+    ) -> None:
+        self.labels = [n for n in _check_labels(labels, "label") if n != OTHERS]
+        if not self.labels:
+            raise ValueError(f"labels must name at least one class besides {OTHERS!r}")
+        if not isinstance(eos_token_id, int) or eos_token_id < 0:
+            raise TypeError(f"eos_token_id must be a token id (int >= 0), got {eos_token_id!r}")
+        if bricks and grid % BRICK:
+            raise ValueError(f"semantic bricks need an even grid, got {grid}")
+        if max_instances < 1:
+            raise ValueError(f"max_instances must be >= 1, got {max_instances}")
+        self.eos, self.bricks, self.max_instances = eos_token_id, bricks, max_instances
+        self.grid = grid // BRICK if bricks else grid
+        self.distinct_runs = distinct_runs
+        self.start_point = ("I", 0)
+        super().__init__(codec)
+
+    def body_names(self, tag: Hashable) -> list[str]:
+        _, label = tag  # type: ignore[misc]
+        return list(BRICK_NAMES) if self.bricks else [OTHERS, self.labels[label]]
+
+    @staticmethod
+    def _ref_text(k: int, label: str) -> str:
+        """Text that opens instance ``k``, from its separator up to the first box digit."""
+        sep = "\n" if k else ""
+        return f"{sep}{REF_OPEN}{label}{REF_CLOSE}{BOX_OPEN}["
+
+    def body_end(self, tag: Hashable) -> list[Option]:
+        # "</seg>" and the next "<ref>" are one piece: Qwen-style regexes glue ">" to a newline.
+        k, _ = tag  # type: ignore[misc]
+        close = "\n" + SEG_CLOSE
+        out = [Option(self.codec.encode(close) + (self.eos,), END)]
+        if k + 1 < self.max_instances:
+            out += [
+                Option(self.codec.encode(close + self._ref_text(k + 1, lab)), ("Q", k + 1, j, ()))
+                for j, lab in enumerate(self.labels)
+            ]
+        return out
+
+    def options(self, point: Hashable) -> tuple[Option, ...]:
+        kind = point[0]  # type: ignore[index]
+        if kind == "I":
+            first = [
+                Option(self.codec.encode(self._ref_text(0, lab)), ("Q", 0, j, ()))
+                for j, lab in enumerate(self.labels)
+            ]
+            return tuple(first + [Option((self.eos,), END)])
+        if kind == "Q":  # box coordinate j of instance k: ("Q", k, label, values so far)
+            _, k, label, vals = point  # type: ignore[misc]
+            j = len(vals)
+            lo = 0 if j < 2 else vals[j - 2] + 1
+            hi = QUANT - 1 if j < 2 else QUANT
+            return tuple(
+                Option(self.codec.encode(str(v)), ("QS", k, label, vals + (v,)))
+                for v in range(lo, hi + 1)
+            )
+        if kind == "QS":
+            _, k, label, vals = point  # type: ignore[misc]
+            if len(vals) < 4:
+                return (Option(self.codec.encode(", "), ("Q", k, label, vals)),)
+            tag = (k, label)
+            names = self.body_names(tag)
+            head = f"]{BOX_CLOSE}{SEG_OPEN}"  # glued to the first label, as encode does
+            return tuple(
+                Option(self.codec.encode(f"{head}{name} *"), ("N", tag, 0, 0, i))
+                for i, name in enumerate(names)
+            )
+        return tuple(self.body_options(point))  # type: ignore[arg-type]
+
+
+@lru_cache(maxsize=64)
+def _cached_bsd(codec: TokenCodec, labels: tuple, *args: int | bool) -> BSDGrammar:
+    return BSDGrammar(codec, labels, *args)  # type: ignore[arg-type]
+
+
+def bsd_grammar(
+    codec: TokenCodec,
+    labels: Sequence[str],
+    eos_token_id: int,
+    grid: int = 16,
+    bricks: bool = False,
+    max_instances: int = 8,
+    distinct_runs: bool = True,
+) -> BSDGrammar:
+    """A cached :class:`BSDGrammar`."""
+    return _cached_bsd(
+        codec, tuple(labels), eos_token_id, grid, bricks, max_instances, distinct_runs
+    )
