@@ -53,6 +53,9 @@ def check_result(result: GoalResult, goal: Goal) -> None:
         union = np.zeros((h, w), bool)
         for inst in result.instances:
             assert inst.box == mask_to_box(inst.mask)
+            assert inst.descriptor.startswith("<ref>") and inst.descriptor in result.descriptor
+            (alone,), _ = parse_bsd(inst.descriptor, [goal.text], GRID)
+            assert alone.label == inst.labels[0] == goal.text
             union |= inst.mask
         assert np.array_equal(union, result.mask)
         return

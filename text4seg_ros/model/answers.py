@@ -20,6 +20,7 @@ referring task when       the box), then end of turn
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,7 +89,7 @@ class Answer:
     labels: list[str]
     descriptor: str
     label_map: np.ndarray | None = None
-    instances: list[tuple[str, np.ndarray]] = field(default_factory=list)
+    instances: list[tuple[str, np.ndarray, str]] = field(default_factory=list)  # label, mask, text
     repairs: list[Repair] = field(default_factory=list)
 
 
@@ -104,7 +105,12 @@ def read_answer(plan: GoalPlan, text: str, size: tuple[int, int], grid: int) -> 
         mask = np.zeros(size, dtype=bool)
         for inst in decoded:
             mask |= inst.mask
-        instances = [(inst.label, inst.mask) for inst in decoded]
+        # Triples are joined by "\n" and every one starts with "<ref>" (rows inside a body are
+        # joined by "\n " instead), so this split gives each instance its own descriptor.
+        triples = [t for t in re.split(r"\n(?=<ref>)", text) if t.strip()]
+        if len(triples) != len(decoded):  # a triple was unreadable (unconstrained text only)
+            triples = [text] * len(decoded)
+        instances = [(inst.label, inst.mask, t) for inst, t in zip(decoded, triples)]
         return Answer(mask, list(plan.names), text, instances=instances, repairs=repairs)
     descriptor = SEG_OPEN + text
     parsed = parse_rrle(descriptor, plan.names, grid)
@@ -117,18 +123,21 @@ def read_answer(plan: GoalPlan, text: str, size: tuple[int, int], grid: int) -> 
 
 
 def to_result(plan: GoalPlan, answer: Answer, score: float, steps: int) -> GoalResult:
-    """A :class:`GoalResult` (timings filled in by the caller); boxes are tight mask boxes."""
+    """A :class:`GoalResult` (timings filled in by the caller); boxes are tight mask boxes.
+
+    B-SD instances carry their own triple as ``descriptor`` and the goal's score and steps.
+    """
     instances = [
         GoalResult(
             goal=plan.goal,
             mask=mask,
             box=mask_to_box(mask),
             score=score,
-            descriptor=answer.descriptor,
+            descriptor=triple,
             labels=[label],
             model_steps=steps,
         )
-        for label, mask in answer.instances
+        for label, mask, triple in answer.instances
     ]
     return GoalResult(
         goal=plan.goal,
