@@ -215,8 +215,8 @@ def load_llava_original(
         if key not in weights:
             raise ValueError(f"{str(path)!r}: weight {key!r} missing from {lm_file.name}")
         _grow_rows(weights, key, vocab)
-    model = LlavaForConditionalGeneration(llava_config)
-    expected = model.state_dict()
+    with torch.device("meta"):  # shapes only: no memory for a 7B model's random weights
+        expected = LlavaForConditionalGeneration(llava_config).state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))
     if missing or unexpected:
@@ -231,7 +231,11 @@ def load_llava_original(
                 f"weight {key!r}: shape {tuple(value.shape)} in the checkpoint, "
                 f"{tuple(expected[key].shape)} expected from config.json"
             )
-    model.load_state_dict(weights, strict=True)
+    # from_pretrained with a state dict: built on the meta device and filled in ``dtype``,
+    # buffers (rotary frequencies, position ids) initialised properly.
+    model = LlavaForConditionalGeneration.from_pretrained(
+        None, config=llava_config, state_dict=weights, dtype=dtype
+    )
     size = vision_config.image_size
     if (vdir / "preprocessor_config.json").is_file():
         image_processor = LlavaImageProcessorPil.from_pretrained(str(vdir))
@@ -251,7 +255,7 @@ def load_llava_original(
         num_additional_image_tokens=1,
         chat_template=LLAVA_CHAT_TEMPLATE,
     )
-    return model.to(dtype).eval(), processor
+    return model.eval(), processor
 
 
 def save_llava_original(
