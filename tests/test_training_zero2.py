@@ -26,6 +26,7 @@ from text4seg_ros.prompts import Task
 from training.data.sample import read_jsonl, write_jsonl
 from training.data.synthetic import build_synthetic
 from training.dataset import ChatDataset, Collator, load_image
+from training.evaluate import evaluate
 from training.merge import merge_adapter
 
 REPO = Path(__file__).resolve().parents[1]
@@ -148,3 +149,12 @@ def test_one_command_trains_on_coco_tiny16(data_dir: Path, tmp_path: Path) -> No
     log = _log(tmp_path / "tiny" / "run")
     assert log[-1]["loss"] < log[0]["loss"]
     assert (tmp_path / "tiny" / "merged" / "model.safetensors").is_file()
+
+
+def test_evaluate_answers_the_samples_goals(run: dict, merged: Path) -> None:
+    segmenter = Segmenter.from_pretrained(merged, grid=16)
+    samples = read_jsonl(run["data"])
+    report = evaluate(segmenter, samples, limit=4)
+    assert report["metrics"]["queries"] == 4 and report["metrics"]["valid"] == 1.0
+    assert [a["id"] for a in report["answers"]] == [s.id for s in samples[:4]]
+    assert all(0.0 <= a["iou"] <= 1.0 for a in report["answers"])

@@ -18,9 +18,11 @@ MASTER_ADDR=${MASTER_ADDR:?set MASTER_ADDR to the first host of $HOSTFILE}
 MASTER_PORT=${MASTER_PORT:-29500}
 PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-8}
 DEEPSPEED=${DEEPSPEED:-deepspeed}
+# Extra launcher options, e.g. DEEPSPEED_ARGS="--no_ssh_check" for a one-host hostfile.
+read -ra LAUNCHER_ARGS <<<"${DEEPSPEED_ARGS:-}"
 IFS=, read -ra FILES <<<"$DATA"
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/build/torch_extensions}
-exec "$DEEPSPEED" --hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR" \
+exec "$DEEPSPEED" "${LAUNCHER_ARGS[@]}" --hostfile "$HOSTFILE" --master_addr "$MASTER_ADDR" \
   --master_port "$MASTER_PORT" --module training.train \
   --model "$MODEL" --data "${FILES[@]}" --output_dir "$OUT" \
   --per_device_batch "$PER_DEVICE_BATCH" "$@"
