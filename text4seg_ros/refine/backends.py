@@ -31,12 +31,13 @@ class SamPrediction:
     """One SAM mask prediction.
 
     * ``low_res``: ``(S, S)`` ``float32`` logits in SAM's padded low-resolution frame.
-    * ``logits``: ``(H, W)`` ``float32`` logits at image size (threshold at 0 for the mask).
+    * ``logits``: ``(H, W)`` ``float32`` logits at image size (threshold at 0 for the mask), or
+      None when the caller asked for the low-resolution logits only.
     * ``score``: SAM's predicted IoU of the mask, a float (about ``[0, 1]`` for trained models).
     """
 
     low_res: np.ndarray
-    logits: np.ndarray
+    logits: np.ndarray | None
     score: float
 
 
@@ -54,9 +55,11 @@ class SamBackend(Protocol):
         labels: np.ndarray | None,
         box: np.ndarray | None,
         mask_logits: np.ndarray | None,
+        upsample: bool = True,
     ) -> SamPrediction:
         """One mask from points ``(N, 2)`` xy + labels ``(N,)``, a ``(4,)`` inclusive XYXY box
-        and an ``(S, S)`` logit mask prompt (each optional), single-mask output."""
+        and an ``(S, S)`` logit mask prompt (each optional), single-mask output. With
+        ``upsample=False`` a backend may skip the image-size logits (``logits`` None)."""
 
 
 def _check_prompts(
@@ -138,6 +141,7 @@ class HfSamBackend:
         labels: np.ndarray | None,
         box: np.ndarray | None,
         mask_logits: np.ndarray | None,
+        upsample: bool = True,
     ) -> SamPrediction:
         """See :class:`SamBackend`; prompts are scaled into the resized input frame here."""
         if self._embeddings is None:
@@ -161,16 +165,18 @@ class HfSamBackend:
         with torch.inference_mode():
             out = self.model(image_embeddings=self._embeddings, multimask_output=False, **kwargs)
             low_res = out.pred_masks[0, 0].float()  # (1, S, S)
-            full = self.processor.post_process_masks(
-                [low_res[None]],
-                [self._original],
-                [self._reshaped],
-                binarize=False,
-                pad_size={"height": self.input_side, "width": self.input_side},
-            )[0]  # (1, 1, H, W)
+            full = None
+            if upsample:  # the feedback passes need only the low-resolution logits
+                full = self.processor.post_process_masks(
+                    [low_res[None]],
+                    [self._original],
+                    [self._reshaped],
+                    binarize=False,
+                    pad_size={"height": self.input_side, "width": self.input_side},
+                )[0][0, 0]  # (H, W)
         return SamPrediction(
             low_res=low_res[0].cpu().numpy().astype(np.float32),
-            logits=full[0, 0].cpu().numpy().astype(np.float32),
+            logits=None if full is None else full.cpu().numpy().astype(np.float32),
             score=float(out.iou_scores[0, 0, 0]),
         )
 
@@ -246,6 +252,7 @@ class SegmentAnythingBackend:
         labels: np.ndarray | None,
         box: np.ndarray | None,
         mask_logits: np.ndarray | None,
+        upsample: bool = True,
     ) -> SamPrediction:
         """See :class:`SamBackend`."""
         _check_prompts(points, labels, mask_logits, self.low_res_side)

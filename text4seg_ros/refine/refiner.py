@@ -169,8 +169,9 @@ class SamRefiner:
         else:
             sam_xyxy = sam_box(box if box is not None else tight_box(mask), self._size)
         mask_prompt = mask_logit_prompt(mask, self.backend.low_res_side)
-        for _ in range(cfg.passes):
-            pred = self.backend.predict(points, labels, sam_xyxy, mask_prompt)
+        for i in range(cfg.passes):
+            last = i == cfg.passes - 1
+            pred = self.backend.predict(points, labels, sam_xyxy, mask_prompt, upsample=last)
             mask_prompt = pred.low_res  # fed back: SAM refines its own previous answer
         self.last_score = pred.score
         return pred.logits > 0.0
