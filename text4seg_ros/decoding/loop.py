@@ -10,10 +10,14 @@ Per goal, every forward call feeds one block of tokens:
    model's choice, which starts the next block. Rejected draft slots stay in the cache with
    attention mask 0.
 
-So the output is exactly the greedy constrained output (the same as without drafts and
-jump-forward), and when the model's unconstrained greedy output is a valid descriptor it is that
-output, token for token. Rows of a batch with blocks of different lengths are right-padded and
-masked; logical position ids keep every row's positions contiguous.
+So the output is the greedy constrained output (the same as without drafts and jump-forward),
+and when the model's unconstrained greedy output is a valid descriptor it is that output, token
+for token. One caveat, as for any batched or speculative decoder: blocks of different shapes
+reduce in a different floating-point order, so two tokens whose logits tie to the last bit may
+swap (tests use trained or float64 models, where this does not happen). Rows of a batch with
+blocks of different lengths are right-padded and masked; logical position ids keep every row's
+positions contiguous. Finished rows stay in the batch (fed nothing, masked) so the loop never
+needs to reorder an engine's cache.
 """
 
 from __future__ import annotations
