@@ -69,6 +69,12 @@ def test_parser_defaults_and_options() -> None:
     assert args.goals == ["the cup", "a chair"] and args.model == Path("m")
     assert args.task == "res" and args.grid == 16 and args.device == "cpu"
     assert args.refiner is None and args.refine_prompt == "points" and args.backbone is None
+    assert (args.dtype, args.descriptor, args.adapter, args.vision_tower) == (
+        "float32",
+        "isd",
+        None,
+        None,
+    )
     args = build_parser().parse_args(
         [
             "i.png",
@@ -321,8 +327,27 @@ def test_end_to_end_with_sam_refiner(tiny_llava, image_file, tmp_path) -> None:
     record = json.loads((out / "00_the-cup.json").read_text())
     assert record["refined"] is True
     coarse = decode_mask(record["descriptor"], "the cup", (48, 64), 4)
+    # The written mask is the coarse (descriptor) mask refined by that SAM with the box prompt.
+    from text4seg_ros.refine import RefinerConfig, load_refiner
+
+    expected = load_refiner(sam, config=RefinerConfig(prompt="box")).refine(
+        read_image(image_file), coarse
+    )
+    assert np.array_equal(np.asarray(Image.open(out / "00_the-cup.mask.png")) == 255, expected)
     if coarse.any():  # an empty coarse mask is not refined
         assert record["timings"]["refine_s"] > 0
+
+
+def test_end_to_end_instances(tiny_llava, image_file, tmp_path) -> None:
+    out = tmp_path / "out"
+    argv = [str(image_file), "cup", "--model", str(tiny_llava), "--grid", "4"]
+    assert main([*argv, "--task", "instances", "--out", str(out)]) == 0
+    record = json.loads((out / "00_cup.json").read_text())
+    assert record["goal"]["task"] == "instances"
+    for inst in record["instances"]:
+        if inst["box"] is not None:
+            x1, y1, x2, y2 = inst["box"]
+            assert 0 <= x1 < x2 <= 64 and 0 <= y1 < y2 <= 48
 
 
 def test_end_to_end_model_errors_exit_2(tiny_llava, image_file, tmp_path, capsys) -> None:

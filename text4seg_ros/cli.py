@@ -5,6 +5,8 @@ Usage::
     text4seg-segment IMAGE "goal" ["goal" ...] --model DIR [--backbone NAME]
         [--task res|gres|rec|open_vocab|instances|reason] [--classes a,b,...] [--grid 16]
         [--refiner PATH] [--refine-prompt points|box] [--out DIR] [--device cpu]
+        [--dtype float32|bfloat16|float16] [--descriptor isd|bsd] [--adapter DIR]
+        [--vision-tower DIR]
 
 For goal ``i`` (0-based, in the order given) it writes into ``--out`` (created):
 
@@ -82,6 +84,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", type=Path, default=Path("text4seg_out"), help="output directory")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16"],
+        help="weight dtype of the model and the refiner (half precision for GPUs)",
+    )
+    p.add_argument(
+        "--descriptor",
+        default="isd",
+        choices=["isd", "bsd"],
+        help="answer referring goals image-wise (isd) or box-wise (bsd)",
+    )
+    p.add_argument("--adapter", type=Path, default=None, help="LoRA adapter directory (peft)")
+    p.add_argument(
+        "--vision-tower", type=Path, default=None, help="vision tower (original LLaVA layout)"
+    )
     return p
 
 
@@ -260,7 +278,11 @@ def load_segmenter(args: argparse.Namespace, refiner: Any) -> Any:
             backbone=args.backbone,
             grid=args.grid,
             device=args.device,
+            dtype=args.dtype,
             refiner=refiner,
+            descriptor=args.descriptor,
+            adapter=args.adapter,
+            vision_tower=args.vision_tower,
         )
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"cannot load model from {args.model}: {exc}") from exc
@@ -273,7 +295,8 @@ def load_sam(args: argparse.Namespace) -> Any:
     from .refine import RefinerConfig, load_refiner
 
     try:
-        return load_refiner(args.refiner, args.device, RefinerConfig(prompt=args.refine_prompt))
+        config = RefinerConfig(prompt=args.refine_prompt)
+        return load_refiner(args.refiner, args.device, config, dtype=args.dtype)
     except (OSError, ValueError, ImportError) as exc:
         raise UserError(f"cannot load SAM refiner {args.refiner}: {exc}") from exc
 
