@@ -93,7 +93,8 @@ class SamRefiner:
     encoding and mask decoding (``config.passes`` calls). ``refine(image, mask)`` does both,
     re-encoding only when the image content changed, so several goals on one frame share one
     encode. ``last_score`` is SAM's predicted IoU of the last refined mask (None when the last
-    mask was empty and not refined).
+    mask was empty and not refined). The refiner owns its backend: encode frames through the
+    refiner, not the backend, or the cache goes stale.
     """
 
     def __init__(self, backend: SamBackend, config: RefinerConfig | None = None) -> None:
@@ -109,6 +110,7 @@ class SamRefiner:
     def set_image(self, image: np.ndarray) -> None:
         """Encode an ``(H, W, 3)`` ``uint8`` RGB frame for the following ``refine_mask`` calls."""
         check_image(image)
+        self._size = self._key = None  # a failed encode must not leave the old frame cached
         self.backend.set_image(image)
         self._size = (int(image.shape[0]), int(image.shape[1]))
         self._key = _fingerprint(image)
