@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -39,14 +40,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _torchrun(args: list[str], timeout: float = 300) -> subprocess.CompletedProcess:
+def _torchrun(args: list[str], timeout: float = 300, nproc: int = 2) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
         "OMP_NUM_THREADS": "1",
         "HF_HUB_OFFLINE": "1",
         "TORCH_EXTENSIONS_DIR": str(REPO / "build" / "torch_extensions"),
     }
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+    cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
            f"--master_port={_free_port()}", "-m", "training.train", *args]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
@@ -158,3 +159,21 @@ def test_evaluate_answers_the_samples_goals(run: dict, merged: Path) -> None:
     assert report["metrics"]["queries"] == 4 and report["metrics"]["valid"] == 1.0
     assert [a["id"] for a in report["answers"]] == [s.id for s in samples[:4]]
     assert all(0.0 <= a["iou"] <= 1.0 for a in report["answers"])
+
+
+def test_full_fine_tuning_saves_a_model_the_segmenter_loads(run: dict) -> None:
+    """``--tune full`` (tiny models from random init, e.g. the demo's): one rank, all weights."""
+    out = run["root"] / "full"
+    args = ["--model", str(run["base"]), "--data", str(run["data"]), "--output_dir", str(out),
+            "--tune", "full", "--lr", "1e-3", "--global_batch", "8", "--per_device_batch", "8",
+            "--max_steps", "6", "--log_steps", "2", "--save_steps", "0",
+            "--num_workers", "0"]  # fmt: skip
+    proc = _torchrun(args, nproc=1)
+    trainable, total = re.search(r"([\d,]+) trainable of ([\d,]+) params", proc.stdout).groups()
+    assert trainable == total  # every weight, vision tower included
+    losses = [r["loss"] for r in _log(out)]
+    assert losses[-1] < losses[0] - 0.1, losses
+    segmenter = Segmenter.from_pretrained(out / "model", grid=16)
+    segmenter.set_image(np.asarray(load_image(read_jsonl(run["data"])[0])))
+    (result,) = segmenter.segment([Goal("red circle")])
+    assert result.repairs == [] and result.descriptor.startswith("<seg>")

@@ -26,6 +26,13 @@ class Recipe:
     data: list[str] = field(metadata=_help("JSONL sample files (training.data builders)"))
     output_dir: str = field(metadata=_help("checkpoints, adapter, logs"))
     # LoRA on the language model's linear layers and the projector; vision tower frozen.
+    tune: str = field(
+        default="lora",
+        metadata={
+            "help": "lora (the paper) or full (every weight; tiny models from random init)",
+            "choices": ["lora", "full"],
+        },
+    )
     lora_r: int = field(default=64, metadata=_help("LoRA rank"))
     lora_alpha: int = field(default=128, metadata=_help("LoRA alpha (scale = alpha / r)"))
     lora_dropout: float = field(default=0.05, metadata=_help("LoRA dropout"))
@@ -57,6 +64,12 @@ class Recipe:
     save_steps: int = field(default=500, metadata=_help("checkpoint every N steps (0: end only)"))
     resume: bool = field(default=True, metadata=_help("resume from output_dir's latest ckpt"))
     local_rank: int = field(default=-1, metadata=_help("set by the deepspeed launcher"))
+
+    def __post_init__(self) -> None:
+        if self.tune not in ("lora", "full"):
+            raise ValueError(f"tune must be 'lora' or 'full', got {self.tune!r}")
+        if isinstance(self.data, str):
+            self.data = [self.data]
 
     def peak_lr(self, backbone: str) -> float:
         """The learning rate for ``backbone`` unless ``lr`` overrides it."""

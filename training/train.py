@@ -13,6 +13,7 @@ Output layout (``output_dir``)::
     checkpoints/step<N>/   DeepSpeed checkpoint (LoRA weights, ZeRO-2 optimizer partitions,
                            scheduler, data position): ``--resume`` continues from ``latest``
     adapter/               the final peft adapter + processor (input of training.merge)
+    model/                 instead of adapter/ with --tune full: the whole trained model
     log.jsonl              one line per logged step: step, loss, lr, samples_s, tokens_s
     recipe.json            the resolved recipe of the run
 """
@@ -133,7 +134,9 @@ def parse_recipe(argv: Sequence[str] | None = None) -> Recipe:
 
 
 def train(recipe: Recipe) -> Path:
-    """Run the recipe; returns the adapter directory. Every rank calls this."""
+    """Run the recipe; returns the adapter (or, with ``tune="full"``, the model) directory.
+
+    Every rank calls this."""
     rank, world, device = init_distributed()
     main = rank == 0
     precision = resolve_precision(recipe.precision)
@@ -147,9 +150,12 @@ def train(recipe: Recipe) -> Path:
     if recipe.gradient_checkpointing:
         model.gradient_checkpointing_enable()
         model.enable_input_require_grads()
-    model = get_peft_model(
-        model, lora_config(backbone.name, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout)
-    )
+    if recipe.tune == "lora":
+        model = get_peft_model(
+            model, lora_config(backbone.name, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout)
+        )
+    else:  # "full": every weight trains (small models from random init, e.g. the demo's)
+        model.requires_grad_(True)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
     n_total = sum(p.numel() for p in model.parameters())
@@ -275,13 +281,14 @@ def train(recipe: Recipe) -> Path:
             if step >= total:
                 break
     bar.close()
-    adapter = out / "adapter"
+    # LoRA: the peft adapter (merge with training.merge); full: a complete model directory.
+    result = out / ("adapter" if recipe.tune == "lora" else "model")
     if main:
-        engine.module.save_pretrained(str(adapter))
-        save_processor(processor, adapter, backbone.name)
-        print(f"[train] adapter saved to {adapter}", flush=True)
+        engine.module.save_pretrained(str(result))
+        save_processor(processor, result, backbone.name)
+        print(f"[train] {result.name} saved to {result}", flush=True)
     dist.barrier()
-    return adapter
+    return result
 
 
 def main(argv: Sequence[str] | None = None) -> int:
