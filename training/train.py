@@ -156,6 +156,8 @@ def train(recipe: Recipe) -> Path:
         )
     else:  # "full": every weight trains (small models from random init, e.g. the demo's)
         model.requires_grad_(True)
+    # On the GPU before the optimizer exists: torch's fused AdamW checks its params' device.
+    model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]
     n_trainable = sum(p.numel() for p in trainable)
     n_total = sum(p.numel() for p in model.parameters())
