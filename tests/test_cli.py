@@ -359,3 +359,20 @@ def test_end_to_end_model_errors_exit_2(tiny_llava, image_file, tmp_path, capsys
     assert "cannot load model" in err and "Traceback" not in err
     assert main([str(image_file), "cup", "--model", str(tiny_llava), "--backbone", "gpt9"]) == 2
     assert "cannot load model" in capsys.readouterr().err
+
+
+def test_segmenter_loads_sam_by_path(tiny_llava, image_file, tmp_path) -> None:
+    """The Segmenter's own hook (refiner="sam", refiner_path) builds this package's SamRefiner."""
+    from text4seg_ros.model.segmenter import Segmenter
+    from text4seg_ros.refine import SamRefiner, load_refiner
+    from text4seg_ros.refine.tiny import build_tiny_sam
+
+    sam = build_tiny_sam(tmp_path / "sam")
+    seg = Segmenter.from_pretrained(tiny_llava, grid=4, refiner="sam", refiner_path=sam)
+    assert isinstance(seg.refiner, SamRefiner)
+    image = read_image(image_file)
+    seg.set_image(image)
+    (result,) = seg.segment([Goal("the cup")])
+    coarse = decode_mask(result.descriptor, "the cup", (48, 64), 4)
+    assert np.array_equal(result.mask, load_refiner(sam).refine(image, coarse))
+    assert result.box == mask_to_box(result.mask)
