@@ -116,7 +116,7 @@ def test_1_lifecycle_and_goal_and_frame_in_segmentation_out(rig):
     assert wait_for(lambda: [g.id for g in rig.list_goals()] == ["mug"], 10)
     msg = frame(1)
     rig.camera.publish(msg)
-    assert wait_for(lambda: rig.segs and rig.dets is not None and rig.masks, 30), rig.node.log()
+    assert wait_for(lambda: rig.segs and rig.dets and rig.masks, 30), rig.node.log()[-3000:]
     arr = rig.segs[0]
     assert arr.header == msg.header
     (seg,) = arr.segmentations
@@ -136,7 +136,7 @@ def test_1_lifecycle_and_goal_and_frame_in_segmentation_out(rig):
     assert wait_for(lambda: len(rig.list_goals()) == 3, 10)
     msg = frame(2)
     rig.camera.publish(msg)
-    assert wait_for(lambda: len(rig.segs) == 2, 30), rig.node.log()[-3000:]
+    assert wait_for(lambda: len(rig.segs) == len(rig.dets) == 2, 30), rig.node.log()[-3000:]
     segs = rig.segs[1].segmentations
     assert all(s.header == msg.header for s in segs)
     whole = {s.goal_id: s for s in segs if s.instance == 0}
