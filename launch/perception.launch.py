@@ -6,9 +6,9 @@
 Arguments: ``params_file`` (default: the package's config/perception.yaml), ``model_path``,
 ``image`` (the camera topic the node's ``image`` input is remapped to), ``namespace``,
 ``use_sim_time``, ``autostart`` (configure then activate; false leaves the node unconfigured
-for ``ros2 lifecycle set``). The node's command line is
-``perception_node --ros-args -r __node:=perception_node -r __ns:=/NS --params-file FILE
--p model_path:=... -p use_sim_time:=... -r image:=TOPIC``.
+for ``ros2 lifecycle set``). The node runs as ``lib/text4seg_ros/perception_node --ros-args
+-r __node:=perception_node -r __ns:=/NS --params-file FILE --params-file <launch_ros' file
+with model_path and use_sim_time> -r image:=TOPIC``, the equivalent of ``-p model_path:=...``.
 """
 
 from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
