@@ -29,8 +29,11 @@ $(MSGS_STAMP): $(DEPS_STAMP) $(MSG_SRCS) tools/build_msgs.sh
 	VENV=$(VENV) bash tools/build_msgs.sh
 	touch $@
 
-$(PKG_STAMP): $(DEPS_STAMP) setup.py setup.cfg
+$(PKG_STAMP): $(DEPS_STAMP) setup.py setup.cfg package.xml $(wildcard launch/*.py config/*.yaml) text4seg_ros/ros/install_layout.py
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
+	# The ament layout launch_ros resolves (lib/text4seg_ros/perception_node, share/...), as
+	# symlinks like `colcon build --symlink-install`; pip -e installs no data files.
+	$(PY) -m text4seg_ros.ros.install_layout $(VENV)
 	touch $@
 
 setup: $(DEPS_STAMP) $(MSGS_STAMP) $(PKG_STAMP)
