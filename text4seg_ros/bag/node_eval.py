@@ -3,9 +3,10 @@
 Steps, as a robot would run the node:
 
 1. start ``perception_node --ros-args --params-file config/perception.yaml -p model_path:=DIR``
-   (stdout and stderr go to ``log_path``);
+   with a reliable image subscription (see :func:`node_command`; stdout and stderr go to
+   ``log_path``);
 2. lifecycle ``configure`` (loads the model) via ``/perception_node/change_state``;
-3. play the bag's goals and wait until ``/perception_node``'s ``list_goals`` service lists them
+3. play the bag's goals and wait until the node's ``list_goals`` service lists them
    all (so no frame arrives before its goals);
 4. ``activate``, then play the images as fast as the node acknowledges: each image waits for the
    ``segmentations`` message with its header stamp (``ack_timeout`` seconds, else dropped);
@@ -38,6 +39,7 @@ from .reader import EvalBag
 from .scoring import Answer, Scorer, percentiles
 
 NODE_NAME = "perception_node"
+LIST_GOALS_SERVICE = "/list_goals"  # the node names it relative: its namespace, here the root
 
 
 def default_params_file() -> Path:
@@ -59,6 +61,10 @@ def node_command(
     cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "text4seg_ros.ros.node"]
     cmd += ["--ros-args", "--params-file", str(params_file), "-p", f"model_path:={model}"]
     cmd += ["-p", f"device:={device}", "-p", f"grid:={grid}"]
+    # Best effort loses almost every ~1 MB frame between processes here (Fast DDS sends it as
+    # UDP fragments; one lost fragment drops the frame, and nothing resends it). The player waits
+    # for each answer, so reliable delivery cannot build a backlog: every frame gets evaluated.
+    cmd += ["-p", "image_qos_reliability:=reliable"]
     if backbone:
         cmd += ["-p", f"backbone:={backbone}"]
     return cmd
@@ -74,7 +80,7 @@ class NodeProcess:
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
         self._change = ros.create_client(ChangeState, f"/{NODE_NAME}/change_state")
         self._list = ros.create_client(
-            ros_message_class("text4seg_msgs/srv/ListGoals"), f"/{NODE_NAME}/list_goals"
+            ros_message_class("text4seg_msgs/srv/ListGoals"), LIST_GOALS_SERVICE
         )
 
     def log_tail(self, lines: int = 30) -> str:

@@ -67,6 +67,7 @@ class EvalRow:
     repairs: int | None = None
     latency_s: float | None = None
     error: str = ""
+    descriptor: str = ""  # what the model wrote (for looking into bad rows)
 
 
 @dataclass
@@ -203,7 +204,7 @@ class Scorer:
             answer.model_steps,
             answer.repairs,
         )
-        row.latency_s = latency_s
+        row.latency_s, row.descriptor = latency_s, answer.descriptor
         if truth is None:
             return
         if pred.shape != truth.shape:
