@@ -7,7 +7,10 @@ Layout of a line (LLaVA's conversation format, which the official Text4Seg data 
      "crop": null | [x1, y1, x2, y2],           # pixel edges, x2/y2 exclusive, applied on load
      "conversations": [{"from": "human", "value": "<image>\\nCan you segment the cup ...?"},
                        {"from": "gpt", "value": "Sure, here is ...:\\n<seg>...</seg>"}],
-     "task": "res", "grid": 16, "meta": {...}}
+     "task": "res", "grid": 16, "meta": {"label": "cup", "dataset": ..., "size": [H, W], ...}}
+
+``meta["label"]`` is the descriptor's foreground label (the goal text) for referring and
+instance samples; :mod:`training.evaluate` asks the Segmenter exactly that goal.
 
 The answer is always produced by :mod:`text4seg_ros.prompts` around a body from
 :mod:`text4seg_ros.descriptors`: builders never format descriptors themselves.
