@@ -13,10 +13,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-import numpy as np
-
 from ..descriptors.grammar import BSDGrammar, RRLEGrammar, TokenGrammar
-from ..descriptors.rrle import OTHERS, RUN_SEP, SEG_CLOSE, SEG_OPEN, encode_grid
+from ..descriptors.rrle import ROW_SEP, RUN_SEP, SEG_CLOSE, SEG_OPEN
 
 _REF = re.compile(r"<ref>(.*?)</ref>")
 
@@ -80,8 +78,22 @@ def predict_body(body: str, names: Sequence[str], grid: int) -> str | None:
     run = min(fits, key=lambda v: (abs(v - run), v))
     row = cells + [label] * run + pred[col + run :]
     rows += [row] * (grid - len(rows))
-    text = encode_grid(np.array(rows, dtype=np.int64), names) + SEG_CLOSE
+    text = _rle(rows, names) + SEG_CLOSE
     return text[len(body) :] if text.startswith(body) else None
+
+
+def _rle(rows: list[list[int]], names: Sequence[str]) -> str:
+    """:func:`~text4seg_ros.descriptors.rrle.encode_grid` for lists (no numpy per row: faster
+    for the small grids drafted on every model call)."""
+    out = []
+    for row in rows:
+        runs, start = [], 0
+        for i in range(1, len(row) + 1):
+            if i == len(row) or row[i] != row[start]:
+                runs.append(f"{names[row[start]]} *{i - start}")
+                start = i
+        out.append(RUN_SEP.join(runs))
+    return ROW_SEP.join(out) + "\n"
 
 
 def draft_text(grammar: TokenGrammar, text: str) -> str:
@@ -100,4 +112,4 @@ def draft_text(grammar: TokenGrammar, text: str) -> str:
     return ""
 
 
-__all__ = ["OTHERS", "draft_text", "predict_body"]
+__all__ = ["draft_text", "predict_body"]

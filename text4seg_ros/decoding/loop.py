@@ -97,25 +97,35 @@ class _Batch:
         self.pos[row] += kept
 
 
-def _choose(
-    logits: torch.Tensor, queries: list[tuple[int, int, np.ndarray]]
-) -> tuple[list[int], list[float]]:
-    """Masked argmax and its full-vocabulary probability for (row, column, allowed ids) queries."""
+def _choose(logits: torch.Tensor, queries: list[tuple[int, int, np.ndarray]]) -> list[int]:
+    """Masked argmax for each (row, column, allowed ids) query, gathered without (N, V) copies."""
     if not queries:
-        return [], []
+        return []
     rows = torch.tensor([q[0] for q in queries], device=logits.device)
     cols = torch.tensor([q[1] for q in queries], device=logits.device)
-    sel = logits[rows, cols].float()  # (N, V)
     width = max(len(q[2]) for q in queries)
     allowed = np.full((len(queries), width), -1, dtype=np.int64)
     for n, (_, _, a) in enumerate(queries):
         allowed[n, : len(a)] = a
     idx = torch.from_numpy(allowed).to(logits.device)
-    picked = sel.gather(1, idx.clamp(min=0)).masked_fill(idx < 0, float("-inf"))
+    picked = logits[rows[:, None], cols[:, None], idx.clamp(min=0)].float()  # (N, A)
+    picked = picked.masked_fill(idx < 0, float("-inf"))
     best = picked.argmax(1)  # first maximum: ties go to the lowest token id, as torch.argmax
-    token = idx.gather(1, best[:, None])[:, 0]
-    logp = picked.gather(1, best[:, None])[:, 0] - torch.logsumexp(sel, 1)
-    return token.tolist(), logp.exp().tolist()
+    return idx.gather(1, best[:, None])[:, 0].tolist()
+
+
+def _probs(
+    logits: torch.Tensor, queries: list[tuple[int, int, np.ndarray]], tokens: list[int], used
+) -> list[float]:
+    """Full-vocabulary softmax probability of the chosen token, for the queries in ``used``."""
+    if not used:
+        return []
+    rows = torch.tensor([queries[q][0] for q in used], device=logits.device)
+    cols = torch.tensor([queries[q][1] for q in used], device=logits.device)
+    chosen = torch.tensor([tokens[q] for q in used], device=logits.device)
+    sel = logits[rows, cols].float()  # (n, V): only where a probability is reported
+    logp = sel.gather(1, chosen[:, None])[:, 0] - torch.logsumexp(sel, 1)
+    return logp.exp().tolist()
 
 
 def constrained_generate(
@@ -179,7 +189,8 @@ def constrained_generate(
                 tail = len(queries)
                 queries.append((b, committed[b] - 1 + len(draft), g.allowed(state)))
             plans.append((draft, path, tail))
-        tokens, probs = _choose(logits, queries)
+        tokens = _choose(logits, queries)
+        used: list[list[int]] = [[] for _ in grammars]  # queries whose probability is reported
         for b, g in enumerate(grammars):
             if plans[b] is None:
                 continue
@@ -190,7 +201,7 @@ def constrained_generate(
                     choice = q
                     break
                 if q >= 0:
-                    res.chosen_probs.append(probs[q])
+                    used[b].append(q)
                 state = g.advance(state, token)
                 kept += 1
             res.drafted += len(draft)
@@ -204,12 +215,16 @@ def constrained_generate(
                 continue
             token = tokens[choice]
             if len(g.allowed(state)) > 1:
-                res.chosen_probs.append(probs[choice])
+                used[b].append(choice)
             state = g.advance(state, token)
             forced, state = g.forced(state)
             res.tokens += [token, *forced]
             blocks[b], committed[b], states[b] = [token, *forced], 1 + len(forced), state
             _finish_or_draft(b, g, state, res, blocks, max_draft_tokens, max_new_tokens)
+        flat = [q for qs in used for q in qs]
+        probs = iter(_probs(logits, queries, tokens, flat))
+        for b, qs in enumerate(used):
+            results[b].chosen_probs += [next(probs) for _ in qs]
     for res, g in zip(results, grammars):
         eos = getattr(g, "eos", None)
         end = -1 if eos is not None and res.tokens[-1:] == [eos] else None

@@ -127,6 +127,7 @@ class TokenGrammar:
         self._allowed: list[np.ndarray | None] = []
         self._next: dict[tuple[int, int], int] = {}
         self._forced: dict[int, tuple[tuple[int, ...], int]] = {}
+        self._pieces: dict[int, list[tuple[str, int]]] = {}
         self._start = self._intern(self._closure({(self.start_point, -1, 0)}))
 
     # -- to be defined by subclasses ---------------------------------------------------------
@@ -236,17 +237,24 @@ class TokenGrammar:
         tokens: list[int] = []
         pos = 0
         while pos < len(text) and len(tokens) < limit and not self.is_done(state):
-            best, best_len = -1, 0
-            for t in self.allowed(state).tolist():
-                piece = self.codec.piece(t)
-                if len(piece) > best_len and text.startswith(piece, pos):
-                    best, best_len = t, len(piece)
-            if best < 0:
+            pieces = self._pieces_longest_first(state)
+            match = next(((p, t) for p, t in pieces if text.startswith(p, pos)), None)
+            if match is None:
                 break
-            tokens.append(best)
-            state = self.advance(state, best)
-            pos += best_len
+            piece, token = match
+            tokens.append(token)
+            state = self.advance(state, token)
+            pos += len(piece)
         return tuple(tokens), state, pos
+
+    def _pieces_longest_first(self, state: int) -> list[tuple[str, int]]:
+        pieces = self._pieces.get(state)
+        if pieces is None:
+            pieces = [(self.codec.piece(t), t) for t in self.allowed(state).tolist()]
+            pieces = self._pieces[state] = sorted(
+                (p for p in pieces if p), key=lambda x: -len(x[0])
+            )
+        return pieces
 
     def _check_canonical(self, texts: Sequence[str]) -> None:
         """Refuse a tokenizer whose ``encode`` of whole descriptors differs from the automaton."""
