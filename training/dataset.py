@@ -80,7 +80,8 @@ def encode_sample(
     input_ids = torch.cat([prefix_ids, suffix])
     if input_ids.shape[0] > max_length:
         raise ValueError(
-            f"sample {sample.id} has {input_ids.shape[0]} tokens > max_length {max_length}"
+            f"sample {sample.id} has {input_ids.shape[0]} tokens > max_length {max_length}: "
+            "raise --max_length (G = 32 open-vocabulary answers are long) or drop the sample"
         )
     labels = input_ids.clone()
     labels[: n_prefix + n_question] = IGNORE_INDEX
