@@ -17,7 +17,7 @@ RUN_ENV = AMENT_PREFIX_PATH=$(ABS_VENV) ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST 
 	TORCH_EXTENSIONS_DIR=$(abspath build/torch_extensions) HF_HUB_OFFLINE=1 \
 	TRANSFORMERS_OFFLINE=1 PATH=$(ABS_VENV)/bin:$$PATH
 
-.PHONY: all setup test lint format bench clean distclean
+.PHONY: all setup test lint format bench train-tiny clean distclean
 
 all: test
 
@@ -49,6 +49,11 @@ test: setup lint
 
 bench: setup
 	$(RUN_ENV) $(PY) bench/oracle.py
+
+# Build a dataset from ../shared/data/coco_tiny16, train a tiny model under DeepSpeed ZeRO-2 on 2
+# CPU ranks, merge it and answer goals with the Segmenter (about a minute).
+train-tiny: setup
+	$(RUN_ENV) bash training/scripts/train_tiny_cpu.sh
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis
