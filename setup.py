@@ -16,6 +16,7 @@ setup(
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml")),
     ],
+    package_data={"training": ["configs/*.json"]},
     python_requires=">=3.10",
     install_requires=["numpy", "pillow"],
     zip_safe=True,
