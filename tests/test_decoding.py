@@ -19,7 +19,7 @@ from text4seg_ros.decoding import (
 from text4seg_ros.decoding.general_bpe import train_general_bpe
 from text4seg_ros.descriptors import encode_mask
 from text4seg_ros.descriptors.grammar import TokenCodec, bsd_grammar, rrle_grammar
-from text4seg_ros.descriptors.rrle import SEG_CLOSE, parse_rrle
+from text4seg_ros.descriptors.rrle import SEG_CLOSE, encode_grid, parse_rrle
 
 G = 8
 PREFIX = "You are the eyes of a robot. Answer with a mask.\n"
@@ -292,3 +292,16 @@ def test_prefix_cache_is_extended_not_replaced(trained, codec):
     first = constrained_generate(step, grammar, [goals[0]["suffix"]], copy.deepcopy(cache), n)
     second = constrained_generate(step, grammar, [goals[0]["suffix"]], cache, n)
     assert first[0].tokens == second[0].tokens == goals[0]["target"]
+
+
+def test_non_ascii_labels_decode_to_the_true_answer(codec):
+    """Labels whose UTF-8 bytes split across tokens (partial pieces) still decode exactly."""
+    grammar = rrle_grammar(codec, ["tête de lit", "日本"], 6)
+    grid = np.random.default_rng(0).integers(0, 3, (6, 6))
+    text = encode_grid(grid, grammar.names) + SEG_CLOSE
+    target = list(codec.encode(text))
+    suffix = [list(codec.encode("<seg>"))]
+    for drafts in (0, 64):
+        step = OracleStep([target], [len(suffix[0])], codec.tokenizer.get_vocab_size())
+        res = constrained_generate(step, [grammar], suffix, max_draft_tokens=drafts)[0]
+        assert res.tokens == target and res.text == text

@@ -25,7 +25,7 @@ from text4seg_ros.model.tokenizer import QWEN_CHAT_TEMPLATE, QWEN_SPECIALS, buil
 
 # The codec fixture is module-scoped and stateless across examples.
 FIXTURE_OK = [HealthCheck.function_scoped_fixture]
-LABELS = ["cup", "the black swan", "dining table", "cat", "catalog", "others"]
+LABELS = ["cup", "tête de lit", "the black swan", "日本", "cat", "catalog", "others"]
 
 
 @pytest.fixture(scope="module", params=["qwen_regex_general", "gpt2_regex_tiny_backbone"])
