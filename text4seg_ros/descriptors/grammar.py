@@ -41,9 +41,8 @@ step costs a few dict look-ups (microseconds), far below a model forward.
 from __future__ import annotations
 
 from collections.abc import Hashable, Sequence
-from dataclasses import dataclass
 from functools import lru_cache
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -101,8 +100,7 @@ class TokenCodec:
         return self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
 
 
-@dataclass(frozen=True)
-class Option:
+class Option(NamedTuple):
     """One alternative at a choice point: its tokens, then the next choice point (END: done)."""
 
     tokens: tuple[int, ...]

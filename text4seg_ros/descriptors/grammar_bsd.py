@@ -43,6 +43,12 @@ class BSDGrammar(_BodyMixin, TokenGrammar):
         self.start_point = ("I", 0)
         super().__init__(codec)
 
+    def _numbers(self) -> list[tuple[int, ...]]:
+        """Tokens of "0" .. "1000", encoded once per grammar."""
+        if not hasattr(self, "_number_tokens"):
+            self._number_tokens = [self.codec.encode(str(v)) for v in range(QUANT + 1)]
+        return self._number_tokens
+
     def body_names(self, tag: Hashable) -> list[str]:
         _, label = tag  # type: ignore[misc]
         return list(BRICK_NAMES) if self.bricks else [OTHERS, self.labels[label]]
@@ -78,9 +84,9 @@ class BSDGrammar(_BodyMixin, TokenGrammar):
             j = len(vals)
             lo = 0 if j < 2 else vals[j - 2] + 1
             hi = QUANT - 1 if j < 2 else QUANT
+            numbers = self._numbers()
             return tuple(
-                Option(self.codec.encode(str(v)), ("QS", k, label, vals + (v,)))
-                for v in range(lo, hi + 1)
+                Option(numbers[v], ("QS", k, label, vals + (v,))) for v in range(lo, hi + 1)
             )
         if kind == "QS":
             _, k, label, vals = point  # type: ignore[misc]
