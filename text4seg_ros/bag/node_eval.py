@@ -18,6 +18,7 @@ inherits it.
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -35,7 +36,7 @@ from rclpy.node import Node
 
 from . import messages as m
 from .play import BagPlayer, ros_message_class
-from .reader import EvalBag
+from .reader import EvalBag, PackedMask
 from .scoring import Answer, Scorer, percentiles
 
 NODE_NAME = "perception_node"
@@ -143,17 +144,27 @@ class NodeProcess:
 
 
 def _answers(raw: bytes) -> tuple[dict[str, Answer], float]:
-    """Goal id -> answer (the whole goal, ``instance == 0``) and the frame's node latency."""
+    """Goal id -> answer (the whole goal, ``instance == 0``) and the frame's node latency.
+
+    The masks are kept bit-packed (:class:`PackedMask`) until the frame is scored, so a long bag
+    does not hold every full-size mask in memory; :func:`_unpacked` restores them.
+    """
     array = m.deserialize(raw, m.SEGMENTATION_ARRAY_TYPE)
     answers, latency = {}, 0.0
     for seg in array.segmentations:
         latency = max(latency, float(seg.latency_s))
         if seg.instance == 0:
             answers[str(seg.goal_id)] = Answer(
-                m.image_to_mask(seg.mask), float(seg.score), int(seg.model_steps),
-                int(seg.repairs), str(seg.descriptor),
+                PackedMask.pack(m.image_to_mask(seg.mask)), float(seg.score),
+                int(seg.model_steps), int(seg.repairs), str(seg.descriptor),
             )  # fmt: skip
     return answers, latency
+
+
+def _unpacked(answers: dict[str, Answer] | None) -> dict[str, Answer] | None:
+    if answers is None:
+        return None
+    return {gid: dataclasses.replace(a, mask=a.mask.unpack()) for gid, a in answers.items()}
 
 
 def evaluate_through_node(
@@ -224,9 +235,9 @@ def evaluate_through_node(
 
     scorer = Scorer(bag.goals, montage_frames(bag.frame_count, montage))
     for frame in bag.frames():
-        answers, latency = collected.get(frame.stamp_ns, (None, None))
+        answers, latency = collected.pop(frame.stamp_ns, (None, None))
         # A goal the node did not answer on an acknowledged frame is "missing", not dropped.
-        scorer.add_frame(frame, answers, latency)
+        scorer.add_frame(frame, _unpacked(answers), latency)
     extra = {
         "roundtrip_s": percentiles(stats.roundtrip_s),
         "play_wall_s": stats.wall_s,

@@ -211,7 +211,11 @@ class BagPlayer:
             bar.update(1)
             if rate is None:
                 stamp = m.stamp_to_ns(m.deserialize(data, conn.msgtype).header.stamp)
-                if self._wait_ack(stamp, ack_timeout, spin):
+                acked = self._wait_ack(stamp, ack_timeout, spin)
+                # Late answers to earlier (dropped) frames are of no use any more.
+                for old in [s for s in self._acks if s < stamp]:
+                    del self._acks[old]
+                if acked:
                     raw, received = self._acks.pop(stamp)
                     stats.acked += 1
                     stats.roundtrip_s.append(received - sent)

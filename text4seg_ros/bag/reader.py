@@ -35,12 +35,14 @@ class Frame:
 
 
 @dataclass
-class _PackedMask:
+class PackedMask:
+    """An ``(H, W)`` bool mask stored as bits (1/8 of the bytes) while many are held."""
+
     bits: np.ndarray
     shape: tuple[int, int]
 
     @classmethod
-    def pack(cls, mask: np.ndarray) -> _PackedMask:
+    def pack(cls, mask: np.ndarray) -> PackedMask:
         return cls(np.packbits(mask, axis=None), mask.shape)
 
     def unpack(self) -> np.ndarray:
@@ -102,14 +104,14 @@ class EvalBag:
             goals[goal.id] = goal
         return list(goals.values())
 
-    def _read_truth(self, conns: list) -> dict[int, dict[str, _PackedMask]]:
-        truth: dict[int, dict[str, _PackedMask]] = {}
+    def _read_truth(self, conns: list) -> dict[int, dict[str, PackedMask]]:
+        truth: dict[int, dict[str, PackedMask]] = {}
         for conn, _, data in self._reader.messages(conns) if conns else ():
             array = m.deserialize(data, conn.msgtype)
             per_goal = truth.setdefault(m.stamp_to_ns(array.header.stamp), {})
             for seg in array.segmentations:
                 if seg.instance == 0:
-                    per_goal[str(seg.goal_id)] = _PackedMask.pack(m.image_to_mask(seg.mask))
+                    per_goal[str(seg.goal_id)] = PackedMask.pack(m.image_to_mask(seg.mask))
         return truth
 
     @property
