@@ -305,3 +305,21 @@ def test_non_ascii_labels_decode_to_the_true_answer(codec):
         step = OracleStep([target], [len(suffix[0])], codec.tokenizer.get_vocab_size())
         res = constrained_generate(step, [grammar], suffix, max_draft_tokens=drafts)[0]
         assert res.tokens == target and res.text == text
+
+
+def test_row_copy_drafts():
+    from text4seg_ros.decoding.drafts import predict_body
+
+    names = ["others", "cup"]
+    # at a row start: the row above, then copies of it, then </seg>
+    body = "others *4\n others *1| cup *2| others *1\n"
+    assert predict_body(body, names, 4) == " others *1| cup *2| others *1\n" * 2 + SEG_CLOSE
+    # mid-row, after a label: the run goes on as far as the row above has that label
+    assert predict_body(body + " others *1| cup *", names, 4).startswith("2| others *1\n")
+    # typed digits that disagree with the row above: the closest count they allow
+    assert predict_body("cup *9| others *3\n cup *1", names, 12).startswith("0| others *2\n")
+    # the first row has no row above: the current label fills it
+    assert predict_body("cup *", names, 4) == "4\n cup *4\n cup *4\n cup *4\n" + SEG_CLOSE
+    assert predict_body("", names, 2) == "others *2\n others *2\n" + SEG_CLOSE
+    # text that no row copy continues
+    assert predict_body("dog *2\n", names, 2) is None
