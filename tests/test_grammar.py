@@ -107,6 +107,10 @@ def test_masks_and_forced_runs_by_hand(codec):
     state = grammar.start()
     assert set(grammar.allowed(state).tolist()) == first
     assert grammar.forced(state) == ((), state)
+    vocab = max(first) + 5
+    assert np.flatnonzero(grammar.mask(state, vocab)).tolist() == sorted(first)
+    with pytest.raises(ValueError, match="vocab_size"):
+        grammar.mask(state, max(first))
     state = grammar.advance(state, codec.encode("cup *")[0])
     forced, state = grammar.forced(state)
     assert codec.decode(forced) == "cup *"[len(codec.piece(codec.encode("cup *")[0])) :]

@@ -186,6 +186,15 @@ class TokenGrammar:
             allowed = self._allowed[state] = np.array(sorted(tokens), dtype=np.int64)
         return allowed
 
+    def mask(self, state: int, vocab_size: int) -> np.ndarray:
+        """``(vocab_size,)`` bool mask of the allowed next tokens (for engines that add a bias)."""
+        allowed = self.allowed(state)
+        if allowed.size and allowed[-1] >= vocab_size:
+            raise ValueError(f"vocab_size {vocab_size} is smaller than token id {allowed[-1]}")
+        out = np.zeros(vocab_size, dtype=bool)
+        out[allowed] = True
+        return out
+
     def advance(self, state: int, token: int) -> int:
         """State after ``token``; ValueError when the grammar does not allow it there."""
         key = (state, int(token))
