@@ -208,3 +208,19 @@ def test_a_cached_step_costs_microseconds(codec):
                 steps += 1
     per_step = (time.perf_counter() - start) / steps
     assert per_step < 200e-6, f"{per_step * 1e6:.1f} us per cached step"
+
+
+def test_a_shared_grammar_is_safe_across_threads(codec):
+    """Segmenters share cached grammars; concurrent lazy growth must keep states consistent."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    grammar = RRLEGrammar(codec, ["cup", "dining table", "cat"], 12)
+
+    def walk(seed: int) -> list[int]:
+        return _walk(grammar, random.Random(seed))
+
+    with ThreadPoolExecutor(4) as pool:
+        walks = list(pool.map(walk, range(32)))
+    for tokens in walks:
+        assert grammar.accepts(tokens)
+        assert parse_rrle("<seg>" + codec.decode(tokens), grammar.names, 12).valid

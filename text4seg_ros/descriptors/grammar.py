@@ -40,6 +40,7 @@ step costs a few dict look-ups (microseconds), far below a model forward.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Hashable, Sequence
 from functools import lru_cache
 from typing import Any, NamedTuple
@@ -126,6 +127,7 @@ class TokenGrammar:
         self._next: dict[tuple[int, int], int] = {}
         self._forced: dict[int, tuple[tuple[int, ...], int]] = {}
         self._pieces: dict[int, list[tuple[str, int]]] = {}
+        self._lock = threading.Lock()
         self._start = self._intern(self._closure({(self.start_point, -1, 0)}))
 
     # -- to be defined by subclasses ---------------------------------------------------------
@@ -163,9 +165,12 @@ class TokenGrammar:
         if state is None:
             if not items:
                 raise ValueError("grammar reached a dead state (no continuation)")
-            state = self._ids[items] = len(self._items)
-            self._items.append(items)
-            self._allowed.append(None)
+            with self._lock:  # cached grammars are shared: ids and lists must stay in step
+                state = self._ids.get(items)
+                if state is None:
+                    self._items.append(items)
+                    self._allowed.append(None)
+                    state = self._ids[items] = len(self._items) - 1
         return state
 
     def start(self) -> int:
