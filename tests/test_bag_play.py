@@ -144,6 +144,7 @@ def test_faster_rate_plays_faster(ros: Ros, bag: Path) -> None:
         player.close()
     player = BagPlayer(ros.player_node, bag, remap=REMAP, topics=[m.IMAGE_TOPIC])
     try:
+        assert player.wait_for_subscribers(10.0) == []
         fast = player.play(rate=4.0, spin=ros.spin_player).wall_s
     finally:
         player.close()
@@ -194,6 +195,8 @@ def test_as_fast_as_acked_waits_for_each_answer_and_counts_drops(ros: Ros, bag: 
 
 def test_cli_play_subprocess(ros: Ros, bag: Path) -> None:
     ros.listen(REMAP[m.IMAGE_TOPIC], m.IMAGE_TYPE)
+    ros.listen(REMAP[m.GOALS_TOPIC], m.GOAL_TYPE, durable=True)
+    ros.listen(REMAP[m.GROUND_TRUTH_TOPIC], m.SEGMENTATION_ARRAY_TYPE, durable=True)
     remaps = [arg for src, dst in REMAP.items() for arg in ("--remap", f"{src}:={dst}")]
     env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
     done = subprocess.run(
@@ -202,7 +205,11 @@ def test_cli_play_subprocess(ros: Ros, bag: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert f"{m.IMAGE_TOPIC} x{FRAMES}" in done.stdout
-    assert len(ros.wait_for(REMAP[m.IMAGE_TOPIC], FRAMES)) == FRAMES
+    assert "no subscriber" not in done.stderr
+    assert ros.wait_for(REMAP[m.IMAGE_TOPIC], FRAMES) == bag_messages(bag, m.IMAGE_TOPIC)
+    assert len(ros.wait_for(REMAP[m.GOALS_TOPIC], 1)) == 1
+    truth = ros.wait_for(REMAP[m.GROUND_TRUTH_TOPIC], FRAMES)
+    assert truth == bag_messages(bag, m.GROUND_TRUTH_TOPIC)
 
 
 def test_parse_remaps_and_bad_arguments(bag: Path) -> None:

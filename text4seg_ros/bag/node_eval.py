@@ -211,9 +211,10 @@ def evaluate_through_node(
         try:
             goals.wait_for_subscribers(10.0)
             goals.play(rate=1e9, spin=spin)
+            # Keep the (reliable) goal publisher alive until the node confirms every goal.
+            node.wait_goals({g.id for g in bag.goals}, 30.0)
         finally:
             goals.close()
-        node.wait_goals({g.id for g in bag.goals}, 30.0)
         node.transition(Transition.TRANSITION_ACTIVATE, "activate", 60.0)
         images = BagPlayer(ros, bag.path, topics=[m.IMAGE_TOPIC])
         try:

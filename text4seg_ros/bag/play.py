@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import rclpy
+from rclpy.duration import Duration
 from rclpy.node import Node
 from rclpy.qos import (
     DurabilityPolicy,
@@ -182,10 +183,12 @@ class BagPlayer:
         on_ack: AckCallback | None = None,
         spin: Callable[[float], None] | None = None,
         progress: bool = False,
+        flush_timeout: float = 5.0,
     ) -> PlayStats:
         """Publish every message once. ``rate=None``: as fast as acknowledged (call
         :meth:`subscribe_acks` first); ``spin(timeout_s)`` must process the node's callbacks
-        (default: ``rclpy.spin_once`` on the node)."""
+        (default: ``rclpy.spin_once`` on the node). At the end it waits up to ``flush_timeout``
+        seconds per publisher until the subscribers acknowledged every message."""
         if rate is not None and not rate > 0:
             raise ValueError(f"rate must be > 0 (or None for as fast as acknowledged), got {rate}")
         if rate is None and self._ack_sub is None:
@@ -224,9 +227,20 @@ class BagPlayer:
                 else:
                     stats.dropped_stamps.append(stamp)
         bar.close()
+        # Reliable samples still in flight die with their publisher: wait for the subscribers'
+        # acknowledgements before anyone closes the player or exits.
+        for pub in self._publishers.values():
+            pub.wait_for_all_acked(Duration(seconds=flush_timeout))
         stats.wall_s = time.monotonic() - start_wall
         return stats
 
     def close(self) -> None:
+        """Close the bag and destroy this player's publishers and ack subscription."""
         if self._reader.is_open:
             self._reader.close()
+        for pub in self._publishers.values():
+            self.node.destroy_publisher(pub)
+        self._publishers = {}
+        if self._ack_sub is not None:
+            self.node.destroy_subscription(self._ack_sub)
+            self._ack_sub = None
