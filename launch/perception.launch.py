@@ -9,9 +9,18 @@ Arguments: ``params_file`` (default: the package's config/perception.yaml), ``mo
 for ``ros2 lifecycle set``). The node runs as ``lib/text4seg_ros/perception_node --ros-args
 -r __node:=perception_node -r __ns:=/NS --params-file FILE --params-file <launch_ros' file
 with model_path and use_sim_time> -r image:=TOPIC``, the equivalent of ``-p model_path:=...``.
+An empty ``model_path`` (the default) overrides nothing, so a ``model_path`` set in the params
+file is kept; that is why the node is declared in an ``OpaqueFunction``, which sees the
+resolved launch arguments.
 """
 
-from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch import LaunchDescription
+from launch.actions import (
+    DeclareLaunchArgument,
+    EmitEvent,
+    OpaqueFunction,
+    RegisterEventHandler,
+)
 from launch.conditions import IfCondition
 from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
@@ -21,8 +30,6 @@ from launch_ros.events.lifecycle import ChangeState
 from launch_ros.parameter_descriptions import ParameterValue
 from launch_ros.substitutions import FindPackageShare
 from lifecycle_msgs.msg import Transition
-
-from launch import LaunchDescription
 
 PACKAGE = "text4seg_ros"
 
@@ -51,6 +58,20 @@ def generate_launch_description() -> LaunchDescription:
             "autostart", default_value="true", description="Configure and activate at start"
         ),
     ]
+    return LaunchDescription([*arguments, OpaqueFunction(function=node_and_transitions)])
+
+
+def node_and_transitions(context) -> list:
+    """The lifecycle node and its autostart transitions, with the resolved launch arguments.
+
+    ``context.launch_configurations`` maps argument names to their resolved strings.
+    """
+    overrides = {
+        "use_sim_time": ParameterValue(LaunchConfiguration("use_sim_time"), value_type=bool)
+    }
+    model_path = context.launch_configurations.get("model_path", "")
+    if model_path:
+        overrides["model_path"] = model_path
     node = LifecycleNode(
         package=PACKAGE,
         executable="perception_node",
@@ -58,12 +79,7 @@ def generate_launch_description() -> LaunchDescription:
         namespace=LaunchConfiguration("namespace"),
         parameters=[
             LaunchConfiguration("params_file"),
-            {
-                "model_path": ParameterValue(LaunchConfiguration("model_path"), value_type=str),
-                "use_sim_time": ParameterValue(
-                    LaunchConfiguration("use_sim_time"), value_type=bool
-                ),
-            },
+            overrides,
         ],
         remappings=[("image", LaunchConfiguration("image"))],
         output="screen",
@@ -92,4 +108,4 @@ def generate_launch_description() -> LaunchDescription:
         ),
         condition=autostart,
     )
-    return LaunchDescription([*arguments, node, activate, configure])
+    return [node, activate, configure]

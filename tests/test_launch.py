@@ -52,6 +52,9 @@ SIGNATURES = {
         lambda name, *, default_value=None, description=None, choices=None, **kwargs: 0
     ),
     ("launch.actions", "EmitEvent"): _sig(lambda *, event, **kwargs: 0),
+    ("launch.actions", "OpaqueFunction"): _sig(
+        lambda *, function, args=None, kwargs=None, **more: 0
+    ),
     ("launch.actions", "RegisterEventHandler"): _sig(lambda event_handler, **kwargs: 0),
     ("launch.conditions", "IfCondition"): _sig(lambda predicate_expression: 0),
     ("launch.events", "matches_action"): _sig(lambda target_action: 0),
@@ -108,6 +111,18 @@ def load_description():
     return namespace["generate_launch_description"]()
 
 
+def expand(description, **launch_arguments: str) -> list:
+    """The description's entities with its OpaqueFunctions run on resolved launch arguments."""
+    context = types.SimpleNamespace(launch_configurations=launch_arguments)
+    out = []
+    for entity in description.args["initial_entities"]:
+        if entity.kind == "OpaqueFunction":
+            out.extend(entity.args["function"](context))
+        else:
+            out.append(entity)
+    return out
+
+
 def walk(item, seen: set[int] | None = None):
     """Every Recorded object reachable from ``item``, each once."""
     seen = set() if seen is None else seen
@@ -154,7 +169,7 @@ def test_description_declares_the_lifecycle_node_with_real_executable_and_params
 
     description = load_description()
     assert description.kind == "LaunchDescription"
-    entities = description.args["initial_entities"]
+    entities = expand(description, model_path="/models/m", use_sim_time="false")
     arguments = {e.args["name"]: e for e in entities if e.kind == "DeclareLaunchArgument"}
     assert set(arguments) == {
         "params_file", "model_path", "image", "namespace", "use_sim_time", "autostart"
@@ -181,7 +196,7 @@ def test_description_declares_the_lifecycle_node_with_real_executable_and_params
     assert (
         file_arg.kind == "LaunchConfiguration" and file_arg.args["variable_name"] == "params_file"
     )
-    assert overrides["model_path"].args["value_type"] is str
+    assert overrides["model_path"] == "/models/m"
     assert overrides["use_sim_time"].args["value_type"] is bool
     (remap,) = node["remappings"]
     assert remap[0] == "image" and remap[1].args["variable_name"] == "image"
@@ -196,6 +211,13 @@ def test_description_declares_the_lifecycle_node_with_real_executable_and_params
     handler = next(r for r in walk(entities) if r.kind == "OnStateTransition")
     assert handler.args["target_lifecycle_node"] is nodes[0]
     assert handler.args["goal_state"] == "inactive"
+
+
+def test_empty_model_path_argument_keeps_the_params_file_value(stand_ins):
+    entities = expand(load_description(), model_path="", use_sim_time="false")
+    (node,) = [r for r in walk(entities) if r.kind == "LifecycleNode"]
+    _, overrides = node.args["parameters"]
+    assert "model_path" not in overrides and "use_sim_time" in overrides
 
 
 def test_stand_ins_refuse_arguments_the_real_classes_do_not_take(stand_ins):
@@ -214,9 +236,8 @@ def test_install_layout_needs_the_console_script(tmp_path):
 
 def test_real_launch_starts_the_node_when_launch_ros_is_installed(installed_prefix):
     pytest.importorskip("launch_ros", reason="launch_ros is not installable from PyPI here")
-    from launch.actions import Shutdown, TimerAction
-
     from launch import LaunchService
+    from launch.actions import Shutdown, TimerAction
 
     description = load_description()
     description.add_action(TimerAction(period=8.0, actions=[Shutdown()]))
