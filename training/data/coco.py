@@ -88,6 +88,21 @@ class CocoInstances:
             out |= self.ann_mask(a)
         return out
 
+    def class_groups(
+        self, include_crowd: bool = False
+    ) -> Iterator[tuple[int, int, str | None, list[dict[str, Any]]]]:
+        """``(image_id, category_id, cleaned label or None, annotations)`` per (image, category).
+
+        Images and categories in id order; crowd annotations skipped unless ``include_crowd``.
+        """
+        for image_id in sorted(self.images):
+            groups: dict[int, list[dict[str, Any]]] = defaultdict(list)
+            for a in self.anns_by_image.get(image_id, []):
+                if include_crowd or not a.get("iscrowd", 0):
+                    groups[int(a["category_id"])].append(a)
+            for cat_id in sorted(groups):
+                yield image_id, cat_id, clean_label(self.categories[cat_id]), groups[cat_id]
+
     def label_map(self, image_id: int, names: list[str]) -> np.ndarray:
         """``(H, W)`` ``uint8`` semantic label map: 0 = others, ``i`` = class ``names[i]``.
 
@@ -116,31 +131,24 @@ def build_class_queries(
     Crowd annotations are skipped unless ``include_crowd``.
     """
     rng = rng or random.Random(0)
-    for image_id in sorted(coco.images):
-        groups: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for a in coco.anns_by_image.get(image_id, []):
-            if include_crowd or not a.get("iscrowd", 0):
-                groups[int(a["category_id"])].append(a)
-        for cat_id in sorted(groups):
-            label = clean_label(coco.categories[cat_id])
-            if label is None:
-                continue
-            anns = groups[cat_id]
-            task = Task.RES if len(anns) == 1 else Task.GRES
-            mask = coco.union_mask([int(a["id"]) for a in anns], image_id)
-            yield ChatSample(
-                id=f"coco-{image_id}-{cat_id}",
-                image=coco.image_path(image_id),
-                question=question(task, label, rng=rng),
-                answer=format_answer(task, mask_body(mask, label, grid, method), label),
-                task=task.value,
-                grid=grid,
-                meta={
-                    "dataset": "coco_classes",
-                    "label": label,
-                    "image_id": image_id,
-                    "category_id": cat_id,
-                    "ann_ids": [int(a["id"]) for a in anns],
-                    "size": list(coco.size(image_id)),
-                },
-            )
+    for image_id, cat_id, label, anns in coco.class_groups(include_crowd):
+        if label is None:
+            continue
+        task = Task.RES if len(anns) == 1 else Task.GRES
+        mask = coco.union_mask([int(a["id"]) for a in anns], image_id)
+        yield ChatSample(
+            id=f"coco-{image_id}-{cat_id}",
+            image=coco.image_path(image_id),
+            question=question(task, label, rng=rng),
+            answer=format_answer(task, mask_body(mask, label, grid, method), label),
+            task=task.value,
+            grid=grid,
+            meta={
+                "dataset": "coco_classes",
+                "label": label,
+                "image_id": image_id,
+                "category_id": cat_id,
+                "ann_ids": [int(a["id"]) for a in anns],
+                "size": list(coco.size(image_id)),
+            },
+        )
