@@ -24,6 +24,7 @@ from text4seg_ros.bag.evaluate import REPORT_FILES, run_eval  # noqa: E402
 from text4seg_ros.bag.record import make_goals, record_images  # noqa: E402
 
 DOMAIN = 20 + (os.getpid() + 37) % 80
+NAMESPACE = f"/t4s_eval_{os.getpid()}"  # apart from other test processes on the domain
 METRICS = ("cIoU", "gIoU", "N-acc", "T-acc", "Acc@0.5")
 
 
@@ -92,11 +93,14 @@ def test_through_node_matches_direct(subset_bag: Path, tiny_model: Path, tmp_pat
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     direct = run_eval(subset_bag, tmp_path / "direct", model=tiny_model, progress=False,
                       echo=None)  # fmt: skip
-    node = run_eval(subset_bag, tmp_path / "node", model=tiny_model, mode="node",
-                    progress=False, echo=None, node_kwargs={"ack_timeout": 60.0})  # fmt: skip
+    node = run_eval(
+        subset_bag, tmp_path / "node", model=tiny_model, mode="node", progress=False, echo=None,
+        node_kwargs={"ack_timeout": 60.0, "namespace": NAMESPACE},
+    )  # fmt: skip
     check_report(tmp_path / "node", frames=4, goals=1)
     assert node["dropped_frames"] == 0 and node["failed_pairs"] == 0
     assert (tmp_path / "node" / "node.log").is_file()
+    assert f"__ns:={NAMESPACE}" in node["node_command"]
     assert node["roundtrip_s"]["p50"] >= node["latency_s"]["p50"] > 0
     # The node runs the same Segmenter on the same frames: same masks, same scores.
     for a, b in zip(direct["rows"], node["rows"]):
@@ -111,8 +115,29 @@ def test_through_node_reports_a_model_that_does_not_load(subset_bag: Path, tmp_p
                                                          monkeypatch, capsys) -> None:  # fmt: skip
     monkeypatch.setenv("ROS_DOMAIN_ID", str(DOMAIN))
     monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    rc = main(["eval", str(subset_bag), "--model", str(tmp_path / "no_model"), "--through-node",
-               "--out", str(tmp_path / "r"), "--no-progress"])  # fmt: skip
+    rc = main([
+        "eval", str(subset_bag), "--model", str(tmp_path / "no_model"), "--through-node",
+        "--out", str(tmp_path / "r"), "--no-progress", "--namespace", NAMESPACE,
+    ])  # fmt: skip
     assert rc == 1
     err = capsys.readouterr().err
     assert "perception_node refused configure" in err and "is not a directory" in err
+
+
+def test_node_command_is_the_launch_files_plus_model_parameters(tmp_path: Path) -> None:
+    from text4seg_ros.bag.node_eval import check_namespace, default_params_file, node_command
+
+    params = default_params_file()
+    assert params.name == "perception.yaml" and params.is_file()
+    cmd = node_command(tmp_path, params, backbone="llava", device="cpu", grid=24, namespace="/a/b")
+    assert cmd[0].endswith("perception_node") or cmd[1:3] == ["-m", "text4seg_ros.ros.node"]
+    args = cmd[cmd.index("--ros-args") + 1 :]
+    assert args[:2] == ["--params-file", str(params)]
+    pairs = {args[i + 1] for i, a in enumerate(args) if a in ("-p", "-r")}
+    assert pairs == {
+        f"model_path:={tmp_path}", "device:=cpu", "grid:=24", "backbone:=llava",
+        "image_qos_reliability:=reliable", "__ns:=/a/b",
+    }  # fmt: skip
+    for bad in ("a", "/1a", "/a/", "/a b"):
+        with pytest.raises(ValueError, match="namespace must be"):
+            check_namespace(bad)

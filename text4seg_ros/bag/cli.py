@@ -113,6 +113,11 @@ def build_parser() -> argparse.ArgumentParser:
         default=60.0,
         help="--through-node: seconds per frame before it counts as dropped",
     )
+    ev.add_argument(
+        "--namespace",
+        default="",
+        help="--through-node: ROS namespace of the node and its topics (root)",
+    )
     ev.add_argument("--montage", type=int, default=8, help="frames in the overlay montage (8)")
     ev.add_argument("--no-progress", action="store_true", help="no progress bar")
     return parser
@@ -186,6 +191,7 @@ def _eval(args: argparse.Namespace) -> int:
     node_kwargs = {
         "params_file": args.params_file,
         "ack_timeout": args.ack_timeout,
+        "namespace": args.namespace,
         "backbone": args.backbone,
         "device": args.device,
         "grid": args.grid,

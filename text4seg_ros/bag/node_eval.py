@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -40,7 +41,6 @@ from .reader import EvalBag, PackedMask
 from .scoring import Answer, Scorer, percentiles
 
 NODE_NAME = "perception_node"
-LIST_GOALS_SERVICE = "/list_goals"  # the node names it relative: its namespace, here the root
 
 
 def default_params_file() -> Path:
@@ -54,10 +54,24 @@ def default_params_file() -> Path:
     raise FileNotFoundError("config/perception.yaml not found; pass --params-file")
 
 
+def check_namespace(namespace: str) -> str:
+    """``""`` (root) or an absolute ROS namespace such as ``/eval_1``; ValueError otherwise."""
+    if namespace and not re.fullmatch(r"(/[A-Za-z_][A-Za-z0-9_]*)+", namespace):
+        raise ValueError(f"namespace must be empty or like /name or /a/b, got {namespace!r}")
+    return namespace
+
+
 def node_command(
-    model: str | Path, params_file: Path, *, backbone: str | None, device: str, grid: int
+    model: str | Path,
+    params_file: Path,
+    *,
+    backbone: str | None,
+    device: str,
+    grid: int,
+    namespace: str = "",
 ) -> list[str]:
-    """The node's command line, exactly as the launch file starts it, plus model parameters."""
+    """The node's command line, exactly as the launch file starts it, plus model parameters
+    (and ``-r __ns:=NAMESPACE``: the params file's ``/**`` key applies in any namespace)."""
     exe = Path(sys.executable).parent / "perception_node"
     cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "text4seg_ros.ros.node"]
     cmd += ["--ros-args", "--params-file", str(params_file), "-p", f"model_path:={model}"]
@@ -68,20 +82,25 @@ def node_command(
     cmd += ["-p", "image_qos_reliability:=reliable"]
     if backbone:
         cmd += ["-p", f"backbone:={backbone}"]
+    if check_namespace(namespace):
+        cmd += ["-r", f"__ns:={namespace}"]
     return cmd
 
 
 class NodeProcess:
     """The node subprocess and the client side of its lifecycle and goal services."""
 
-    def __init__(self, cmd: list[str], log_path: Path, ros: Node, spin: Callable) -> None:
+    def __init__(
+        self, cmd: list[str], log_path: Path, ros: Node, spin: Callable, namespace: str = ""
+    ) -> None:
         self.cmd, self.log_path, self.ros, self.spin = cmd, log_path, ros, spin
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
-        self._change = ros.create_client(ChangeState, f"/{NODE_NAME}/change_state")
+        # Lifecycle services are private to the node; list_goals is relative (namespace).
+        self._change = ros.create_client(ChangeState, f"{namespace}/{NODE_NAME}/change_state")
         self._list = ros.create_client(
-            ros_message_class("text4seg_msgs/srv/ListGoals"), LIST_GOALS_SERVICE
+            ros_message_class("text4seg_msgs/srv/ListGoals"), f"{namespace}/list_goals"
         )
 
     def log_tail(self, lines: int = 30) -> str:
@@ -178,21 +197,24 @@ def evaluate_through_node(
     ack_timeout: float = 60.0,
     startup_timeout: float = 300.0,
     log_path: Path | None = None,
+    namespace: str = "",
     montage: int = 8,
     progress: bool = True,
 ) -> tuple[Scorer, dict]:
     """Play ``bag`` to a fresh ``perception_node`` and score its answers (see module doc).
 
     Returns the scorer and extra report fields (``roundtrip_s`` percentiles, ``node_command``,
-    ``node_log``, ``play_wall_s``). Raises RuntimeError/TimeoutError when the node does not
-    start, configure or activate (with the tail of its log).
+    ``node_log``, ``play_wall_s``). ``namespace`` (e.g. ``/eval_1``) puts the node and its
+    topics there, apart from other nodes on the domain. Raises RuntimeError/TimeoutError when
+    the node does not start, configure or activate (with the tail of its log).
     """
     from .evaluate import montage_frames
 
     if not bag.goals:
         raise ValueError(f"bag {bag.path} has no goals: record it with --goal TEXT")
     cmd = node_command(model, params_file or default_params_file(), backbone=backbone,
-                       device=device, grid=grid)  # fmt: skip
+                       device=device, grid=grid, namespace=namespace)  # fmt: skip
+    ns = {t: namespace + t for t in (m.GOALS_TOPIC, m.IMAGE_TOPIC, m.SEGMENTATIONS_TOPIC)}
     log_path = log_path or Path(f"/tmp/text4seg_bag_node_{os.getpid()}.log")
     context = Context()
     rclpy.init(context=context)
@@ -203,11 +225,11 @@ def evaluate_through_node(
     def spin(timeout_s: float) -> None:
         executor.spin_once(timeout_sec=timeout_s)
 
-    node = NodeProcess(cmd, log_path, ros, spin)
+    node = NodeProcess(cmd, log_path, ros, spin, namespace)
     collected: dict[int, tuple[dict[str, Answer], float]] = {}
     try:
         node.transition(Transition.TRANSITION_CONFIGURE, "configure", startup_timeout)
-        goals = BagPlayer(ros, bag.path, topics=[m.GOALS_TOPIC])
+        goals = BagPlayer(ros, bag.path, topics=[m.GOALS_TOPIC], remap=ns)
         try:
             goals.wait_for_subscribers(10.0)
             goals.play(rate=1e9, spin=spin)
@@ -216,12 +238,12 @@ def evaluate_through_node(
         finally:
             goals.close()
         node.transition(Transition.TRANSITION_ACTIVATE, "activate", 60.0)
-        images = BagPlayer(ros, bag.path, topics=[m.IMAGE_TOPIC])
+        images = BagPlayer(ros, bag.path, topics=[m.IMAGE_TOPIC], remap=ns)
         try:
             missing = images.wait_for_subscribers(10.0)
             if missing:
                 raise TimeoutError(f"perception_node did not subscribe {missing}")
-            images.subscribe_acks(m.SEGMENTATIONS_TOPIC)
+            images.subscribe_acks(ns[m.SEGMENTATIONS_TOPIC])
             stats = images.play(
                 rate=None, ack_timeout=ack_timeout, spin=spin, progress=progress,
                 on_ack=lambda stamp, raw, _rt: collected.__setitem__(stamp, _answers(raw)),
