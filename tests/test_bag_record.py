@@ -13,6 +13,7 @@ from text4seg_ros.bag import messages as m
 from text4seg_ros.bag.cli import main
 from text4seg_ros.bag.reader import EvalBag
 from text4seg_ros.bag.record import make_goals, record_images
+from text4seg_ros.prompts import Task
 
 START = 1_763_000_000_000_000_000
 
@@ -138,6 +139,9 @@ def test_bad_input_fails_clearly_and_leaves_no_bag(tmp_path: Path, folders) -> N
         make_goals(["  "])
     with pytest.raises(ValueError, match="unknown task"):
         make_goals(["x"], task="dance")
+    with pytest.raises(ValueError, match="open_vocab goals need a class list"):
+        make_goals(["x"], task="open_vocab")
+    assert [g.task for g in make_goals(["x", "y"], task="GRES")] == [Task.GRES, Task.GRES]
     (masks / "00001.png").unlink()
     with pytest.raises(ValueError, match=r"lacks masks for 1 images, e.g. \['00001.png'\]"):
         record_images(images, tmp_path / "a", goals=goal, mask_dirs=[masks])

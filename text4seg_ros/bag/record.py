@@ -109,11 +109,18 @@ def ground_truth_segmentation(goal: Goal, mask: np.ndarray, hdr: Any) -> Any:
 
 def make_goals(texts: Sequence[str], task: str | Task = Task.RES) -> list[Goal]:
     """Standing goals ``g0``, ``g1``, ... for ``texts`` (non-empty, stripped)."""
+    task = Task.parse(task)
+    if task is Task.OPEN_VOCAB:
+        # A class list per goal does not fit one --task flag; the node would reject it anyway.
+        raise ValueError(
+            "open_vocab goals need a class list; record-images writes res, gres, "
+            "rec, instances or reason goals"
+        )
     goals = []
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"goal text {i} must be a non-empty string, got {text!r}")
-        goals.append(Goal(text=text.strip(), task=Task.parse(task), id=f"g{i}"))
+        goals.append(Goal(text=text.strip(), task=task, id=f"g{i}"))
     return goals
 
 
