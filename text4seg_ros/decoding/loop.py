@@ -16,8 +16,15 @@ for token. One caveat, as for any batched or speculative decoder: blocks of diff
 reduce in a different floating-point order, so two tokens whose logits tie to the last bit may
 swap (tests use trained or float64 models, where this does not happen). Rows of a batch with
 blocks of different lengths are right-padded and masked; logical position ids keep every row's
-positions contiguous. Finished rows stay in the batch (fed nothing, masked) so the loop never
-needs to reorder an engine's cache.
+positions contiguous.
+
+The batch shrinks as it goes: a goal that finished leaves it (its cache row is cut), so a long
+goal (a B-SD answer of many instances) runs alone instead of dragging every finished row
+through each call; and once a quarter of the cache is slots no remaining row attends to (pads,
+rejected drafts, the blocks of goals that left), those slots are cut too, so attention stops
+paying for them. Both go through ``select_cache`` (:mod:`.step`); an engine whose cache cannot
+be sliced keeps its rows and slots masked instead (``shrink=False`` does that always), with the
+same results.
 """
 
 from __future__ import annotations
@@ -31,7 +38,7 @@ import torch
 
 from ..descriptors.grammar import TokenGrammar
 from .drafts import draft_text
-from .step import DecodeStep
+from .step import DecodeStep, select_cache
 
 
 @dataclass
@@ -65,36 +72,86 @@ class GenerationResult:
 
 
 class _Batch:
-    """Cache bookkeeping shared by the constrained and the plain greedy loop."""
+    """Cache bookkeeping shared by the constrained and the plain greedy loop.
+
+    Goals are the caller's indices; ``rows`` lists the goals still in the batch, in cache row
+    order, and ``index`` maps a goal to its row. ``pos[g]``: logical position of goal ``g``'s
+    next token. ``mask``: ``(rows, cache length)`` attention mask over the cache's slots.
+    ``widths``: batch rows fed in each forward call.
+    """
+
+    MIN_DEAD = 16  # fewer dead slots than this are not worth a copy of the cache
 
     def __init__(
-        self, step: DecodeStep, cache: Any, prefix_len: int, rows: int, pad: int, device: Any
+        self,
+        step: DecodeStep,
+        cache: Any,
+        prefix_len: int,
+        rows: int,
+        pad: int,
+        device: Any,
+        shrink: bool = True,
     ) -> None:
         self.step, self.cache, self.pad, self.device = step, cache, pad, device
         self.mask = torch.ones(rows, prefix_len, dtype=torch.long, device=device)
-        self.pos = [prefix_len] * rows  # logical position of each row's next token
+        self.pos = [prefix_len] * rows
+        self.rows = list(range(rows))
+        self.index = {g: g for g in self.rows}
+        self.select = getattr(step, "select_cache", None) or select_cache
+        self.drop_rows = self.drop_slots = shrink
+        self.widths: list[int] = []
 
     def forward(self, blocks: Sequence[Sequence[int]]) -> tuple[torch.Tensor, int]:
-        """Feed one block per row (empty for finished rows); returns (logits, column offset)."""
-        width = max(len(b) for b in blocks)
-        ids = torch.full((len(blocks), width), self.pad, dtype=torch.long)
-        new_mask = torch.zeros((len(blocks), width), dtype=torch.long)
-        for r, block in enumerate(blocks):
-            ids[r, : len(block)] = torch.tensor(block, dtype=torch.long)
-            new_mask[r, : len(block)] = 1
-        pos = torch.tensor(self.pos, dtype=torch.long)[:, None] + torch.arange(width)[None]
+        """Feed ``blocks[g]`` for every goal ``g`` in the batch (empty: a finished goal that
+        could not leave, fed pads only); returns (logits of the batch rows, column offset)."""
+        width = max(len(blocks[g]) for g in self.rows)
+        ids = torch.full((len(self.rows), width), self.pad, dtype=torch.long)
+        new_mask = torch.zeros((len(self.rows), width), dtype=torch.long)
+        for r, g in enumerate(self.rows):
+            ids[r, : len(blocks[g])] = torch.tensor(blocks[g], dtype=torch.long)
+            new_mask[r, : len(blocks[g])] = 1
+        start = torch.tensor([self.pos[g] for g in self.rows], dtype=torch.long)
+        pos = start[:, None] + torch.arange(width)[None]
         offset = self.mask.shape[1]
         self.mask = torch.cat([self.mask, new_mask.to(self.device)], 1)
+        self.widths.append(len(self.rows))
         logits, self.cache = self.step(
             ids.to(self.device), pos.to(self.device), self.mask, self.cache
         )
         return logits, offset
 
-    def keep(self, row: int, offset: int, kept: int, fed: int) -> None:
-        """Row ``row`` keeps the first ``kept`` of the ``fed`` tokens written at ``offset``."""
+    def keep(self, goal: int, offset: int, kept: int, fed: int) -> None:
+        """Goal ``goal`` keeps the first ``kept`` of the ``fed`` tokens written at ``offset``."""
         if kept < fed:
-            self.mask[row, offset + kept : offset + fed] = 0
-        self.pos[row] += kept
+            self.mask[self.index[goal], offset + kept : offset + fed] = 0
+        self.pos[goal] += kept
+
+    def shrink(self, live: Sequence[Any]) -> None:
+        """Drop goals with a false ``live[g]`` from the batch, then cut dead cache slots."""
+        keep = [r for r, g in enumerate(self.rows) if live[g]]
+        if self.drop_rows and keep and len(keep) < len(self.rows):
+            idx = torch.tensor(keep, dtype=torch.long, device=self.device)
+            try:
+                self.cache = self.select(self.cache, idx, None)
+            except NotImplementedError:  # an engine cache without row slicing: rows stay
+                self.drop_rows = False
+            else:
+                self.rows = [self.rows[r] for r in keep]
+                self.index = {g: r for r, g in enumerate(self.rows)}
+                self.mask = self.mask[idx]
+        if not self.drop_slots or not keep:
+            return
+        alive = self.mask.bool().any(0)  # (cache length,) slots some row still attends to
+        dead = alive.numel() - int(alive.sum())
+        if dead < max(self.MIN_DEAD, alive.numel() // 4):
+            return
+        cols = alive.nonzero()[:, 0]
+        try:
+            self.cache = self.select(self.cache, None, cols)
+        except NotImplementedError:
+            self.drop_slots = False
+        else:
+            self.mask = self.mask[:, cols]
 
 
 def _choose(logits: torch.Tensor, queries: list[tuple[int, int, np.ndarray]]) -> list[int]:
@@ -138,15 +195,18 @@ def constrained_generate(
     max_draft_tokens: int = 64,
     pad_token_id: int = 0,
     device: torch.device | str | None = None,
+    shrink: bool = True,
 ) -> list[GenerationResult]:
     """Decode one descriptor per goal, batched, under each goal's grammar.
 
     ``prefix_cache`` holds the shared prefix (image + prompt) for ``len(grammars)`` rows and is
-    extended in place (pass a copy to reuse it); ``prefix_len`` is its logical length.
+    extended and sliced in place (pass a copy to reuse it); ``prefix_len`` is its logical length.
     ``suffix_ids[b]`` (non-empty) are goal ``b``'s prompt tokens after the prefix. Greedy: at
     every free choice the allowed token with the highest logit. ``max_draft_tokens = 0`` turns
     drafts off (jump-forward only). ``max_new_tokens`` (default: no limit; every grammar here is
-    finite) cuts a goal, which is then ``complete=False``.
+    finite) cuts a goal, which is then ``complete=False``. ``shrink=False`` keeps finished goals
+    in the batch (fed pads, masked) and never cuts cache slots: the slower behaviour of engines
+    whose cache cannot be sliced, kept for comparison (results are the same).
     """
     if len(grammars) != len(suffix_ids) or not grammars:
         raise ValueError(
@@ -155,7 +215,7 @@ def constrained_generate(
     if any(len(s) == 0 for s in suffix_ids):
         raise ValueError("every suffix must hold at least one token (the model needs an input)")
     device = device if device is not None else getattr(step, "device", "cpu")
-    batch = _Batch(step, prefix_cache, prefix_len, len(grammars), pad_token_id, device)
+    batch = _Batch(step, prefix_cache, prefix_len, len(grammars), pad_token_id, device, shrink)
     results = [GenerationResult() for _ in grammars]
     states = [g.start() for g in grammars]
     blocks: list[list[int]] = []
@@ -166,6 +226,7 @@ def constrained_generate(
         blocks.append(list(suffix_ids[b]) + list(forced))
         committed.append(len(blocks[b]))
         _finish_or_draft(b, g, states[b], results[b], blocks, max_draft_tokens, max_new_tokens)
+    batch.shrink(blocks)
     while any(blocks):
         logits, offset = batch.forward(blocks)
         queries, plans = [], []
@@ -175,19 +236,20 @@ def constrained_generate(
                 continue
             results[b].forward_calls += 1
             draft = blocks[b][committed[b] :]
+            row = batch.index[b]
             path, state = [], states[b]  # free choice points along the draft
             for j, token in enumerate(draft):
                 allowed = g.allowed(state)
                 if len(allowed) > 1:
                     path.append(len(queries))
-                    queries.append((b, committed[b] - 1 + j, allowed))
+                    queries.append((row, committed[b] - 1 + j, allowed))
                 else:
                     path.append(-1)
                 state = g.advance(state, token)
             tail = -1
             if not g.is_done(state):  # the choice after the whole draft
                 tail = len(queries)
-                queries.append((b, committed[b] - 1 + len(draft), g.allowed(state)))
+                queries.append((row, committed[b] - 1 + len(draft), g.allowed(state)))
             plans.append((draft, path, tail))
         tokens = _choose(logits, queries)
         used: list[list[int]] = [[] for _ in grammars]  # queries whose probability is reported
@@ -225,6 +287,7 @@ def constrained_generate(
         probs = iter(_probs(logits, queries, tokens, flat))
         for b, qs in enumerate(used):
             results[b].chosen_probs += [next(probs) for _ in qs]
+        batch.shrink(blocks)
     for res, g in zip(results, grammars):
         eos = getattr(g, "eos", None)
         end = -1 if eos is not None and res.tokens[-1:] == [eos] else None
@@ -266,6 +329,7 @@ def greedy_generate(
     stop_ids: Sequence[int] | None = None,
     pad_token_id: int = 0,
     device: torch.device | str | None = None,
+    shrink: bool = True,
 ) -> list[GenerationResult]:
     """Unconstrained greedy decoding through the same step: the reference output.
 
@@ -275,7 +339,7 @@ def greedy_generate(
     if not suffix_ids or any(len(s) == 0 for s in suffix_ids):
         raise ValueError("need at least one non-empty suffix")
     device = device if device is not None else getattr(step, "device", "cpu")
-    batch = _Batch(step, prefix_cache, prefix_len, len(suffix_ids), pad_token_id, device)
+    batch = _Batch(step, prefix_cache, prefix_len, len(suffix_ids), pad_token_id, device, shrink)
     stop = list(stop_ids or [])
     results = [GenerationResult() for _ in suffix_ids]
     blocks = [list(s) for s in suffix_ids]
@@ -287,11 +351,12 @@ def greedy_generate(
             res = results[b]
             res.forward_calls += 1
             batch.keep(b, offset, len(block), len(block))
-            probs = torch.softmax(logits[b, len(block) - 1].float(), -1)
+            probs = torch.softmax(logits[batch.index[b], len(block) - 1].float(), -1)
             token = int(probs.argmax())
             res.tokens.append(token)
             res.chosen_probs.append(float(probs[token]))
             ended = token == eos_token_id or (stop and res.tokens[-len(stop) :] == stop)
             res.complete = bool(ended)
             blocks[b] = [] if ended or len(res.tokens) >= max_new_tokens else [token]
+        batch.shrink(blocks)
     return results

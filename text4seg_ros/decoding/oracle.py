@@ -7,6 +7,7 @@ without a model: drafts are accepted exactly as far as they agree with the true 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,6 +19,9 @@ class OracleStep:
     ``targets[b]`` are goal ``b``'s answer tokens; ``starts[b]`` the logical position of its
     first answer token (prefix length + suffix length). Logits are 1.0 at the true next token
     and 0.0 elsewhere (after the target ends: token 0). ``calls`` counts forward calls.
+
+    Its "cache" is an :class:`OracleRows` naming the goal of every batch row, so the decoder can
+    drop finished goals from the batch (:meth:`select_cache`) as with a real model.
     """
 
     def __init__(self, targets: Sequence[Sequence[int]], starts: Sequence[int], vocab: int) -> None:
@@ -43,9 +47,26 @@ class OracleStep:
     ) -> tuple[torch.Tensor, Any]:
         self.calls += 1
         b, t = input_ids.shape
-        k = position_ids.cpu() + 1 - self._starts  # (B, T) index of the true next token
-        inside = (k >= 0) & (k < self._lengths)
+        rows = cache.rows if isinstance(cache, OracleRows) else torch.arange(b)
+        if len(rows) != b:
+            raise ValueError(f"batch of {b} rows but the cache names {len(rows)} goals")
+        k = position_ids.cpu() + 1 - self._starts[rows]  # (B, T) index of the true next token
+        inside = (k >= 0) & (k < self._lengths[rows])
         width = self._truth.shape[1]
-        truth = torch.where(inside, self._truth.gather(1, k.clamp(0, width - 1)), 0)
+        truth = torch.where(inside, self._truth[rows].gather(1, k.clamp(0, width - 1)), 0)
         logits = torch.zeros(b, t, self.vocab).scatter_(2, truth[..., None], 1.0)
-        return logits, cache
+        return logits, OracleRows(rows)
+
+    def select_cache(self, cache: Any, rows: torch.Tensor | None, columns: Any) -> OracleRows:
+        """Keep batch ``rows`` (``LongTensor``); the oracle has no slots to cut."""
+        if rows is None:
+            return cache
+        current = cache.rows if isinstance(cache, OracleRows) else torch.arange(len(self.targets))
+        return OracleRows(current[rows.cpu()])
+
+
+@dataclass(frozen=True)
+class OracleRows:
+    """The oracle's stand-in for a KV cache: ``rows`` ``(B,)`` goal index of each batch row."""
+
+    rows: torch.Tensor

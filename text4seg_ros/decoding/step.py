@@ -13,6 +13,14 @@ A step runs the language model on a block of new tokens against a KV cache::
 * ``cache``: the engine's KV cache (``transformers`` ``Cache``, or any object the engine keeps);
   None before the first call. Returned updated; the loop never looks inside it.
 * ``logits``: ``FloatTensor (B, T, V)``: next-token logits at every input position.
+
+Optionally a step also has ``select_cache(cache, rows, columns) -> cache`` for caches that are
+not ``transformers`` ``Cache`` objects (an engine's own buffers): keep only the batch ``rows``
+and the cache ``columns`` (sequence slots), both ``LongTensor`` indices in increasing order or
+None for all. The loop uses it to drop finished goals from the batch and to compact slots no
+row attends to any more; without it, :func:`select_cache` (transformers caches) is used, and a
+cache neither can slice raises ``NotImplementedError``, after which the loop keeps the rows or
+slots (masked, the slower behaviour: results are the same either way).
 """
 
 from __future__ import annotations
@@ -20,6 +28,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 import torch
+from transformers.cache_utils import Cache, DynamicLayer
 
 
 class DecodeStep(Protocol):
@@ -71,6 +80,38 @@ class HFCausalLMStep:
                 use_cache=True,
             )
         return out.logits, out.past_key_values
+
+
+def select_cache(cache: Any, rows: torch.Tensor | None, columns: torch.Tensor | None) -> Any:
+    """Keep batch ``rows`` and sequence ``columns`` of a ``transformers`` KV cache, in place.
+
+    ``rows``/``columns``: ``LongTensor`` indices (increasing) or None for all. Rows are cut by
+    each layer's ``batch_select_indices`` (dynamic layers, sliding-window ones included, on the
+    layer's own device). Columns only for caches whose
+    layers are all plain ``DynamicLayer`` (``[B, heads, seq, head_dim]`` tensors): sliding-window
+    layers keep positional bookkeeping that dropping slots would break, so they raise
+    ``NotImplementedError``, as do static layers and any cache that is not a ``Cache``.
+    ``None`` (no cache yet) stays None. Returns the cache.
+    """
+    if cache is None:
+        return None
+    if not isinstance(cache, Cache):
+        raise NotImplementedError(f"cannot slice a {type(cache).__name__} cache")
+    layers = list(getattr(cache, "layers", []))
+    if not all(isinstance(layer, DynamicLayer) for layer in layers):
+        raise NotImplementedError("only dynamic (growing) cache layers can be sliced")
+    if columns is not None and not all(type(layer) is DynamicLayer for layer in layers):
+        raise NotImplementedError("only plain DynamicLayer caches can drop sequence slots")
+    for layer in layers:  # per layer: a model split over devices keeps layers on several
+        if not layer.is_initialized or layer.keys is None or not layer.keys.numel():
+            continue
+        if rows is not None:
+            layer.batch_select_indices(rows.to(layer.keys.device))
+        if columns is not None:
+            cols = columns.to(layer.keys.device)
+            layer.keys = layer.keys.index_select(2, cols)
+            layer.values = layer.values.index_select(2, cols)
+    return cache
 
 
 def prefill(
