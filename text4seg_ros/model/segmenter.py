@@ -33,6 +33,7 @@ import torch
 
 from ..decoding import constrained_generate
 from ..descriptors import SEG_OPEN
+from ..descriptors.bsd import dequantize_box, parse_bsd
 from ..descriptors.grammar import TokenCodec, bsd_grammar, rrle_grammar
 from .answers import DESCRIPTORS, GoalPlan, plan_goal, read_answer, to_result
 from .loading import as_dtype, load_pretrained
@@ -40,6 +41,11 @@ from .registry import Backbone, Prefix, check_image, get_backbone
 from .types import Goal, GoalResult, Timings
 
 ENGINES: tuple[str, ...] = ("torch",)
+# Cap on B-SD instances per goal. Every B-SD answer is finite (at most ``max_instances`` triples
+# of a box and a G-row body, then EOS: the grammar allows nothing longer), but a batch waits for
+# its longest answer, and a random or unsure model may write every instance it is allowed. Our
+# training data holds at most 20 instances per answer (training/data/instances.py).
+MAX_INSTANCES = 32
 
 
 def _load_refiner(refiner: Any, refiner_path: str | Path, device: str) -> Any:
@@ -77,7 +83,10 @@ class Segmenter:
     """Text4Seg inference over a registered backbone (see module doc).
 
     ``grid``: descriptor grid size G. ``descriptor``: ``"isd"`` (image-wise) or ``"bsd"``
-    (referring goals answered box-wise too). ``bricks``/``max_instances``: B-SD options.
+    (referring goals answered box-wise too). ``bricks``: B-SD brick bodies. ``max_instances``:
+    most instances one B-SD answer may list (1..:data:`MAX_INSTANCES`, default 8): the grammar
+    offers EOS instead of another ``<ref>`` after that many, which bounds a B-SD goal's answer
+    and so the time its batch takes (finished goals leave the batch, the B-SD goal runs on).
     ``max_new_tokens``: cap per goal (None: the grammar ends every answer). ``system``: system
     prompt (None: the backbone's default).
     """
@@ -98,6 +107,14 @@ class Segmenter:
     ) -> None:
         if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
             raise ValueError(f"grid must be an int >= 1, got {grid!r}")
+        if (
+            isinstance(max_instances, bool)
+            or not isinstance(max_instances, int)
+            or not 1 <= max_instances <= MAX_INSTANCES
+        ):
+            raise ValueError(
+                f"max_instances must be an int in 1..{MAX_INSTANCES}, got {max_instances!r}"
+            )
         if descriptor not in DESCRIPTORS:
             raise ValueError(
                 f"unknown descriptor {descriptor!r}; allowed: {', '.join(DESCRIPTORS)}"
@@ -274,12 +291,25 @@ class Segmenter:
                 continue  # a refined union would disagree with the label map
             targets = result.instances if plan.kind == "bsd" else [result]
             for target in targets:
-                if target.mask.any():
-                    target.mask = np.asarray(self.refiner.refine(self._image, target.mask), bool)
-                    target.box = mask_to_box(target.mask)
+                if not target.mask.any():
+                    continue
+                # A B-SD instance's box prompt is the box the model wrote, not the tight box
+                # of its coarse grid: the grid can miss the object's thin edges, the box not.
+                box = self._decoded_box(target) if plan.kind == "bsd" else None
+                refined = self.refiner.refine(self._image, target.mask, box=box)
+                target.mask = np.asarray(refined, bool)
+                target.box = mask_to_box(target.mask)
             if plan.kind == "bsd":
                 union = np.zeros_like(result.mask)
                 for inst in result.instances:
                     union |= inst.mask
                 result.mask, result.box = union, mask_to_box(union)
         return time.perf_counter() - start
+
+    def _decoded_box(self, instance: GoalResult) -> tuple[int, int, int, int] | None:
+        """Pixel box ``(x1, y1, x2, y2)`` (edges, x2/y2 exclusive) that a B-SD instance's own
+        triple names (its 0..1000 ``<box>``, dequantized to the frame); None if unreadable."""
+        parsed, _ = parse_bsd(instance.descriptor, instance.labels, self.grid)
+        if len(parsed) != 1 or self._prefix is None:
+            return None
+        return dequantize_box(parsed[0].qbox, self._prefix.image_size)

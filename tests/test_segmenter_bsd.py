@@ -1,0 +1,132 @@
+"""Segmenter and box-wise (B-SD) goals: the refiner's box prompt is the instance's decoded box;
+``max_instances`` is validated and bounds every B-SD answer."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from text4seg_ros.descriptors.bsd import decode_instances, parse_bsd
+from text4seg_ros.metrics import mask_to_box
+from text4seg_ros.model.segmenter import MAX_INSTANCES, Segmenter
+from text4seg_ros.model.tiny import build_tiny_model
+from text4seg_ros.model.types import Goal
+from text4seg_ros.prompts import Task
+from text4seg_ros.refine import RefinerConfig, SamRefiner, load_refiner
+from text4seg_ros.refine.tiny import build_tiny_sam
+
+torch.set_num_threads(1)
+GRID = 4
+IMAGE = np.random.default_rng(2).integers(0, 255, (30, 41, 3), dtype=np.uint8)
+GOALS = [Goal("cup", Task.INSTANCES), Goal("mug"), Goal("box", Task.INSTANCES)]
+
+
+class BoxRecorder:
+    """A refiner that keeps the coarse mask inside the box it is given and records the call."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[np.ndarray, tuple[int, int, int, int] | None]] = []
+
+    def refine(self, image, coarse_mask, box=None, rng=None):
+        self.calls.append((coarse_mask.copy(), box))
+        out = np.zeros_like(coarse_mask)
+        x1, y1, x2, y2 = box if box is not None else mask_to_box(coarse_mask)
+        out[y1:y2, x1:x2] = True  # the whole box: differs from the coarse mask's cells
+        return out
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    # seed 3: the random LLaVA writes instances whose grid leaves part of its box empty, so the
+    # decoded box and the coarse mask's tight box differ
+    return build_tiny_model("llava", tmp_path_factory.mktemp("llava"), seed=3)
+
+
+@pytest.fixture(scope="module")
+def coarse(model_dir):
+    seg = Segmenter.from_pretrained(model_dir, grid=GRID, max_instances=3)
+    seg.set_image(IMAGE)
+    return seg, seg.segment(GOALS)
+
+
+def test_refiner_gets_each_instances_decoded_box(model_dir, coarse):
+    plain, unrefined = coarse
+    refiner = BoxRecorder()
+    seg = Segmenter(
+        plain.model, plain.processor, "llava", grid=GRID, max_instances=3, refiner=refiner
+    )
+    seg.set_image(IMAGE)
+    results = seg.segment(GOALS)
+    h, w = IMAGE.shape[:2]
+    expected = []  # (coarse mask, decoded box) of every non-empty mask, in refinement order
+    for goal, res in zip(GOALS, unrefined):
+        if goal.task is Task.INSTANCES:
+            decoded = decode_instances(res.descriptor, [goal.text], (h, w), GRID)
+            assert len(decoded) == len(res.instances)
+            for inst, dec in zip(res.instances, decoded):
+                assert np.array_equal(inst.mask, dec.mask)
+                if inst.mask.any():
+                    expected.append((inst.mask, dec.box))
+        elif res.mask.any():
+            expected.append((res.mask, None))  # image-wise goals: the refiner's default box
+    assert len(refiner.calls) == len(expected)
+    differs = 0
+    for (mask, box), (got_mask, got_box) in zip(expected, refiner.calls):
+        assert np.array_equal(mask, got_mask) and got_box == box
+        differs += box is not None and box != mask_to_box(mask)
+    assert differs > 0, "every decoded box equals its tight box: the test would not notice"
+    for goal, res in zip(GOALS, results):
+        if goal.task is not Task.INSTANCES:
+            continue
+        union = np.zeros((h, w), bool)
+        for inst in res.instances:
+            (one,), _ = parse_bsd(inst.descriptor, [goal.text], GRID)
+            assert inst.box == mask_to_box(inst.mask)
+            union |= inst.mask
+        assert np.array_equal(union, res.mask) and res.box == mask_to_box(res.mask)
+
+
+def test_sam_box_prompt_follows_the_decoded_box(model_dir, coarse, tmp_path):
+    plain, unrefined = coarse
+    sam_dir = build_tiny_sam(tmp_path / "sam", seed=1, image_size=64)
+    config = RefinerConfig(prompt="box")
+    refiner = load_refiner(sam_dir, config=config)
+    seg = Segmenter(
+        plain.model, plain.processor, "llava", grid=GRID, max_instances=3, refiner=refiner
+    )
+    seg.set_image(IMAGE)
+    results = seg.segment(GOALS[:1])
+    reference = load_refiner(sam_dir, config=config)
+    assert isinstance(reference, SamRefiner)
+    h, w = IMAGE.shape[:2]
+    decoded = decode_instances(unrefined[0].descriptor, ["cup"], (h, w), GRID)
+    assert results[0].instances and len(decoded) == len(results[0].instances)
+    for inst, dec in zip(results[0].instances, decoded):
+        want = reference.refine(IMAGE, dec.mask, box=dec.box)
+        assert np.array_equal(inst.mask, want)
+
+
+def test_max_instances_is_validated(coarse):
+    plain, _ = coarse
+    for bad in (0, -1, MAX_INSTANCES + 1, 2.5, True, "3", None):
+        with pytest.raises(
+            ValueError, match=rf"max_instances must be an int in 1\.\.{MAX_INSTANCES}"
+        ):
+            Segmenter(plain.model, plain.processor, "llava", grid=GRID, max_instances=bad)
+    assert Segmenter(plain.model, plain.processor, "llava", max_instances=MAX_INSTANCES)
+
+
+@pytest.mark.parametrize("limit", [1, 3])
+def test_max_instances_bounds_every_bsd_answer(model_dir, coarse, limit):
+    """The random model keeps writing instances while it may: the limit is what stops it."""
+    plain, _ = coarse
+    seg = Segmenter(plain.model, plain.processor, "llava", grid=GRID, max_instances=limit)
+    seg.set_image(IMAGE)
+    results = seg.segment(GOALS)
+    counts = [len(r.instances) for g, r in zip(GOALS, results) if g.task is Task.INSTANCES]
+    assert max(counts) == limit and all(c <= limit for c in counts)
+    for goal, res in zip(GOALS, results):
+        if goal.task is Task.INSTANCES:
+            instances, repairs = parse_bsd(res.descriptor, [goal.text], GRID)
+            assert not repairs and len(instances) == len(res.instances)
