@@ -99,7 +99,13 @@ def _rle(rows: list[list[int]], names: Sequence[str]) -> str:
 def draft_text(grammar: TokenGrammar, text: str) -> str:
     """The draft continuation of ``text`` (generated so far) under ``grammar``; "" if none."""
     if isinstance(grammar, RRLEGrammar):
-        return predict_body(text, grammar.names, grammar.grid) or ""
+        head = grammar.head  # forced text before the body (e.g. "<seg>"), maybe not all out yet
+        if len(text) < len(head):
+            rest = predict_body("", grammar.names, grammar.grid)
+            return head[len(text) :] + rest if head.startswith(text) and rest else ""
+        if not text.startswith(head):
+            return ""
+        return predict_body(text[len(head) :], grammar.names, grammar.grid) or ""
     if isinstance(grammar, BSDGrammar):
         start = text.rfind(SEG_OPEN)
         if start < 0 or SEG_CLOSE in text[start:]:

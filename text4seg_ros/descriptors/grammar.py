@@ -15,11 +15,18 @@ Languages (the wire formats of :mod:`.rrle` and :mod:`.bsd`):
   tokens with ``bricks=True``, on a G/2 grid).
 
 Tokenization. The automaton accepts the tokenizer's *canonical* tokenization of each descriptor
-(what ``tokenizer.encode`` gives for the whole text, which is what a model fine-tuned on
-descriptors emits), not every byte-equivalent token sequence. The text is cut into pieces at
-places where byte-level BPE pre-tokenizers (GPT-2, Llama-3 and Qwen regexes, digits split) always
-split, each piece is tokenized once, and the construction is checked against ``encode`` of sample
-descriptors when the grammar is built (a tokenizer that merges across the cuts is refused).
+in its place in the answer (what the tokenizer gives for the whole answer text, which is what a
+model fine-tuned on descriptors emits), not every byte-equivalent token sequence. The text is cut
+into pieces at places where the supported tokenizers always split (before a space, around digits
+and newlines), each piece is tokenized once *in context* (:mod:`.grammar_codec`: after an anchor,
+so SentencePiece's word-start mark ``"▁"`` lands where it does inside a text), and the
+construction is checked against the tokens of sample descriptors when the grammar is built (a
+tokenizer that merges across the cuts is refused). Supported: byte-level BPE with digits split
+(GPT-2 / Qwen2 pre-tokenizers) and SentencePiece BPE with ``split_digits`` and byte fallback
+(Llama-2 / Vicuna, the LLaVA-1.5 family). Where the prompt and the descriptor meet, a tokenizer
+may glue the two (Qwen's regex writes ``"<seg"`` ``">others"``): a grammar's ``head`` (e.g.
+``"<seg>"``) is forced text *before* the first label and glued to it, so decoding starts at a
+boundary where the whole answer text is cut too (:mod:`text4seg_ros.model.answers`).
 
 Why our own automaton and not xgrammar / llguidance / outlines: (1) the per-row sum has no
 counting primitive in their EBNF/Lark/regex front ends and must be expanded into O(G^2) rules per
@@ -47,58 +54,10 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .grammar_codec import TokenCodec
 from .rrle import OTHERS, RUN_SEP, SEG_CLOSE, check_label, encode_grid
 
 END: Hashable = None  # the choice point after the last token
-
-
-class TokenCodec:
-    """Canonical ``encode(text) -> token ids`` and ``piece(id) -> text`` of a tokenizer.
-
-    Takes a transformers tokenizer (``encode(text, add_special_tokens=False)``) or a
-    ``tokenizers.Tokenizer``. Pieces are decoded one token at a time without clean-up, so
-    byte-level tokens keep their spaces.
-    """
-
-    def __init__(self, tokenizer: Any) -> None:
-        backend = getattr(tokenizer, "backend_tokenizer", None)
-        if backend is None and hasattr(tokenizer, "encode_batch"):  # a tokenizers.Tokenizer
-            backend = tokenizer
-        if backend is None and not hasattr(tokenizer, "encode"):
-            raise TypeError(f"tokenizer must have encode(); got {type(tokenizer).__name__}")
-        self.tokenizer = tokenizer
-        self._backend = backend
-        self._encode_cache: dict[str, tuple[int, ...]] = {}
-        self._pieces: dict[int, str] = {}
-
-    def encode(self, text: str) -> tuple[int, ...]:
-        """Token ids of ``text`` without special tokens (cached)."""
-        ids = self._encode_cache.get(text)
-        if ids is None:
-            if self._backend is not None:
-                ids = tuple(self._backend.encode(text, add_special_tokens=False).ids)
-            else:
-                ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
-            self._encode_cache[text] = ids
-        return ids
-
-    def piece(self, token: int) -> str:
-        """The text of one token (cached)."""
-        text = self._pieces.get(token)
-        if text is None:
-            if self._backend is not None:
-                text = self._backend.decode([token], skip_special_tokens=False)
-            else:
-                text = self.tokenizer.decode([token], clean_up_tokenization_spaces=False)
-            self._pieces[token] = text
-        return text
-
-    def decode(self, tokens: Sequence[int]) -> str:
-        """Text of a token sequence (decoded whole, so multi-byte characters survive)."""
-        ids = [int(t) for t in tokens]
-        if self._backend is not None:
-            return self._backend.decode(ids, skip_special_tokens=False)
-        return self.tokenizer.decode(ids, clean_up_tokenization_spaces=False)
 
 
 class Option(NamedTuple):
@@ -269,15 +228,16 @@ class TokenGrammar:
         return pieces
 
     def _check_canonical(self, texts: Sequence[str]) -> None:
-        """Refuse a tokenizer whose ``encode`` of whole descriptors differs from the automaton."""
+        """Refuse a tokenizer whose tokens of whole descriptors differ from the automaton."""
         for text in texts:
-            want = self.codec.encode(text)
+            want = self.codec.encode_piece(text)
             if not self.accepts(want):
                 got, _, used = self.tokens_for_text(text)
                 raise ValueError(
                     "tokenizer merges tokens across descriptor separators; canonical tokens "
                     f"of {text[:60]!r}... are not what the grammar builds (diverges at char "
-                    f"{used}); byte-level BPE with digits split is supported"
+                    f"{used}); supported: byte-level BPE with digits split, SentencePiece BPE "
+                    "with split_digits (Llama-2)"
                 )
 
 
@@ -298,6 +258,7 @@ class _BodyMixin:
     grid: int
     distinct_runs: bool
     codec: TokenCodec
+    head: str = ""  # forced text glued before the body's first label
 
     def body_names(self, tag: Hashable) -> list[str]:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -307,10 +268,10 @@ class _BodyMixin:
 
     def body_options(self, point: tuple) -> list[Option]:
         kind, tag, r, c, lab = point
-        enc, g = self.codec.encode, self.grid
+        enc, g = self.codec.encode_piece, self.grid
         names = self.body_names(tag)
-        if kind == "L":  # a run label (after "| " or "\n "; the body's first run has no space)
-            space = "" if (r == 0 and c == 0) else " "
+        if kind == "L":  # a run label (after "| " or "\n "; the body's first run: after head)
+            space = self.head if (r == 0 and c == 0) else " "
             return [
                 Option(enc(f"{space}{name} *"), ("N", tag, r, c, i))
                 for i, name in enumerate(names)
@@ -328,13 +289,20 @@ class _BodyMixin:
 class RRLEGrammar(_BodyMixin, TokenGrammar):
     """R-RLE body over ``labels`` (``others`` added first when missing), then ``</seg>``.
 
-    The generated text starts right after ``<seg>`` (which ends the prompt suffix), e.g. for
-    G = 2: ``"others *2\\n cup *1| others *1\\n</seg>"``. Every sentence parses with
+    Without ``head`` the generated text starts right after ``<seg>`` (which then ends the prompt
+    suffix), e.g. for G = 2: ``"others *2\\n cup *1| others *1\\n</seg>"``. With
+    ``head="<seg>"`` it starts with ``<seg>`` (forced, glued to the first label as the whole
+    answer text is tokenized). Every sentence, ``head`` removed, parses with
     :func:`.rrle.parse_rrle` without repairs.
     """
 
     def __init__(
-        self, codec: TokenCodec, labels: Sequence[str], grid: int = 16, distinct_runs: bool = True
+        self,
+        codec: TokenCodec,
+        labels: Sequence[str],
+        grid: int = 16,
+        distinct_runs: bool = True,
+        head: str = "",
     ) -> None:
         names = _check_labels(labels, "label")
         self.names = [OTHERS] + [n for n in names if n != OTHERS]
@@ -342,39 +310,50 @@ class RRLEGrammar(_BodyMixin, TokenGrammar):
             raise ValueError(f"labels must name at least one class besides {OTHERS!r}")
         if not isinstance(grid, int) or grid < 1:
             raise ValueError(f"grid must be a positive int, got {grid!r}")
-        self.grid, self.distinct_runs = grid, distinct_runs
+        if not isinstance(head, str):
+            raise TypeError(f"head must be a str, got {type(head).__name__}")
+        self.grid, self.distinct_runs, self.head = grid, distinct_runs, head
         self.start_point = ("L", 0, 0, 0, None)
         super().__init__(codec)
-        # Samples that meet every label at a row start and after "| ", and every count.
-        rows = np.arange(grid)[:, None] % len(self.names)
+        # Samples that meet every label at a row start and after "| ", and every count; one
+        # per label starting the body (the first label is glued to the head).
+        k = len(self.names)
+        rows = np.arange(grid)[:, None] % k
         mixed = np.broadcast_to(rows, (grid, grid)).copy()
-        mixed[0] = np.arange(grid) % len(self.names)
+        mixed[0] = np.arange(grid) % k
         if grid > 1:
-            mixed[1, : grid // 2] = (mixed[1, 0] + 1) % len(self.names)
+            mixed[1, : grid // 2] = (mixed[1, 0] + 1) % k
         counts = np.arange(grid)[None, :] >= np.arange(grid)[:, None]  # runs of every length
         samples = [mixed, counts.astype(np.int64)]
-        self._check_canonical([encode_grid(s, self.names) + SEG_CLOSE for s in samples])
+        samples += [np.full((grid, grid), i) for i in range(2, k)]
+        self._check_canonical([head + encode_grid(s, self.names) + SEG_CLOSE for s in samples])
 
     def body_names(self, tag: Hashable) -> list[str]:
         return self.names
 
     def body_end(self, tag: Hashable) -> list[Option]:
-        return [Option(self.codec.encode("\n" + SEG_CLOSE), END)]
+        return [Option(self.codec.encode_piece("\n" + SEG_CLOSE), END)]
 
     def options(self, point: Hashable) -> tuple[Option, ...]:
         return tuple(self.body_options(point))  # type: ignore[arg-type]
 
 
 @lru_cache(maxsize=64)
-def _cached_rrle(codec: TokenCodec, labels: tuple, grid: int, distinct: bool) -> RRLEGrammar:
-    return RRLEGrammar(codec, labels, grid, distinct)
+def _cached_rrle(
+    codec: TokenCodec, labels: tuple, grid: int, distinct: bool, head: str
+) -> RRLEGrammar:
+    return RRLEGrammar(codec, labels, grid, distinct, head)
 
 
 def rrle_grammar(
-    codec: TokenCodec, labels: Sequence[str], grid: int = 16, distinct_runs: bool = True
+    codec: TokenCodec,
+    labels: Sequence[str],
+    grid: int = 16,
+    distinct_runs: bool = True,
+    head: str = "",
 ) -> RRLEGrammar:
     """A cached :class:`RRLEGrammar` (standing goals reuse their automaton every frame)."""
-    return _cached_rrle(codec, tuple(labels), grid, distinct_runs)
+    return _cached_rrle(codec, tuple(labels), grid, distinct_runs, head)
 
 
 def __getattr__(name: str) -> Any:

@@ -16,6 +16,7 @@ class BSDGrammar(_BodyMixin, TokenGrammar):
 
     Box coordinates are decimal 0..1000 with ``x1 < x2`` and ``y1 < y2``. The body grid is
     ``grid`` (labels ``{LABEL, others}``) or, with ``bricks``, ``grid // 2`` over the brick tokens.
+    ``head``: forced text before the first triple (or before EOS), glued to it.
     """
 
     def __init__(
@@ -27,7 +28,11 @@ class BSDGrammar(_BodyMixin, TokenGrammar):
         bricks: bool = False,
         max_instances: int = 8,
         distinct_runs: bool = True,
+        head: str = "",
     ) -> None:
+        if not isinstance(head, str):
+            raise TypeError(f"head must be a str, got {type(head).__name__}")
+        self.head = head
         self.labels = [n for n in _check_labels(labels, "label") if n != OTHERS]
         if not self.labels:
             raise ValueError(f"labels must name at least one class besides {OTHERS!r}")
@@ -46,7 +51,7 @@ class BSDGrammar(_BodyMixin, TokenGrammar):
     def _numbers(self) -> list[tuple[int, ...]]:
         """Tokens of "0" .. "1000", encoded once per grammar."""
         if not hasattr(self, "_number_tokens"):
-            self._number_tokens = [self.codec.encode(str(v)) for v in range(QUANT + 1)]
+            self._number_tokens = [self.codec.encode_piece(str(v)) for v in range(QUANT + 1)]
         return self._number_tokens
 
     def body_names(self, tag: Hashable) -> list[str]:
@@ -63,10 +68,12 @@ class BSDGrammar(_BodyMixin, TokenGrammar):
         # "</seg>" and the next "<ref>" are one piece: Qwen-style regexes glue ">" to a newline.
         k, _ = tag  # type: ignore[misc]
         close = "\n" + SEG_CLOSE
-        out = [Option(self.codec.encode(close) + (self.eos,), END)]
+        out = [Option(self.codec.encode_piece(close) + (self.eos,), END)]
         if k + 1 < self.max_instances:
             out += [
-                Option(self.codec.encode(close + self._ref_text(k + 1, lab)), ("Q", k + 1, j, ()))
+                Option(
+                    self.codec.encode_piece(close + self._ref_text(k + 1, lab)), ("Q", k + 1, j, ())
+                )
                 for j, lab in enumerate(self.labels)
             ]
         return out
@@ -75,10 +82,11 @@ class BSDGrammar(_BodyMixin, TokenGrammar):
         kind = point[0]  # type: ignore[index]
         if kind == "I":
             first = [
-                Option(self.codec.encode(self._ref_text(0, lab)), ("Q", 0, j, ()))
+                Option(self.codec.encode_piece(self.head + self._ref_text(0, lab)), ("Q", 0, j, ()))
                 for j, lab in enumerate(self.labels)
             ]
-            return tuple(first + [Option((self.eos,), END)])
+            empty = self.codec.encode_piece(self.head) if self.head else ()
+            return tuple(first + [Option((*empty, self.eos), END)])
         if kind == "Q":  # box coordinate j of instance k: ("Q", k, label, values so far)
             _, k, label, vals = point  # type: ignore[misc]
             j = len(vals)
@@ -91,19 +99,19 @@ class BSDGrammar(_BodyMixin, TokenGrammar):
         if kind == "QS":
             _, k, label, vals = point  # type: ignore[misc]
             if len(vals) < 4:
-                return (Option(self.codec.encode(", "), ("Q", k, label, vals)),)
+                return (Option(self.codec.encode_piece(", "), ("Q", k, label, vals)),)
             tag = (k, label)
             names = self.body_names(tag)
             head = f"]{BOX_CLOSE}{SEG_OPEN}"  # glued to the first label, as encode does
             return tuple(
-                Option(self.codec.encode(f"{head}{name} *"), ("N", tag, 0, 0, i))
+                Option(self.codec.encode_piece(f"{head}{name} *"), ("N", tag, 0, 0, i))
                 for i, name in enumerate(names)
             )
         return tuple(self.body_options(point))  # type: ignore[arg-type]
 
 
 @lru_cache(maxsize=64)
-def _cached_bsd(codec: TokenCodec, labels: tuple, *args: int | bool) -> BSDGrammar:
+def _cached_bsd(codec: TokenCodec, labels: tuple, *args: int | bool | str) -> BSDGrammar:
     return BSDGrammar(codec, labels, *args)  # type: ignore[arg-type]
 
 
@@ -115,8 +123,9 @@ def bsd_grammar(
     bricks: bool = False,
     max_instances: int = 8,
     distinct_runs: bool = True,
+    head: str = "",
 ) -> BSDGrammar:
     """A cached :class:`BSDGrammar`."""
     return _cached_bsd(
-        codec, tuple(labels), eos_token_id, grid, bricks, max_instances, distinct_runs
+        codec, tuple(labels), eos_token_id, grid, bricks, max_instances, distinct_runs, head
     )

@@ -26,8 +26,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..descriptors import OTHERS, SEG_OPEN, grid_to_labels, parse_rrle
-from ..descriptors.bsd import decode_instances, parse_bsd
-from ..descriptors.rrle import Repair, check_label
+from ..descriptors.bsd import decode_instances, encode_instances, parse_bsd
+from ..descriptors.rrle import SEG_CLOSE, Repair, check_label, encode_grid
 from ..metrics import mask_to_box
 from ..prompts import Task, answer_prefix, question
 from .types import Goal, GoalResult
@@ -40,7 +40,14 @@ REFERRING = (Task.RES, Task.GRES, Task.REC, Task.REASON)
 class GoalPlan:
     """How one goal is asked and read: ``kind`` is ``"isd"``, ``"open_vocab"`` or ``"bsd"``;
     ``names``: label set (``names[0] == 'others'``); ``question`` and ``answer_start`` (the
-    forced beginning of the answer) go into the prompt suffix."""
+    forced beginning of the answer: the answer sentence, then ``<seg>`` for I-SD).
+
+    ``answer_start`` is cut in two where every supported tokenizer cuts the whole answer text
+    too: after its last newline. :attr:`prompt_answer` (the sentence up to that newline) ends
+    the prompt suffix; ``head`` (``"<seg>"`` for I-SD, ``""`` for B-SD) is forced by the
+    grammar, glued to the first label. Tokenized whole, ``"...':\\n<seg>others"`` is not
+    ``"...':\\n<seg>"`` + ``"others"`` (Qwen writes ``"<seg"`` ``">others"``), so a suffix
+    ending at ``<seg>`` would feed the model a split it never saw in training."""
 
     goal: Goal
     task: Task
@@ -48,6 +55,34 @@ class GoalPlan:
     names: tuple[str, ...]
     question: str
     answer_start: str
+
+    @property
+    def head(self) -> str:
+        """End of ``answer_start`` that the grammar writes (after its last newline)."""
+        return self.answer_start[self.answer_start.rfind("\n") + 1 :]
+
+    @property
+    def prompt_answer(self) -> str:
+        """Beginning of ``answer_start`` that ends the prompt suffix (up to its last newline)."""
+        return self.answer_start[: len(self.answer_start) - len(self.head)]
+
+
+def sample_descriptor(plan: GoalPlan, grid: int) -> str:
+    """A valid descriptor for ``plan`` (the text after ``answer_start``) whose first label is
+    the goal's first class, the one glued to ``<seg>``: for boundary checks and tests.
+
+    I-SD: a ``grid`` x ``grid`` body (a block of ``names[1]`` top left on ``others``, and every
+    other class on a row of its own) and ``</seg>``; B-SD: two triples over an image."""
+    if plan.kind == "bsd":
+        masks = [np.zeros((64, 64), bool), np.zeros((64, 64), bool)]
+        masks[0][4:40, 8:30] = True
+        masks[1][30:60, 40:63] = True
+        return encode_instances(masks, plan.names[1], grid)
+    cells = np.zeros((grid, grid), np.int64)
+    cells[: max(1, grid // 2), : max(1, grid // 2)] = 1
+    for i in range(2, len(plan.names)):
+        cells[min(grid - 1, i)] = i
+    return encode_grid(cells, plan.names) + SEG_CLOSE
 
 
 def plan_goal(goal: Goal, index: int = 0, descriptor: str = "isd") -> GoalPlan:

@@ -35,7 +35,14 @@ from ..decoding import constrained_generate
 from ..descriptors import SEG_OPEN
 from ..descriptors.bsd import dequantize_box, parse_bsd
 from ..descriptors.grammar import TokenCodec, bsd_grammar, rrle_grammar
-from .answers import DESCRIPTORS, GoalPlan, plan_goal, read_answer, to_result
+from .answers import (
+    DESCRIPTORS,
+    GoalPlan,
+    plan_goal,
+    read_answer,
+    sample_descriptor,
+    to_result,
+)
 from .loading import as_dtype, load_pretrained
 from .registry import Backbone, Prefix, check_image, get_backbone
 from .types import Goal, GoalResult, Timings
@@ -70,8 +77,9 @@ def joins_cleanly(tokenizer: Any, start: str = SEG_OPEN, body: str = "others *1"
     """True when ``tokenizer`` cuts between the forced answer start and the descriptor, i.e.
     ``encode(start + body) == encode(start) + encode(body)``. Byte-level BPEs with the GPT-2
     pre-tokenizer do; Qwen's pre-tokenizer glues ``">others"`` and Llama's SentencePiece adds a
-    word-start marker, so for those the split the Segmenter decodes with differs from training
-    text tokenized whole by one token at the boundary."""
+    word-start marker. The Segmenter therefore does not cut there: its suffix ends at the
+    answer's newline and the grammar writes ``<seg>`` glued to the first label
+    (:meth:`Segmenter.check_boundary` checks the whole split against training tokenization)."""
 
     def enc(text: str) -> list[int]:
         return list(tokenizer(text, add_special_tokens=False)["input_ids"])
@@ -130,14 +138,12 @@ class Segmenter:
         self.codec = TokenCodec(self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else self.tokenizer.eos_token_id)
-        self.boundary_ok = joins_cleanly(self.tokenizer)
+        self.boundary_ok = self.check_boundary(plan_goal(Goal("cup"), 0, descriptor))
         if not self.boundary_ok:
             warnings.warn(
-                f"{type(self.tokenizer).__name__} tokenizes '<seg>' + descriptor differently "
-                "from the two apart (Qwen glues '>others', SentencePiece adds a word-start mark): "
-                "the prompt suffix ends at '<seg>' and decoding starts there, a tokenization "
-                "the model may not have seen in training; masks stay valid but can differ from "
-                "unconstrained decoding",
+                f"{type(self.tokenizer).__name__}: prompt suffix + grammar tokens differ from "
+                "the training text tokenized whole (training/dataset.py) at the answer's last "
+                "newline; masks stay valid but the model is fed a split it never saw",
                 stacklevel=2,
             )
         self._image: np.ndarray | None = None
@@ -220,18 +226,41 @@ class Segmenter:
         return [plan_goal(g, i, self.descriptor) for i, g in enumerate(goals)]
 
     def suffix_ids(self, plan: GoalPlan) -> list[int]:
-        """Token ids of a goal's prompt suffix (question, assistant start, answer start)."""
-        text = self.backbone.prompt_suffix(plan.question, plan.answer_start)
+        """Token ids of a goal's prompt suffix (question, assistant start, answer sentence up to
+        its newline; the grammar writes the rest of the answer start, see :class:`GoalPlan`)."""
+        text = self.backbone.prompt_suffix(plan.question, plan.prompt_answer)
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def grammar(self, plan: GoalPlan) -> Any:
-        """The token grammar constraining a goal's answer (cached per label set)."""
+        """The token grammar constraining a goal's answer (cached per label set and head)."""
         if plan.kind == "bsd":
-            eos = self.tokenizer.eos_token_id
+            eos = int(self.tokenizer.eos_token_id)
             return bsd_grammar(
-                self.codec, list(plan.names), int(eos), self.grid, self.bricks, self.max_instances
-            )
-        return rrle_grammar(self.codec, list(plan.names), self.grid)
+                self.codec, list(plan.names), eos, self.grid, self.bricks, self.max_instances,
+                head=plan.head,
+            )  # fmt: skip
+        return rrle_grammar(self.codec, list(plan.names), self.grid, head=plan.head)
+
+    def training_ids(self, plan: GoalPlan, descriptor: str) -> list[int]:
+        """Token ids after the prefix that training/dataset.py gives a sample answering ``plan``
+        with ``descriptor`` (the text after ``answer_start``), turn end included."""
+        answer = plan.answer_start + descriptor
+        text = self.backbone.prompt_suffix(plan.question, answer) + self.backbone.turn_end
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def check_boundary(self, plan: GoalPlan) -> bool:
+        """True when the suffix this Segmenter feeds plus the grammar's tokens of a sample
+        descriptor are the training tokens of the same answer (:meth:`training_ids`)."""
+        descriptor = sample_descriptor(plan, self.grid)
+        tokens = self.codec.encode_piece(plan.head + descriptor)
+        if plan.kind == "bsd":
+            tokens += (int(self.tokenizer.eos_token_id),)
+        fed = self.suffix_ids(plan) + list(tokens)  # B-SD: EOS is the turn end's first token
+        try:
+            accepted = self.grammar(plan).accepts(tokens)
+        except ValueError:  # the tokenizer is refused by the grammar itself
+            accepted = False
+        return accepted and self.training_ids(plan, descriptor)[: len(fed)] == fed
 
     def segment(self, goals: Sequence[Goal]) -> list[GoalResult]:
         """Answer every goal against the current frame in one batch; one result per goal.
@@ -263,6 +292,9 @@ class Segmenter:
             text = out.text
             if out.tokens and out.tokens[-1] == eos:  # B-SD ends with the end-of-turn token
                 text = self.codec.decode(out.tokens[:-1])
+            if not text.startswith(plan.head):
+                raise RuntimeError(f"answer {text[:40]!r} does not start with {plan.head!r}")
+            text = text[len(plan.head) :]  # the grammar wrote the end of the answer start
             answer = read_answer(plan, text, prefix.image_size, self.grid)
             score = float(np.mean(out.chosen_probs)) if out.chosen_probs else 1.0
             results.append(to_result(plan, answer, score, out.forward_calls))

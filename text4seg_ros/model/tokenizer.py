@@ -1,15 +1,27 @@
-"""Offline byte-level BPE tokenizers for the tiny backbones, with chat templates.
+"""Offline tokenizers for the tiny backbones, with chat templates.
 
-Trained with ``tokenizers`` in a few milliseconds on prompt and descriptor text. Like Llama's and
-Qwen's, they split every digit into its own token (run counts such as ``*16`` are ``*``, ``1``,
-``6``) and carry the backbone's image special tokens. The chat templates render exactly the
-prompts of :mod:`text4seg_ros.model.registry` (messages in the transformers content-list form;
-an item ``{"type": "image"}`` marks the image).
+* :func:`build_tokenizer`: byte-level BPEs trained with ``tokenizers`` in a few milliseconds on
+  prompt and descriptor text. Like Llama's and Qwen's, they split every digit into its own token
+  (run counts such as ``*16`` are ``*``, ``1``, ``6``) and carry the backbone's image special
+  tokens; ``pattern`` swaps in a pre-tokenizer regex such as Qwen2's.
+* :func:`train_sentencepiece` / :func:`llama_tokenizer`: a SentencePiece BPE with Llama-2's
+  trainer settings (``split_digits``, ``byte_fallback``, dummy prefix, identity normalization),
+  trained on general English (standard-library docstrings, never descriptors) and loaded from a
+  ``tokenizer.model`` as the research LLaVA checkpoints ship it (transformers converts it to
+  its ``LlamaTokenizer``).
+
+The chat templates render exactly the prompts of :mod:`text4seg_ros.model.registry` (messages
+in the transformers content-list form; an item ``{"type": "image"}`` marks the image).
 """
 
 from __future__ import annotations
 
+import io
+import json
 import random
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
 
 from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
@@ -120,20 +132,28 @@ def build_tokenizer(
     seed: int = 0,
     grid: int = 16,
     bos: str | None = None,
+    pattern: str | None = None,
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE (digits split one per token) carrying ``specials``.
 
     ``specials[0]`` is the pad token and ``specials[1]`` the end-of-turn (eos) token. ``named``
     maps model-specific attribute names (``image_token``, ``start_image_token``...) to tokens
     so the processors find them as ``tokenizer.image_token`` and ``tokenizer.image_token_id``.
+    ``pattern``: a pre-tokenizer regex (e.g. Qwen2's, which isolates digits and glues
+    punctuation to the next word: ``">others"``) instead of GPT-2's with digits split.
     """
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
+    if pattern is None:
+        steps = [
             pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
             pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
         ]
-    )
+    else:
+        steps = [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(
         vocab_size=vocab_size,
@@ -151,3 +171,74 @@ def build_tokenizer(
         chat_template=chat_template,
         padding_side="left",
     )
+
+
+# Llama-2's SentencePiece trainer settings (its tokenizer.model's trainer_spec), scaled down.
+LLAMA_SP_OPTIONS: dict[str, Any] = {
+    "model_type": "bpe",
+    "split_digits": True,
+    "byte_fallback": True,
+    "split_by_unicode_script": True,
+    "split_by_whitespace": True,
+    "split_by_number": True,
+    "allow_whitespace_only_pieces": True,
+    "max_sentencepiece_length": 16,
+    "character_coverage": 0.99995,
+    "normalization_rule_name": "identity",
+    "add_dummy_prefix": True,
+    "remove_extra_whitespaces": False,
+    "unk_id": 0,
+    "bos_id": 1,
+    "eos_id": 2,
+    "pad_id": -1,
+}
+
+
+@lru_cache(maxsize=4)
+def train_sentencepiece(vocab_size: int = 2000, max_chars: int = 300_000) -> bytes:
+    """A Llama-2-shaped SentencePiece BPE model (serialized ``tokenizer.model`` bytes).
+
+    Trained on up to ``max_chars`` of standard-library docstrings, one line per sentence (as
+    Llama's corpus: ``"\\n"`` is not a piece and falls back to the byte ``<0x0A>``). Pieces:
+    ``<unk>`` 0, ``<s>`` 1, ``</s>`` 2, the 256 byte pieces, then merges. About half a second.
+    Deterministic for given arguments; cached per process.
+    """
+    import sentencepiece as spm
+
+    from ..decoding.general_bpe import stdlib_docstrings
+
+    lines = [ln for doc in stdlib_docstrings(max_chars) for ln in doc.split("\n") if ln.strip()]
+    buffer = io.BytesIO()
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(lines),
+        model_writer=buffer,
+        vocab_size=vocab_size,
+        num_threads=1,
+        minloglevel=2,
+        **LLAMA_SP_OPTIONS,
+    )
+    return buffer.getvalue()
+
+
+def llama_tokenizer(model_proto: bytes, out_dir: str | Path, legacy: bool = False) -> Any:
+    """Write ``model_proto`` as a research-style Llama tokenizer (``tokenizer.model`` and a
+    ``tokenizer_config.json`` naming ``LlamaTokenizer``, no ``tokenizer.json``) into
+    ``out_dir`` and load it back with ``AutoTokenizer`` (transformers converts it)."""
+    from transformers import AutoTokenizer
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "tokenizer.model").write_bytes(model_proto)
+    config = {
+        "tokenizer_class": "LlamaTokenizer",
+        "bos_token": "<s>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "pad_token": None,
+        "legacy": legacy,
+        "add_bos_token": True,
+        "add_eos_token": False,
+        "clean_up_tokenization_spaces": False,
+    }
+    (out / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+    return AutoTokenizer.from_pretrained(str(out))
