@@ -21,18 +21,34 @@ from text4seg_ros.descriptors.grammar import (
     rrle_grammar,
 )
 from text4seg_ros.descriptors.rrle import SEG_CLOSE, encode_grid, parse_rrle
-from text4seg_ros.model.tokenizer import QWEN_CHAT_TEMPLATE, QWEN_SPECIALS, build_tokenizer
+from text4seg_ros.model.tokenizer import (
+    QWEN_CHAT_TEMPLATE,
+    QWEN_SPECIALS,
+    build_tokenizer,
+    llama_tokenizer,
+    train_sentencepiece,
+)
 
 # The codec fixture is module-scoped and stateless across examples.
 FIXTURE_OK = [HealthCheck.function_scoped_fixture]
 LABELS = ["cup", "tête de lit", "the black swan", "日本", "cat", "catalog", "others"]
 
 
-@pytest.fixture(scope="module", params=["qwen_regex_general", "gpt2_regex_tiny_backbone"])
-def codec(request) -> TokenCodec:
-    """A Qwen2-shaped BPE on general text, and the tiny backbones' own tokenizer."""
+@pytest.fixture(
+    scope="module", params=["qwen_regex_general", "gpt2_regex_tiny_backbone", "llama_sentencepiece"]
+)
+def codec(request, tmp_path_factory) -> TokenCodec:
+    """A Qwen2-shaped BPE on general text, the tiny backbones' own tokenizer, and a Llama-2-
+    shaped SentencePiece BPE on general text loaded as transformers' LlamaTokenizer.
+
+    Descriptors stand inside answers, so "canonical tokens" here are ``encode_piece``'s (the
+    tokens of a text after a token boundary; for byte-level BPEs the same as ``encode``)."""
     if request.param == "qwen_regex_general":
         return TokenCodec(train_general_bpe(1024, 200_000))
+    if request.param == "llama_sentencepiece":
+        pytest.importorskip("sentencepiece")
+        out = tmp_path_factory.mktemp("sp")
+        return TokenCodec(llama_tokenizer(train_sentencepiece(1000, 200_000), out))
     return TokenCodec(build_tokenizer(QWEN_SPECIALS, QWEN_CHAT_TEMPLATE, {}))
 
 
@@ -68,7 +84,7 @@ def test_encoder_output_is_accepted_with_its_canonical_tokens(codec, g, labels, 
     grid = rng.integers(0, len(grammar.names), (g, g))
     if seed % 2:
         grid = np.repeat(grid[:, :1], g, 1)
-    tokens = codec.encode(_grid_text(grid, grammar.names))
+    tokens = codec.encode_piece(_grid_text(grid, grammar.names))
     assert grammar.accepts(tokens)
     # walking the tokens: each is allowed; each forced run is what the text has next
     state, i = grammar.start(), 0
@@ -95,7 +111,7 @@ def test_random_walks_are_valid_canonical_descriptors(codec, g, n_labels, seed):
     assert text.endswith("\n" + SEG_CLOSE)
     parsed = parse_rrle("<seg>" + text, grammar.names, g)
     assert parsed.valid, parsed.repairs
-    assert tuple(tokens) == codec.encode(text)  # canonical: what a fine-tuned model emits
+    assert tuple(tokens) == codec.encode_piece(text)  # canonical: what a fine-tuned model emits
     for row in text[: -len(SEG_CLOSE) - 1].split("\n"):  # maximal runs (distinct neighbours)
         labels = [run.strip().rpartition(" *")[0] for run in row.split("|")]
         assert all(a != b for a, b in zip(labels, labels[1:]))
@@ -103,7 +119,7 @@ def test_random_walks_are_valid_canonical_descriptors(codec, g, n_labels, seed):
 
 def test_masks_and_forced_runs_by_hand(codec):
     grammar = RRLEGrammar(codec, ["cup"], grid=16)
-    first = {codec.encode("others *")[0], codec.encode("cup *")[0]}
+    first = {codec.encode_piece("others *")[0], codec.encode_piece("cup *")[0]}
     state = grammar.start()
     assert set(grammar.allowed(state).tolist()) == first
     assert grammar.forced(state) == ((), state)
@@ -111,32 +127,32 @@ def test_masks_and_forced_runs_by_hand(codec):
     assert np.flatnonzero(grammar.mask(state, vocab)).tolist() == sorted(first)
     with pytest.raises(ValueError, match="vocab_size"):
         grammar.mask(state, max(first))
-    state = grammar.advance(state, codec.encode("cup *")[0])
+    state = grammar.advance(state, codec.encode_piece("cup *")[0])
     forced, state = grammar.forced(state)
-    assert codec.decode(forced) == "cup *"[len(codec.piece(codec.encode("cup *")[0])) :]
+    assert codec.decode(forced) == "cup *"[len(codec.piece(codec.encode_piece("cup *")[0])) :]
     digits = {codec.piece(t) for t in grammar.allowed(state).tolist()}
     assert digits == set("123456789")  # count 1..16: no leading zero
-    state = grammar.advance(state, codec.encode("1")[0])
+    state = grammar.advance(state, codec.encode_piece("1")[0])
     digits = {codec.piece(t) for t in grammar.allowed(state).tolist()}
     assert digits == set("0123456") | {"|"}  # 1 then "| ", or 10..16
-    state = grammar.advance(state, codec.encode("5")[0])
+    state = grammar.advance(state, codec.encode_piece("5")[0])
     forced, state = grammar.forced(state)  # 15 cells of cup: the row ends "| others *1\n"
     assert codec.decode(forced) == "| others *1\n"
-    starts = {codec.encode(" others *")[0], codec.encode(" cup *")[0]}
+    starts = {codec.encode_piece(" others *")[0], codec.encode_piece(" cup *")[0]}
     assert set(grammar.allowed(state).tolist()) == starts  # the next row's label is free
     with pytest.raises(ValueError, match="not allowed"):
-        grammar.advance(state, codec.encode("7")[0])
+        grammar.advance(state, codec.encode_piece("7")[0])
 
 
 def test_distinct_runs_off_allows_split_runs(codec):
     text = "others *1| others *1\n cup *2\n" + SEG_CLOSE
-    assert not rrle_grammar(codec, ["cup"], 2).accepts(codec.encode(text))
-    assert rrle_grammar(codec, ["cup"], 2, distinct_runs=False).accepts(codec.encode(text))
+    assert not rrle_grammar(codec, ["cup"], 2).accepts(codec.encode_piece(text))
+    assert rrle_grammar(codec, ["cup"], 2, distinct_runs=False).accepts(codec.encode_piece(text))
     # wrong row sums, extra rows, unknown labels, missing </seg> are never sentences
     grammar = rrle_grammar(codec, ["cup"], 2)
     for bad in ("others *3\n cup *2\n", "others *1\n cup *2\n", "dog *2\n cup *2\n", "cup *2\n"):
-        assert not grammar.accepts(codec.encode(bad + SEG_CLOSE))
-    assert not grammar.accepts(codec.encode("cup *2\n cup *2\n"))
+        assert not grammar.accepts(codec.encode_piece(bad + SEG_CLOSE))
+    assert not grammar.accepts(codec.encode_piece("cup *2\n cup *2\n"))
 
 
 def test_bsd_grammar_accepts_encoder_output_and_walks_are_valid(codec):
@@ -148,10 +164,12 @@ def test_bsd_grammar_accepts_encoder_output_and_walks_are_valid(codec):
     other[30:47, 50:63] = True
     for masks in ([mask], [mask, other], []):
         text = encode_instances(masks, "cup", 8)
-        assert grammar.accepts(codec.encode(text) + (eos,)), text
+        assert grammar.accepts(codec.encode_piece(text) + (eos,)), text
     assert grammar.accepts((eos,))  # no instance: an empty answer
     bricks = BSDGrammar(codec, ["cup"], eos, grid=8, bricks=True)
-    assert bricks.accepts(codec.encode(encode_instances([mask], "cup", 8, bricks=True)) + (eos,))
+    assert bricks.accepts(
+        codec.encode_piece(encode_instances([mask], "cup", 8, bricks=True)) + (eos,)
+    )
     rng = random.Random(0)
     for _ in range(20):
         tokens = _walk(grammar, rng, eos_bias=0.3)
