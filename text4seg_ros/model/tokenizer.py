@@ -19,6 +19,7 @@ from __future__ import annotations
 import io
 import json
 import random
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -133,6 +134,7 @@ def build_tokenizer(
     grid: int = 16,
     bos: str | None = None,
     pattern: str | None = None,
+    extra_texts: Sequence[str] = (),
 ) -> PreTrainedTokenizerFast:
     """Train a byte-level BPE (digits split one per token) carrying ``specials``.
 
@@ -141,6 +143,8 @@ def build_tokenizer(
     so the processors find them as ``tokenizer.image_token`` and ``tokenizer.image_token_id``.
     ``pattern``: a pre-tokenizer regex (e.g. Qwen2's, which isolates digits and glues
     punctuation to the next word: ``">others"``) instead of GPT-2's with digits split.
+    ``extra_texts``: more training lines (e.g. whole answers, from which a Qwen-regex BPE learns
+    merges such as ``">others"`` across the ``<seg>`` marker, as web-trained vocabularies hold).
     """
     tok = Tokenizer(models.BPE())
     if pattern is None:
@@ -161,7 +165,7 @@ def build_tokenizer(
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
-    tok.train_from_iterator(corpus(seed, grid), trainer)
+    tok.train_from_iterator(corpus(seed, grid) + list(extra_texts), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=specials[0],
