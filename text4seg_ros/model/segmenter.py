@@ -35,6 +35,7 @@ from ..decoding import constrained_generate
 from ..descriptors import SEG_OPEN
 from ..descriptors.bsd import dequantize_box, parse_bsd
 from ..descriptors.grammar import TokenCodec, bsd_grammar, rrle_grammar
+from ..prompts import Task
 from .answers import (
     DESCRIPTORS,
     GoalPlan,
@@ -138,7 +139,8 @@ class Segmenter:
         self.codec = TokenCodec(self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else self.tokenizer.eos_token_id)
-        self.boundary_ok = self.check_boundary(plan_goal(Goal("cup"), 0, descriptor))
+        samples = (Goal("cup"), Goal("cup", Task.INSTANCES))  # head "<seg>" and head ""
+        self.boundary_ok = all(self.check_boundary(plan_goal(g, 0, descriptor)) for g in samples)
         if not self.boundary_ok:
             warnings.warn(
                 f"{type(self.tokenizer).__name__}: prompt suffix + grammar tokens differ from "
