@@ -153,6 +153,7 @@ def test_fed_and_generated_tokens_are_the_training_tokens(seg, goal, tmp_path):
         pad_token_id=seg.pad_token_id,
     )[0]
     fed = suffix + out.tokens
+    assert out.complete and out.forward_calls * 3 <= len(out.tokens)  # forced runs + drafts
     assert fed == train[n : n + len(fed)]
     rest = seg.tokenizer.convert_ids_to_tokens(train[n + len(fed) :])
     assert "".join(rest) in seg.backbone.turn_end.replace("\n", "Ċ")  # only the turn end left

@@ -158,15 +158,15 @@ def test_random_walks_are_canonical_answers(tok, codec):
         assert answer_tokens(tok, prompt, text) == walk[:-1]
 
 
-def test_random_weight_tiny_llamas_give_only_valid_descriptors(tok, codec):
-    """Constrained decoding from random Llama-architecture models with this tokenizer:
-    200 answers over several label sets and grid sizes, 0 invalid, all canonical."""
+def generate_and_check(tok, codec, n_models: int, n_batches: int, batch: int = 10) -> int:
+    """Constrained answers of random Llama-architecture models with this tokenizer over random
+    label sets and grid sizes; returns how many were invalid or not canonical."""
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.set_num_threads(1)
     prompt_ids = ids(tok, "USER: segment it. ASSISTANT: " + PROMPT)
-    checked = invalid = 0
-    for seed in range(4):
+    invalid = 0
+    for seed in range(n_models):
         torch.manual_seed(seed)
         config = LlamaConfig(
             vocab_size=len(tok),
@@ -177,18 +177,36 @@ def test_random_weight_tiny_llamas_give_only_valid_descriptors(tok, codec):
             num_key_value_heads=2,
             max_position_embeddings=2048,
         )
-        model = LlamaForCausalLM(config).eval()
-        step = HFCausalLMStep(model)
-        for batch in range(5):
-            rng = random.Random(seed * 10 + batch)
+        step = HFCausalLMStep(LlamaForCausalLM(config).eval())
+        for b in range(n_batches):
+            rng = random.Random(seed * 1000 + b)
             g = rng.choice([3, 4, 6, 8])
-            label_sets = [rng.sample(LABELS, rng.randint(1, 3)) for _ in range(10)]
+            label_sets = [rng.sample(LABELS, rng.randint(1, 3)) for _ in range(batch)]
             grammars = [rrle_grammar(codec, ls, g, head=SEG_OPEN) for ls in label_sets]
-            outs = constrained_generate(step, grammars, [prompt_ids] * 10, pad_token_id=0)
+            outs = constrained_generate(step, grammars, [prompt_ids] * batch, pad_token_id=0)
             for grammar, out in zip(grammars, outs):
-                checked += 1
                 parsed = parse_rrle(out.text, grammar.names, g)
                 ok = out.complete and parsed.valid and len(parsed.grid) == g
                 ok = ok and answer_tokens(tok, PROMPT, out.text) == out.tokens
                 invalid += not ok
-    assert checked == 200 and invalid == 0
+    return invalid
+
+
+def test_random_weight_tiny_llamas_give_only_valid_descriptors(tok, codec):
+    """200 constrained answers (4 random models x 5 batches of 10): 0 invalid, all canonical."""
+    assert generate_and_check(tok, codec, n_models=4, n_batches=5) == 0
+
+
+@pytest.mark.slow
+def test_thousand_random_weight_llama_answers_are_valid(tok, codec):
+    """1,000 constrained answers (10 random models x 10 batches of 10): 0 invalid."""
+    assert generate_and_check(tok, codec, n_models=10, n_batches=10) == 0
+
+
+def test_legacy_llama_tokenizer_gives_the_same_answer_tokens(proto, tok, tmp_path):
+    """``legacy=True`` (the older Llama tokenizer configs) changes nothing inside answers."""
+    old = llama_tokenizer(proto, tmp_path / "legacy", legacy=True)
+    text = PROMPT + "<seg>others *2\n the black swan *1| others *1\n</seg>"
+    assert ids(old, text) == ids(tok, text)
+    grammar = rrle_grammar(TokenCodec(old), ["the black swan"], 2, head=SEG_OPEN)
+    assert grammar.accepts(answer_tokens(old, PROMPT, text[len(PROMPT) :]))
