@@ -12,8 +12,10 @@ its language model against a KV cache::
 
 Prompts are split in two at the image: the shared *prefix* is everything up to and including
 the image tokens (identical for every goal, encoded once); the per-goal *suffix* is the rest of
-the user turn (the question), the assistant start, and the answer's beginning (the answer
-sentence and ``<seg>``, forced rather than generated). The templates are the official ones:
+the user turn (the question), the assistant start, and the answer's beginning up to its last
+newline (the answer sentence; the ``<seg>`` after it is forced by the goal's grammar, glued to
+the first label as the whole answer is tokenized: :class:`.answers.GoalPlan`). The templates
+are the official ones:
 LLaVA-1.5 / Text4Seg use vicuna_v1 (``"<system> USER: <image>\\nQ ASSISTANT: A</s>"``), Qwen2-VL
 and InternVL2 use ChatML. :meth:`Backbone.render` gives the full training text.
 
