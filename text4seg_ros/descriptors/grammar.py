@@ -227,10 +227,11 @@ class TokenGrammar:
             )
         return pieces
 
-    def _check_canonical(self, texts: Sequence[str]) -> None:
-        """Refuse a tokenizer whose tokens of whole descriptors differ from the automaton."""
+    def _check_canonical(self, texts: Sequence[str], end: tuple[int, ...] = ()) -> None:
+        """Refuse a tokenizer whose tokens of whole descriptors (then ``end``, e.g. EOS)
+        differ from the automaton."""
         for text in texts:
-            want = self.codec.encode_piece(text)
+            want = self.codec.encode_piece(text) + end
             if not self.accepts(want):
                 got, _, used = self.tokens_for_text(text)
                 raise ValueError(

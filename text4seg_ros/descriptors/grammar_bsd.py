@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Hashable, Sequence
 from functools import lru_cache
 
+import numpy as np
+
 from .bsd import BOX_CLOSE, BOX_OPEN, BRICK, BRICK_NAMES, QUANT, REF_CLOSE, REF_OPEN
 from .grammar import END, Option, TokenCodec, TokenGrammar, _BodyMixin, _check_labels
-from .rrle import OTHERS, SEG_CLOSE, SEG_OPEN
+from .rrle import OTHERS, SEG_CLOSE, SEG_OPEN, encode_grid
 
 
 class BSDGrammar(_BodyMixin, TokenGrammar):
@@ -47,6 +49,18 @@ class BSDGrammar(_BodyMixin, TokenGrammar):
         self.distinct_runs = distinct_runs
         self.start_point = ("I", 0)
         super().__init__(codec)
+        # One triple per label (at most max_instances per answer), bodies meeting every name
+        # at a row start and after "| ", and the empty answer.
+        triples = []
+        for j, label in enumerate(self.labels):
+            k = len(self.body_names((0, j)))
+            cells = (np.arange(self.grid)[:, None] + np.arange(self.grid)[None, :] // 2 + j) % k
+            body = encode_grid(cells, self.body_names((0, j)))
+            box = f"{BOX_OPEN}[{j % 999}, 10, 1000, {999 - j % 900}]{BOX_CLOSE}"
+            triples.append(f"{REF_OPEN}{label}{REF_CLOSE}{box}{SEG_OPEN}{body}{SEG_CLOSE}")
+        answers = [triples[i : i + max_instances] for i in range(0, len(triples), max_instances)]
+        texts = [head + "\n".join(a) for a in answers]
+        self._check_canonical([*texts, head], end=(eos_token_id,))
 
     def _numbers(self) -> list[tuple[int, ...]]:
         """Tokens of "0" .. "1000", encoded once per grammar."""
