@@ -6,24 +6,30 @@
 Arguments: ``params_file`` (default: the package's config/perception.yaml), ``model_path``,
 ``image`` (the camera topic the node's ``image`` input is remapped to), ``namespace``,
 ``use_sim_time``, ``autostart`` (configure then activate; false leaves the node unconfigured
-for ``ros2 lifecycle set``). The node runs as ``lib/text4seg_ros/perception_node --ros-args
--r __node:=perception_node -r __ns:=/NS --params-file FILE --params-file <launch_ros' file
-with model_path and use_sim_time> -r image:=TOPIC``, the equivalent of ``-p model_path:=...``.
+for ``ros2 lifecycle set``), ``dds_profile`` (Fast DDS XML profile for the node's process,
+default: the package's config/fastdds_large_frames.xml, or ``$FASTRTPS_DEFAULT_PROFILES_FILE``
+when that is set; empty: the environment is left as it is). The node runs as
+``lib/text4seg_ros/perception_node --ros-args -r __node:=perception_node -r __ns:=/NS
+--params-file FILE --params-file <launch_ros' file with model_path and use_sim_time>
+-r image:=TOPIC``, the equivalent of ``-p model_path:=...``.
 An empty ``model_path`` (the default) overrides nothing, so a ``model_path`` set in the params
 file is kept; that is why the node is declared in an ``OpaqueFunction``, which sees the
-resolved launch arguments.
+resolved launch arguments. The profile is set with ``SetEnvironmentVariable`` inside a scoped
+``GroupAction``: only the node gets it, not the rest of a launch that includes this file.
 """
 
 from launch import LaunchDescription
 from launch.actions import (
     DeclareLaunchArgument,
     EmitEvent,
+    GroupAction,
     OpaqueFunction,
     RegisterEventHandler,
+    SetEnvironmentVariable,
 )
 from launch.conditions import IfCondition
 from launch.events import matches_action
-from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch.substitutions import EnvironmentVariable, LaunchConfiguration, PathJoinSubstitution
 from launch_ros.actions import LifecycleNode
 from launch_ros.event_handlers import OnStateTransition
 from launch_ros.events.lifecycle import ChangeState
@@ -32,6 +38,8 @@ from launch_ros.substitutions import FindPackageShare
 from lifecycle_msgs.msg import Transition
 
 PACKAGE = "text4seg_ros"
+# Fast DDS 2.x (Jazzy) reads its XML profiles from this variable when a process starts.
+PROFILES_VARIABLE = "FASTRTPS_DEFAULT_PROFILES_FILE"
 
 
 def generate_launch_description() -> LaunchDescription:
@@ -56,6 +64,21 @@ def generate_launch_description() -> LaunchDescription:
         ),
         DeclareLaunchArgument(
             "autostart", default_value="true", description="Configure and activate at start"
+        ),
+        DeclareLaunchArgument(
+            "dds_profile",
+            # Best-effort frames above ~0.5 MB are lost between processes with Fast DDS's
+            # default shared-memory segment; see the comments in the profile.
+            default_value=EnvironmentVariable(
+                PROFILES_VARIABLE,
+                default_value=PathJoinSubstitution(
+                    [FindPackageShare(PACKAGE), "config", "fastdds_large_frames.xml"]
+                ),
+            ),
+            description=(
+                "Fast DDS XML profile for the node (large camera frames); run the camera "
+                "driver with the same profile; empty: leave the environment as it is"
+            ),
         ),
     ]
     return LaunchDescription([*arguments, OpaqueFunction(function=node_and_transitions)])
@@ -84,6 +107,8 @@ def node_and_transitions(context) -> list:
         remappings=[("image", LaunchConfiguration("image"))],
         output="screen",
     )
+    profile = context.launch_configurations.get("dds_profile", "")
+    env = [SetEnvironmentVariable(PROFILES_VARIABLE, profile)] if profile else []
     autostart = IfCondition(LaunchConfiguration("autostart"))
     configure = EmitEvent(
         event=ChangeState(
@@ -108,4 +133,4 @@ def node_and_transitions(context) -> list:
         ),
         condition=autostart,
     )
-    return [node, activate, configure]
+    return [GroupAction([*env, node], scoped=True), activate, configure]

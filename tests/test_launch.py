@@ -52,12 +52,17 @@ SIGNATURES = {
         lambda name, *, default_value=None, description=None, choices=None, **kwargs: 0
     ),
     ("launch.actions", "EmitEvent"): _sig(lambda *, event, **kwargs: 0),
+    ("launch.actions", "GroupAction"): _sig(
+        lambda actions, *, scoped=True, forwarding=True, launch_configurations=None, **kwargs: 0
+    ),
+    ("launch.actions", "SetEnvironmentVariable"): _sig(lambda name, value, **kwargs: 0),
     ("launch.actions", "OpaqueFunction"): _sig(
         lambda *, function, args=None, kwargs=None, **more: 0
     ),
     ("launch.actions", "RegisterEventHandler"): _sig(lambda event_handler, **kwargs: 0),
     ("launch.conditions", "IfCondition"): _sig(lambda predicate_expression: 0),
     ("launch.events", "matches_action"): _sig(lambda target_action: 0),
+    ("launch.substitutions", "EnvironmentVariable"): _sig(lambda name, *, default_value=None: 0),
     ("launch.substitutions", "LaunchConfiguration"): _sig(lambda variable_name, *, default=None: 0),
     ("launch.substitutions", "PathJoinSubstitution"): _sig(lambda substitutions: 0),
     ("launch_ros.actions", "LifecycleNode"): _sig(_lifecycle_node),
@@ -172,7 +177,8 @@ def test_description_declares_the_lifecycle_node_with_real_executable_and_params
     entities = expand(description, model_path="/models/m", use_sim_time="false")
     arguments = {e.args["name"]: e for e in entities if e.kind == "DeclareLaunchArgument"}
     assert set(arguments) == {
-        "params_file", "model_path", "image", "namespace", "use_sim_time", "autostart"
+        "params_file", "model_path", "image", "namespace", "use_sim_time", "autostart",
+        "dds_profile",
     }  # fmt: skip
     assert all(a.args["description"] for a in arguments.values())
     nodes = [r for r in walk(entities) if r.kind == "LifecycleNode"]
@@ -218,6 +224,65 @@ def test_empty_model_path_argument_keeps_the_params_file_value(stand_ins):
     (node,) = [r for r in walk(entities) if r.kind == "LifecycleNode"]
     _, overrides = node.args["parameters"]
     assert "model_path" not in overrides and "use_sim_time" in overrides
+
+
+def _share_path(join) -> Path:
+    """Resolve a stand-in ``PathJoinSubstitution([FindPackageShare(pkg), ...])``."""
+    from ament_index_python.packages import get_package_share_directory
+
+    share, *rest = join.args["substitutions"]
+    assert share.kind == "FindPackageShare"
+    return Path(get_package_share_directory(share.args["package"]), *rest)
+
+
+def test_dds_profile_defaults_to_the_shipped_large_frame_profile(stand_ins, installed_prefix):
+    description = load_description()
+    (arg,) = [
+        e
+        for e in description.args["initial_entities"]
+        if e.kind == "DeclareLaunchArgument" and e.args["name"] == "dds_profile"
+    ]
+    # an exported FASTRTPS_DEFAULT_PROFILES_FILE wins; else the package's profile
+    default = arg.args["default_value"]
+    assert default.kind == "EnvironmentVariable"
+    assert default.args["name"] == "FASTRTPS_DEFAULT_PROFILES_FILE"
+    profile = _share_path(default.args["default_value"])
+    assert profile.is_file() and profile.name == "fastdds_large_frames.xml"
+    assert profile.read_text() == (REPO / "config" / "fastdds_large_frames.xml").read_text()
+    # resolved: the node (only it, in a scoped group) gets the variable
+    entities = expand(description, dds_profile=str(profile), use_sim_time="false")
+    (group,) = [e for e in entities if e.kind == "GroupAction"]
+    assert group.args["scoped"] is True
+    setenv, node = group.args["actions"]
+    assert setenv.kind == "SetEnvironmentVariable" and node.kind == "LifecycleNode"
+    assert setenv.args == {"name": "FASTRTPS_DEFAULT_PROFILES_FILE", "value": str(profile)}
+
+
+def test_empty_dds_profile_leaves_the_environment_alone(stand_ins):
+    entities = expand(load_description(), dds_profile="", use_sim_time="false")
+    assert not [r for r in walk(entities) if r.kind == "SetEnvironmentVariable"]
+    (group,) = [e for e in entities if e.kind == "GroupAction"]
+    assert [a.kind for a in group.args["actions"]] == ["LifecycleNode"]
+
+
+def test_large_frame_profile_is_valid_fast_dds_xml_with_a_large_shm_segment():
+    import xml.etree.ElementTree as ET
+
+    ns = {"p": "http://www.eprosima.com/XMLSchemas/fastRTPS_Profiles"}
+    root = ET.parse(REPO / "config" / "fastdds_large_frames.xml").getroot()
+    kinds = {
+        d.findtext("p:transport_id", namespaces=ns): d
+        for d in root.iterfind("p:transport_descriptors/p:transport_descriptor", ns)
+    }
+    (participant,) = root.iterfind("p:participant", ns)
+    assert participant.get("is_default_profile") == "true"
+    used = [t.text for t in participant.iterfind("p:rtps/p:userTransports/p:transport_id", ns)]
+    assert set(used) == set(kinds)
+    assert participant.findtext("p:rtps/p:useBuiltinTransports", namespaces=ns) == "false"
+    types = {kinds[t].findtext("p:type", namespaces=ns): kinds[t] for t in used}
+    assert set(types) == {"SHM", "UDPv4"}, "UDPv4 stays for discovery and other hosts"
+    segment = int(types["SHM"].findtext("p:segment_size", namespaces=ns))
+    assert segment > 3840 * 2160 * 3, "one 4K rgb8 frame (the default max_image_pixels) fits"
 
 
 def test_stand_ins_refuse_arguments_the_real_classes_do_not_take(stand_ins):

@@ -78,7 +78,7 @@ class Rig:
         return self.diag()
 
     def list_goals(self):
-        return self.client.call(ListGoals, f"{NS}/list_goals", ListGoals.Request()).goals
+        return self.client.call(ListGoals, f"{FQN}/list_goals", ListGoals.Request()).goals
 
 
 @pytest.fixture(scope="module")

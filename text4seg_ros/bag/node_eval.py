@@ -6,7 +6,7 @@ Steps, as a robot would run the node:
    with a reliable image subscription (see :func:`node_command`; stdout and stderr go to
    ``log_path``);
 2. lifecycle ``configure`` (loads the model) via ``/perception_node/change_state``;
-3. play the bag's goals and wait until the node's ``list_goals`` service lists them
+3. play the bag's goals and wait until the node's private ``~/list_goals`` service lists them
    all (so no frame arrives before its goals);
 4. ``activate``, then play the images as fast as the node acknowledges: each image waits for the
    ``segmentations`` message with its header stamp (``ack_timeout`` seconds, else dropped);
@@ -97,10 +97,11 @@ class NodeProcess:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         self._log = log_path.open("wb")
         self.proc = subprocess.Popen(cmd, stdout=self._log, stderr=subprocess.STDOUT)
-        # Lifecycle services are private to the node; list_goals is relative (namespace).
-        self._change = ros.create_client(ChangeState, f"{namespace}/{NODE_NAME}/change_state")
+        # Lifecycle and goal services are private to the node: <namespace>/<node>/<service>.
+        node = f"{namespace}/{NODE_NAME}"
+        self._change = ros.create_client(ChangeState, f"{node}/change_state")
         self._list = ros.create_client(
-            ros_message_class("text4seg_msgs/srv/ListGoals"), f"{namespace}/list_goals"
+            ros_message_class("text4seg_msgs/srv/ListGoals"), f"{node}/list_goals"
         )
 
     def log_tail(self, lines: int = 30) -> str:

@@ -13,9 +13,13 @@ Keys of the one ``DiagnosticStatus`` (name ``<node name>: perception``), all val
   results published, over the same window
 * ``rss_mb``: resident memory of the process
 * ``last_rejection``: the newest rejection reason
+* ``image_publishers``: publishers matched with the camera subscription (while active);
+  ``image_silent_s``: seconds since the last frame (or since a publisher matched, or the node
+  activated, whichever is latest); ``image_stalls``: times the camera went silent for more
+  than ``image_stall_warn_s`` while a publisher was matched (see :class:`ImageFlowMonitor`)
 
-Level: OK; WARN while no model is loaded or after recent errors / rejections; ERROR when the
-model failed to load.
+Level: OK; WARN while no model is loaded, after new inference errors, or while the camera is
+silent with a publisher matched; ERROR when the model failed to load.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import resource
 import threading
 import time
 from collections import deque
+from collections.abc import Mapping
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
@@ -52,6 +57,7 @@ class NodeStats:
         "goals_rejected",
         "goals_answered",
         "inference_errors",
+        "image_stalls",
     )
 
     def __init__(self, window: int = 100) -> None:
@@ -100,11 +106,25 @@ class NodeStats:
         return out
 
     def status(
-        self, name: str, hardware_id: str, state: str, model: str, goals_active: int
+        self,
+        name: str,
+        hardware_id: str,
+        state: str,
+        model: str,
+        goals_active: int,
+        extra: Mapping[str, float | int | str] | None = None,
+        warning: str = "",
     ) -> DiagnosticStatus:
-        """The node's ``DiagnosticStatus`` (see the module docstring for keys and levels)."""
+        """The node's ``DiagnosticStatus`` (see the module docstring for keys and levels).
+
+        ``extra`` adds key/value pairs; a non-empty ``warning`` makes a loaded, error-free
+        node report WARN with that message.
+        """
         values = self.values()
-        values = {"state": state, "model": model, "goals_active": goals_active, **values}
+        values = {
+            "state": state, "model": model, "goals_active": goals_active, **values,
+            **(extra or {}),
+        }  # fmt: skip
         errors = int(values["inference_errors"])
         new_errors = errors > self._errors_at_last_report
         self._errors_at_last_report = errors
@@ -114,6 +134,8 @@ class NodeStats:
             level, message = DiagnosticStatus.WARN, f"model {model}"
         elif new_errors:
             level, message = DiagnosticStatus.WARN, "inference errors since the last report"
+        elif warning:
+            level, message = DiagnosticStatus.WARN, warning
         else:
             level, message = DiagnosticStatus.OK, f"{state}, {values['rate_hz']:.2f} Hz"
         status = DiagnosticStatus(level=level, name=name, message=message, hardware_id=hardware_id)
@@ -128,3 +150,76 @@ class NodeStats:
         out.header.stamp = stamp
         out.status.append(self.status(**kwargs))
         return out
+
+
+class ImageFlowMonitor:
+    """Notices a camera subscription that is matched with a publisher but receives nothing.
+
+    Typical causes: frames above ~0.5 MB sent best effort between processes with Fast DDS's
+    default 512 kB shared-memory segment (every frame loses a fragment; see
+    config/fastdds_large_frames.xml), or a camera that is matched but publishes nothing.
+    An incompatible QoS is not this case: such a publisher never matches (the node logs that
+    separately). Times are ``time.monotonic()`` seconds; the node calls :meth:`frame` from the
+    image callback and :meth:`check` from its diagnostics timer (both on the executor thread).
+    """
+
+    def __init__(self) -> None:
+        self.since: float | None = None  # silence measured from here; None: not subscribed
+        self.publishers = 0
+        self.stalled = False
+
+    def start(self, now: float) -> None:
+        """The image subscription was (re)created at ``now``."""
+        self.since, self.publishers, self.stalled = now, 0, False
+
+    def stop(self) -> None:
+        """The image subscription is gone: nothing to watch."""
+        self.since, self.publishers, self.stalled = None, 0, False
+
+    def frame(self, now: float) -> None:
+        """A frame arrived at ``now``."""
+        if self.since is not None:
+            self.since, self.stalled = now, False
+
+    def silent_s(self, now: float) -> float:
+        """Seconds without a frame while a publisher was matched (0 when not watching)."""
+        if self.since is None or self.publishers == 0:
+            return 0.0
+        return max(0.0, now - self.since)
+
+    def check(self, now: float, publishers: int, limit_s: float) -> bool:
+        """Update with the matched publisher count; True exactly when a new stall begins.
+
+        A stall is ``publishers > 0`` and more than ``limit_s`` seconds without a frame since
+        the later of: the last frame, the subscription's start, the first publisher matching.
+        """
+        if self.since is None:
+            return False
+        if publishers == 0 or self.publishers == 0:
+            self.since = now  # silence counts only while someone is there to publish
+            self.stalled = False
+        self.publishers = publishers
+        if publishers == 0 or now - self.since <= limit_s:
+            self.stalled = False
+            return False
+        began = not self.stalled
+        self.stalled = True
+        return began
+
+    def stall_log(self, topic: str, limit_s: float) -> str:
+        """The log line for a stall that began on ``topic`` (what to do about it)."""
+        return (
+            f"no camera frame on {topic} for {limit_s:g} s although {self.publishers} "
+            "publisher(s) matched: frames are lost in transport. Large best-effort frames need "
+            "the Fast DDS profile config/fastdds_large_frames.xml on the camera and the node "
+            "(launch argument dds_profile), or set image_qos_reliability: reliable"
+        )
+
+    def warning(self, now: float) -> str:
+        """The diagnostics warning while stalled, else ``""``."""
+        if not self.stalled:
+            return ""
+        return (
+            f"no camera frame for {self.silent_s(now):.0f} s with {self.publishers} "
+            "publisher(s) matched (large-frame transport or QoS?)"
+        )

@@ -47,7 +47,7 @@ def install_layout(prefix: Path, repo: Path = REPO, bin_dir: Path | None = None)
     share = prefix / "share" / PACKAGE
     _link(repo / "package.xml", share / "package.xml")
     made.append(share / "package.xml")
-    for folder, pattern in (("launch", "*.launch.py"), ("config", "*.yaml")):
+    for folder, pattern in (("launch", "*.launch.py"), ("config", "*.yaml"), ("config", "*.xml")):
         for src in sorted((repo / folder).glob(pattern)):
             _link(src, share / folder / src.name)
             made.append(share / folder / src.name)

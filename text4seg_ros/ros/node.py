@@ -9,7 +9,11 @@ Topics (relative names; remap and namespace them at launch):
 * out ``segmentations`` (``text4seg_msgs/SegmentationArray``), ``detections``
   (``vision_msgs/Detection2DArray``), ``mask`` (mono8 union or label map), ``overlay`` (rgb8),
   all stamped with the camera frame's header; ``/diagnostics`` (``DiagnosticArray``, always on);
-* services ``list_goals`` (``text4seg_msgs/ListGoals``), ``clear_goals`` (``std_srvs/Trigger``).
+* private services ``~/list_goals`` (``text4seg_msgs/ListGoals``) and ``~/clear_goals``
+  (``std_srvs/Trigger``), i.e. ``<namespace>/<node name>/list_goals``: they belong to this node
+  like its lifecycle services, so two nodes in one namespace do not clash. The goal topics stay
+  namespace-level inputs (one goal stream may drive every node of a namespace; remap them to
+  separate nodes).
 
 Inference runs on its own thread (:mod:`.worker`); callbacks only convert and enqueue.
 """
@@ -37,7 +41,7 @@ from vision_msgs.msg import Detection2DArray
 
 from ..model.types import GoalResult, SegmenterLike
 from . import messages
-from .diagnostics import NodeStats
+from .diagnostics import ImageFlowMonitor, NodeStats
 from .goals import ActiveGoal, GoalBook, GoalError, validate_goal
 from .image import ImageError, compressed_to_rgb, image_to_rgb
 from .model_loader import free_memory, load_segmenter
@@ -80,6 +84,7 @@ class PerceptionNode(LifecycleNode):
         self._pubs: dict[str, object] = {}
         self._configured_entities: list = []
         self._image_sub = None
+        self.image_flow = ImageFlowMonitor()
         self._last_seq: int | None = None
         self._log_times: dict[str, float] = {}
         period = max(0.05, float(self.get_parameter("diagnostics_period_s").value))
@@ -129,8 +134,8 @@ class PerceptionNode(LifecycleNode):
             self.create_subscription(
                 String, "goal_text", self._on_goal_text, 10, event_callbacks=events
             ),
-            self.create_service(ListGoals, "list_goals", self._on_list_goals),
-            self.create_service(Trigger, "clear_goals", self._on_clear_goals),
+            self.create_service(ListGoals, "~/list_goals", self._on_list_goals),
+            self.create_service(Trigger, "~/clear_goals", self._on_clear_goals),
         ]
         self.lifecycle_label = "inactive"
         return super().on_configure(state)
@@ -151,6 +156,7 @@ class PerceptionNode(LifecycleNode):
             self._image_sub = self.create_subscription(
                 Image, "image", self._on_image, qos, event_callbacks=events
             )
+        self.image_flow.start(time.monotonic())
         self.lifecycle_label = "active"
         return super().on_activate(state)
 
@@ -187,6 +193,7 @@ class PerceptionNode(LifecycleNode):
         if self._image_sub is not None:
             self.destroy_subscription(self._image_sub)
             self._image_sub = None
+        self.image_flow.stop()
         if self.worker is not None:
             if not self.worker.stop(timeout=30.0):
                 self.get_logger().warning("inference thread still busy after 30 s; detached")
@@ -235,6 +242,7 @@ class PerceptionNode(LifecycleNode):
 
     def _enqueue(self, header, convert: Callable) -> None:
         received = time.monotonic()
+        self.image_flow.frame(received)
         self.stats.add("frames_received")
         worker = self.worker
         if worker is None:
@@ -337,8 +345,24 @@ class PerceptionNode(LifecycleNode):
         dropped = f"; one-shot goals {names} dropped" if retired else ""
         self._reject("goals_rejected", f"inference failed: {type(exc).__name__}: {exc}{dropped}")
 
+    def _check_image_flow(self) -> str:
+        """Warn once per episode (logged, counted) when a matched camera sends no frame.
+
+        Returns the diagnostics warning while the camera stays silent, else ``""``.
+        """
+        sub, flow, now = self._image_sub, self.image_flow, time.monotonic()
+        if sub is None:
+            return ""
+        limit = self.config.image_stall_warn_s
+        if flow.check(now, sub.get_publisher_count(), limit):
+            self.stats.add("image_stalls")
+            self.get_logger().warning(flow.stall_log(sub.topic_name, limit))
+        return flow.warning(now)
+
     def publish_diagnostics(self) -> None:
         """Publish the node's ``DiagnosticArray`` on /diagnostics (timer callback)."""
+        warning = self._check_image_flow()
+        flow, now = self.image_flow, time.monotonic()
         msg = self.stats.array(
             self.get_clock().now().to_msg(),
             name=f"{self.get_fully_qualified_name()}: perception",
@@ -346,6 +370,8 @@ class PerceptionNode(LifecycleNode):
             state=self.lifecycle_label,
             model=self.model_state,
             goals_active=len(self.goals),
+            extra={"image_publishers": flow.publishers, "image_silent_s": flow.silent_s(now)},
+            warning=warning,
         )
         self._diag_pub.publish(msg)
 

@@ -47,6 +47,7 @@ class NodeConfig:
     compressed: bool = False
     image_qos_depth: int = 1
     image_qos_reliability: str = "best_effort"
+    image_stall_warn_s: float = 5.0
     output_qos_depth: int = 5
     output_qos_reliability: str = "reliable"
     mask_mode: str = "union"
@@ -138,6 +139,12 @@ SPECS: dict[str, ParamSpec] = {
     "image_qos_reliability": ParamSpec(
         "Camera subscription reliability (best_effort also matches reliable cameras)",
         choices=RELIABILITIES,
+    ),
+    "image_stall_warn_s": ParamSpec(
+        "Seconds without a camera frame, while a camera publisher is matched, before /diagnostics"
+        " warns (likely best-effort large frames lost in transport; see fastdds_large_frames.xml)",
+        float_range=(0.5, 3600.0),
+        live=True,
     ),
     "output_qos_depth": ParamSpec("Depth of the result publishers", int_range=(1, 100)),
     "output_qos_reliability": ParamSpec(
