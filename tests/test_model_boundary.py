@@ -28,6 +28,7 @@ from text4seg_ros.decoding.general_bpe import QWEN2_PATTERN
 from text4seg_ros.descriptors.bsd import encode_instances, parse_bsd
 from text4seg_ros.descriptors.rrle import OTHERS, SEG_CLOSE, SEG_OPEN, encode_grid, parse_rrle
 from text4seg_ros.model import tiny
+from text4seg_ros.model.answers import GoalPlan
 from text4seg_ros.model.llava_original import save_llava_original
 from text4seg_ros.model.segmenter import Segmenter, joins_cleanly
 from text4seg_ros.model.tokenizer import build_tokenizer, llama_tokenizer, train_sentencepiece
@@ -201,3 +202,15 @@ def test_tiny_llava_with_sentencepiece_answers_every_goal_kind(llava_dir):
         parsed = parse_rrle(result.descriptor, names, G)
         assert parsed.valid, (result.descriptor, parsed.repairs)
         assert result.model_steps >= 1 and 0.0 <= result.score <= 1.0
+
+
+def test_a_suffix_cut_at_seg_is_detected(monkeypatch):
+    """Cut where the old Segmenter cut (after ``<seg>``), a Qwen-regex tokenizer's split no
+    longer matches training: ``check_boundary`` says so and construction warns."""
+    seg = qwen_regex_segmenter()
+    plan = seg.plan([Goal(LABEL)])[0]
+    assert seg.boundary_ok and seg.check_boundary(plan)
+    monkeypatch.setattr(GoalPlan, "head", property(lambda self: ""))
+    assert not seg.check_boundary(plan)
+    with pytest.warns(UserWarning, match="training text"):
+        Segmenter(seg.model, seg.processor, "qwen2_vl", grid=G)

@@ -67,17 +67,17 @@ class GoalPlan:
         return self.answer_start[: len(self.answer_start) - len(self.head)]
 
 
-def sample_descriptor(plan: GoalPlan, grid: int) -> str:
+def sample_descriptor(plan: GoalPlan, grid: int, instances: int = 2) -> str:
     """A valid descriptor for ``plan`` (the text after ``answer_start``) whose first label is
     the goal's first class, the one glued to ``<seg>``: for boundary checks and tests.
 
     I-SD: a ``grid`` x ``grid`` body (a block of ``names[1]`` top left on ``others``, and every
-    other class on a row of its own) and ``</seg>``; B-SD: two triples over an image."""
+    other class on a row of its own) and ``</seg>``; B-SD: ``instances`` (1 or 2) triples."""
     if plan.kind == "bsd":
         masks = [np.zeros((64, 64), bool), np.zeros((64, 64), bool)]
         masks[0][4:40, 8:30] = True
         masks[1][30:60, 40:63] = True
-        return encode_instances(masks, plan.names[1], grid)
+        return encode_instances(masks[: max(1, min(2, instances))], plan.names[1], grid)
     cells = np.zeros((grid, grid), np.int64)
     cells[: max(1, grid // 2), : max(1, grid // 2)] = 1
     for i in range(2, len(plan.names)):

@@ -253,7 +253,7 @@ class Segmenter:
     def check_boundary(self, plan: GoalPlan) -> bool:
         """True when the suffix this Segmenter feeds plus the grammar's tokens of a sample
         descriptor are the training tokens of the same answer (:meth:`training_ids`)."""
-        descriptor = sample_descriptor(plan, self.grid)
+        descriptor = sample_descriptor(plan, self.grid, self.max_instances)
         tokens = self.codec.encode_piece(plan.head + descriptor)
         if plan.kind == "bsd":
             tokens += (int(self.tokenizer.eos_token_id),)
