@@ -254,15 +254,16 @@ class Segmenter:
         """True when the suffix this Segmenter feeds plus the grammar's tokens of a sample
         descriptor are the training tokens of the same answer (:meth:`training_ids`)."""
         descriptor = sample_descriptor(plan, self.grid, self.max_instances)
-        tokens = self.codec.encode_piece(plan.head + descriptor)
-        if plan.kind == "bsd":
-            tokens += (int(self.tokenizer.eos_token_id),)
-        fed = self.suffix_ids(plan) + list(tokens)  # B-SD: EOS is the turn end's first token
         try:
-            accepted = self.grammar(plan).accepts(tokens)
-        except ValueError:  # the tokenizer is refused by the grammar itself
-            accepted = False
-        return accepted and self.training_ids(plan, descriptor)[: len(fed)] == fed
+            tokens = self.codec.encode_piece(plan.head + descriptor)
+            if plan.kind == "bsd":
+                tokens += (int(self.tokenizer.eos_token_id),)
+            if not self.grammar(plan).accepts(tokens):
+                return False
+        except ValueError:  # the tokenizer is refused by the grammar (segment() says why)
+            return False
+        fed = self.suffix_ids(plan) + list(tokens)  # B-SD: EOS is the turn end's first token
+        return self.training_ids(plan, descriptor)[: len(fed)] == fed
 
     def segment(self, goals: Sequence[Goal]) -> list[GoalResult]:
         """Answer every goal against the current frame in one batch; one result per goal.
