@@ -20,11 +20,12 @@ positions contiguous.
 
 The batch shrinks as it goes: a goal that finished leaves it (its cache row is cut), so a long
 goal (a B-SD answer of many instances) runs alone instead of dragging every finished row
-through each call; and once a quarter of the cache is slots no remaining row attends to (pads,
-rejected drafts, the blocks of goals that left), those slots are cut too, so attention stops
-paying for them. Both go through ``select_cache`` (:mod:`.step`); an engine whose cache cannot
-be sliced keeps its rows and slots masked instead (``shrink=False`` does that always), with the
-same results.
+through each call. And once a quarter of every row's cache is dead to it (pads, rejected
+drafts, the blocks of goals that left), the cache is packed: each row's live slots move to the
+front (keys carry their rotary positions, so slot order does not matter to attention) and the
+cache shrinks to the longest row's live length, so attention stops paying for dead slots. Both
+go through ``select_cache`` (:mod:`.step`); an engine whose cache cannot be sliced keeps its
+rows and slots masked instead (``shrink=False`` does that always), with the same results.
 """
 
 from __future__ import annotations
@@ -141,17 +142,23 @@ class _Batch:
                 self.mask = self.mask[idx]
         if not self.drop_slots or not keep:
             return
-        alive = self.mask.bool().any(0)  # (cache length,) slots some row still attends to
-        dead = alive.numel() - int(alive.sum())
-        if dead < max(self.MIN_DEAD, alive.numel() // 4):
+        alive = self.mask.bool()  # (rows, cache length): the slots each row attends to
+        length = alive.shape[1]
+        width = int(alive.sum(1).max())  # the longest row's live slots: the packed length
+        if length - width < max(self.MIN_DEAD, length // 4):
             return
-        cols = alive.nonzero()[:, 0]
+        if bool((alive == alive[:1]).all()):  # every row keeps the same slots: one index list
+            cols = alive[0].nonzero()[:, 0]
+            new_mask = self.mask[:, cols]
+        else:  # per row, live slots first (stable: in their order), then dead ones as filler
+            cols = torch.sort((~alive).to(torch.uint8), dim=1, stable=True).indices[:, :width]
+            new_mask = self.mask.gather(1, cols)
         try:
             self.cache = self.select(self.cache, None, cols)
         except NotImplementedError:
             self.drop_slots = False
         else:
-            self.mask = self.mask[:, cols]
+            self.mask = new_mask
 
 
 def _choose(logits: torch.Tensor, queries: list[tuple[int, int, np.ndarray]]) -> list[int]:

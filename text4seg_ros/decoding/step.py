@@ -85,9 +85,13 @@ class HFCausalLMStep:
 def select_cache(cache: Any, rows: torch.Tensor | None, columns: torch.Tensor | None) -> Any:
     """Keep batch ``rows`` and sequence ``columns`` of a ``transformers`` KV cache, in place.
 
-    ``rows``/``columns``: ``LongTensor`` indices (increasing) or None for all. Rows are cut by
-    each layer's ``batch_select_indices`` (dynamic layers, sliding-window ones included, on the
-    layer's own device). Columns only for caches whose
+    ``rows``: ``LongTensor (B',)`` increasing batch indices, or None for all. ``columns``: None
+    for all, ``LongTensor (L',)`` slots kept in every row, or ``LongTensor (B', L')``: per row,
+    the slots that make up its new cache, in order (rows may keep different slots: each row's
+    live slots packed to the front). Slot order inside a cache does not matter to attention here:
+    keys carry their rotary positions and the loop's attention mask is gathered the same way.
+    Rows are cut by each layer's ``batch_select_indices`` (dynamic layers, sliding-window ones
+    included, on the layer's own device), before columns. Columns only for caches whose
     layers are all plain ``DynamicLayer`` (``[B, heads, seq, head_dim]`` tensors): sliding-window
     layers keep positional bookkeeping that dropping slots would break, so they raise
     ``NotImplementedError``, as do static layers and any cache that is not a ``Cache``.
@@ -108,10 +112,20 @@ def select_cache(cache: Any, rows: torch.Tensor | None, columns: torch.Tensor | 
         if rows is not None:
             layer.batch_select_indices(rows.to(layer.keys.device))
         if columns is not None:
-            cols = columns.to(layer.keys.device)
-            layer.keys = layer.keys.index_select(2, cols)
-            layer.values = layer.values.index_select(2, cols)
+            layer.keys, layer.values = (
+                _gather_slots(layer.keys, columns),
+                _gather_slots(layer.values, columns),
+            )
     return cache
+
+
+def _gather_slots(states: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+    """``states (B, heads, L, head_dim)`` at slots ``columns`` ``(L',)`` or ``(B, L')``."""
+    cols = columns.to(states.device)
+    if cols.ndim == 1:
+        return states.index_select(2, cols)
+    b, heads, _, dim = states.shape
+    return states.gather(2, cols[:, None, :, None].expand(b, heads, cols.shape[1], dim))
 
 
 def prefill(
