@@ -13,9 +13,11 @@ piece's tokens are in the middle of a text is not always what ``encode(piece)`` 
 :class:`TokenCodec` therefore encodes a piece after an *anchor*: a short text that ends where
 every supported tokenizer always cuts (a digit: Llama-2's ``split_digits`` and the Qwen / GPT-2
 digit rules isolate digits), and drops the anchor's tokens; pieces and texts are decoded after
-the anchor's tokens in the same way. The anchor is chosen once per tokenizer by probing the
-pieces descriptors start with; a tokenizer that merges the anchor with a probe is refused by
-the grammar's build-time check (:meth:`.grammar.TokenGrammar._check_canonical`).
+the anchor's tokens in the same way. The anchor is the first of :data:`ANCHORS` whose tokens
+stay intact before every text of :data:`PROBES` (the last resort ``""`` is the plain encode).
+Whatever the anchor, the grammar compares its automaton with the tokens of whole sample
+descriptors when it is built (:meth:`.grammar.TokenGrammar._check_canonical`), and the
+Segmenter checks the real prompt/answer boundary (``Segmenter.check_boundary``).
 """
 
 from __future__ import annotations
