@@ -242,3 +242,16 @@ def test_a_shared_grammar_is_safe_across_threads(codec):
     for tokens in walks:
         assert grammar.accepts(tokens)
         assert parse_rrle("<seg>" + codec.decode(tokens), grammar.names, 12).valid
+
+
+def test_pieces_are_encoded_in_context(codec, request):
+    """Byte-level BPEs tokenize a piece alone as inside a text; SentencePiece marks the first
+    word of a standalone text with "▁", which encode_piece leaves out (as inside a text)."""
+    assert codec.anchor == "0"  # digits are cut on both sides in every supported tokenizer
+    text = "others *16\n cup *4| others *12\n"
+    inside = codec.encode("1" + text)[len(codec.encode("1")) :]
+    assert codec.encode_piece(text) == inside
+    assert codec.decode(codec.encode_piece(" cup *")) == " cup *"
+    assert codec.piece(codec.encode_piece(" *")[0]) == " *"
+    sentencepiece = "sentencepiece" in request.node.callspec.id
+    assert (codec.encode(text) != inside) == sentencepiece
