@@ -88,6 +88,7 @@ def _measure(job: Callable[[bool, Recorder], list], step: Callable, repeats: int
         }
     out["goal_forward_calls"] = [r.forward_calls for r in results]
     out["goal_tokens"] = [len(t) for t in tokens["shrink"]]
+    out["goal_bsd_instances"] = [r.text.count("<ref>") for r in results]  # 0 for R-RLE goals
     out["identical_tokens"] = tokens["kept"] == tokens["shrink"] == tokens["singles"]
     out["kept_over_shrink_time"] = round(out["kept"]["seconds"] / out["shrink"]["seconds"], 2)
     out["singles_over_shrink_time"] = round(out["singles"]["seconds"] / out["shrink"]["seconds"], 2)

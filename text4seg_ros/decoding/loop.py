@@ -78,7 +78,6 @@ class _Batch:
     Goals are the caller's indices; ``rows`` lists the goals still in the batch, in cache row
     order, and ``index`` maps a goal to its row. ``pos[g]``: logical position of goal ``g``'s
     next token. ``mask``: ``(rows, cache length)`` attention mask over the cache's slots.
-    ``widths``: batch rows fed in each forward call.
     """
 
     MIN_DEAD = 16  # fewer dead slots than this are not worth a copy of the cache
@@ -100,7 +99,6 @@ class _Batch:
         self.index = {g: g for g in self.rows}
         self.select = getattr(step, "select_cache", None) or select_cache
         self.drop_rows = self.drop_slots = shrink
-        self.widths: list[int] = []
 
     def forward(self, blocks: Sequence[Sequence[int]]) -> tuple[torch.Tensor, int]:
         """Feed ``blocks[g]`` for every goal ``g`` in the batch (empty: a finished goal that
@@ -115,7 +113,6 @@ class _Batch:
         pos = start[:, None] + torch.arange(width)[None]
         offset = self.mask.shape[1]
         self.mask = torch.cat([self.mask, new_mask.to(self.device)], 1)
-        self.widths.append(len(self.rows))
         logits, self.cache = self.step(
             ids.to(self.device), pos.to(self.device), self.mask, self.cache
         )
