@@ -8,7 +8,13 @@ import torch
 from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
 from transformers.cache_utils import DynamicSlidingWindowLayer
 
-from text4seg_ros.decoding import HFCausalLMStep, OracleStep, constrained_generate, prefill
+from text4seg_ros.decoding import (
+    HFCausalLMStep,
+    OracleStep,
+    constrained_generate,
+    greedy_generate,
+    prefill,
+)
 from text4seg_ros.decoding.general_bpe import train_general_bpe
 from text4seg_ros.decoding.loop import _Batch
 from text4seg_ros.decoding.step import select_cache
@@ -231,3 +237,27 @@ def test_oracle_goals_leave_the_batch(codec):
     assert [r.tokens for r in out] == targets
     assert rec.widths[0] == 4 and rec.widths[-1] == 1 and len(set(rec.widths)) > 2
     assert sum(rec.widths) == sum(r.forward_calls for r in out)
+
+
+def test_greedy_reference_rows_leave_and_match_singles(codec):
+    """The unconstrained reference loop shrinks too: rows that hit EOS leave, others go on."""
+    model = _llama(codec.tokenizer.get_vocab_size(), seed=1)
+    prefix = list(codec.encode(PREFIX))
+    suffixes = [list(codec.encode(q)) for q in ("cup?", "Where is the swan?", "table", "hi")]
+
+    def run(rows, eos, shrink=True):
+        step = Recorder(HFCausalLMStep(model))
+        cache, n = prefill(step.inner, prefix, len(rows))
+        return greedy_generate(step, rows, 12, cache, n, eos, shrink=shrink), step
+
+    free, _ = run(suffixes, None)
+    eos = free[1].tokens[3]  # goal 1 stops after at most 4 tokens, the others maybe later
+    batched, rec = run(suffixes, eos)
+    kept, rec_kept = run(suffixes, eos, shrink=False)
+    singles = [run([s], eos)[0][0] for s in suffixes]
+    for a, b, c in zip(batched, kept, singles):
+        assert a.tokens == b.tokens == c.tokens and a.forward_calls == c.forward_calls
+        np.testing.assert_allclose(a.chosen_probs, c.chosen_probs, rtol=1e-9)
+    assert len(batched[1].tokens) <= 4 < max(len(r.tokens) for r in batched)
+    assert rec.widths[-1] < 4 and sum(rec.widths) == sum(r.forward_calls for r in batched)
+    assert set(rec_kept.widths) == {4}
