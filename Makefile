@@ -47,8 +47,13 @@ format: setup
 test: setup lint
 	$(RUN_ENV) $(PY) -m pytest $(PYTEST_ARGS)
 
+# Benchmarks on the real data in ../shared/data (JSON in bench/results/; README tables come from
+# them). SAM refinement needs weights by path: python bench/refine_sam.py --sam PATH.
 bench: setup
 	$(RUN_ENV) $(PY) bench/oracle.py
+	$(RUN_ENV) $(PY) bench/decode_steps.py
+	$(RUN_ENV) $(PY) bench/decode_steps_sentencepiece.py
+	$(RUN_ENV) $(PY) bench/batch_decode.py
 
 # Build a dataset from ../shared/data/coco_tiny16, train a tiny model under DeepSpeed ZeRO-2 on 2
 # CPU ranks, merge it and answer goals with the Segmenter (about a minute).
