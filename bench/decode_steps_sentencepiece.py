@@ -21,15 +21,11 @@ import argparse
 import tempfile
 import time
 
-from decode_steps import _run, _summary, table
+from decode_steps import in_context_case, measure, result, table
 
-from text4seg_ros.descriptors import encode_mask
-from text4seg_ros.descriptors.bsd import encode_instance
-from text4seg_ros.descriptors.grammar import TokenCodec, bsd_grammar, rrle_grammar
-from text4seg_ros.descriptors.rrle import SEG_CLOSE, SEG_OPEN
+from text4seg_ros.descriptors.grammar import TokenCodec
 from text4seg_ros.model.registry import get_backbone
 from text4seg_ros.model.tokenizer import llama_tokenizer, train_sentencepiece
-from text4seg_ros.prompts import Task, answer_prefix, question
 
 from common import real_masks, write_json
 
@@ -42,62 +38,20 @@ def run(grid: int, vocab: int, draft: int) -> dict:
     tok = llama_tokenizer(train_sentencepiece(vocab, CORPUS_CHARS), tempfile.mkdtemp())
     codec = TokenCodec(tok)
     codec.vocab = len(tok)  # type: ignore[attr-defined]  # what _run's oracle needs
-    eos = int(tok.eos_token_id)
+
+    def encode(text: str) -> list[int]:
+        return list(tok(text, add_special_tokens=False)["input_ids"])
+
     llava = get_backbone("llava")
-    per_dataset: dict = {}
-    pooled: dict[str, dict[str, list]] = {"rrle": {}, "bsd": {}}
-    for dataset, items in data.items():
-        per_dataset[dataset] = {}
-        for form in ("rrle", "bsd"):
-            grammars, targets, suffixes = [], [], []
-            task = Task.INSTANCES if form == "bsd" else Task.RES
-            for _, label, mask in items:
-                prompt = llava.prompt_suffix(question(task, label), answer_prefix(task, label))
-                if form == "rrle":
-                    answer = SEG_OPEN + encode_mask(mask, label, grid) + SEG_CLOSE
-                    grammars.append(rrle_grammar(codec, [label], grid, head=SEG_OPEN))
-                else:
-                    answer = encode_instance(mask, label, grid)
-                    grammars.append(bsd_grammar(codec, [label], eos, grid, max_instances=1))
-                head = list(tok(prompt, add_special_tokens=False)["input_ids"])
-                whole = list(tok(prompt + answer, add_special_tokens=False)["input_ids"])
-                if whole[: len(head)] != head:
-                    raise AssertionError(f"prompt tokens change before {answer[:30]!r}")
-                targets.append(whole[len(head) :] + ([eos] if form == "bsd" else []))
-                suffixes.append(head)
-            runs = {
-                "jump_forward": _run(codec, grammars, targets, suffixes, 0),
-                "jump_forward+drafts": _run(codec, grammars, targets, suffixes, draft),
-            }
-            per_dataset[dataset][form] = _summary(targets, runs)
-            bucket = pooled[form]
-            bucket.setdefault("targets", []).extend(targets)
-            for mode, res in runs.items():
-                bucket.setdefault(mode, []).extend(res)
-    totals = {
-        form: _summary(b["targets"], {m: b[m] for m in ("jump_forward", "jump_forward+drafts")})
-        for form, b in pooled.items()
-    }
-    main = totals["rrle"]
-    return {
-        "grid": grid,
-        "tokenizer": (
-            f"SentencePiece BPE, Llama-2 trainer settings (split_digits, byte_fallback, dummy "
-            f"prefix), vocab {len(tok)}, trained on {CORPUS_CHARS} chars of Python "
-            "standard-library docstrings, loaded as transformers' LlamaTokenizer"
-        ),
-        "answer_start": "suffix ends at the answer's newline; grammar head '<seg>' (R-RLE)",
-        "max_draft_tokens": draft,
-        "model": "teacher-forced oracle (greedy choice = true next token)",
-        "tokens_per_goal": main["tokens_per_goal"],
-        "steps_per_goal": main["steps_per_goal"],
-        "ratio": main["ratio"],
-        "steps_per_goal_jump_forward_only": main["steps_per_goal_jump_forward_only"],
-        "ratio_jump_forward_only": main["ratio_jump_forward_only"],
-        "totals": totals,
-        "datasets": per_dataset,
-        "seconds": time.perf_counter() - start,
-    }
+    case = in_context_case(codec, encode, llava.prompt_suffix, int(tok.eos_token_id), grid)
+    description = (
+        f"SentencePiece BPE, Llama-2 trainer settings (split_digits, byte_fallback, dummy "
+        f"prefix), vocab {len(tok)}, trained on {CORPUS_CHARS} chars of Python "
+        "standard-library docstrings, loaded as transformers' LlamaTokenizer"
+    )
+    out = result(grid, draft, description, *measure(data, codec, case, draft))
+    out["seconds"] = time.perf_counter() - start
+    return out
 
 
 def main() -> None:
@@ -106,10 +60,10 @@ def main() -> None:
     parser.add_argument("--vocab", type=int, default=8000)
     parser.add_argument("--draft", type=int, default=64, help="max draft tokens per call")
     args = parser.parse_args()
-    result = run(args.grid, args.vocab, args.draft)
-    path = write_json("decode_steps_sentencepiece.json", result)
-    print(table(result))
-    print(f"\nwrote {path} in {result['seconds']:.1f} s")
+    record = run(args.grid, args.vocab, args.draft)
+    path = write_json("decode_steps_sentencepiece.json", record)
+    print(table(record))
+    print(f"\nwrote {path} in {record['seconds']:.1f} s")
 
 
 if __name__ == "__main__":
