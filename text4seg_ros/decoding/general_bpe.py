@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ast
 import sysconfig
+from collections.abc import Sequence
 from functools import lru_cache
 from pathlib import Path
 
@@ -46,6 +47,37 @@ def stdlib_docstrings(max_chars: int) -> list[str]:
     return texts
 
 
+def train_byte_level_bpe(
+    texts: Sequence[str], vocab_size: int, specials: Sequence[str], pattern: str | None = None
+) -> Tokenizer:
+    """Train a byte-level BPE on ``texts``; ``specials`` get the first ids, in order.
+
+    ``pattern`` is the pre-tokenizer regex (e.g. :data:`QWEN2_PATTERN`); None means GPT-2's
+    regex with every digit isolated first (Llama-3-like). Either way digits are single tokens.
+    """
+    tok = Tokenizer(models.BPE())
+    if pattern is None:
+        steps = [
+            pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
+        ]
+    else:
+        steps = [
+            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=list(specials),
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer)
+    return tok
+
+
 @lru_cache(maxsize=4)
 def train_general_bpe(vocab_size: int = 8192, max_chars: int = 2_000_000) -> Tokenizer:
     """Train the Qwen2-shaped byte-level BPE on up to ``max_chars`` of stdlib docstrings.
@@ -53,22 +85,7 @@ def train_general_bpe(vocab_size: int = 8192, max_chars: int = 2_000_000) -> Tok
     Special tokens: ``<|endoftext|>`` (id 0, end of sequence), ``<|im_start|>``, ``<|im_end|>``.
     Deterministic for given arguments; cached per process.
     """
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN2_PATTERN), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(SPECIALS),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
-    )
-    tok.train_from_iterator(stdlib_docstrings(max_chars), trainer)
-    return tok
+    return train_byte_level_bpe(stdlib_docstrings(max_chars), vocab_size, SPECIALS, QWEN2_PATTERN)
 
 
 def describe(tok: Tokenizer, max_chars: int) -> str:

@@ -24,8 +24,9 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import PreTrainedTokenizerFast
+
+from ..decoding.general_bpe import train_byte_level_bpe
 
 # Chat templates (jinja) rendering the same text as the registry's prompt builders. Messages
 # use the transformers content-list form; an item {"type": "image"} marks the image.
@@ -146,26 +147,9 @@ def build_tokenizer(
     ``extra_texts``: more training lines (e.g. whole answers, from which a Qwen-regex BPE learns
     merges such as ``">others"`` across the ``<seg>`` marker, as web-trained vocabularies hold).
     """
-    tok = Tokenizer(models.BPE())
-    if pattern is None:
-        steps = [
-            pre_tokenizers.Split(Regex(r"\p{N}"), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True),
-        ]
-    else:
-        steps = [
-            pre_tokenizers.Split(Regex(pattern), behavior="isolated"),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    tok.pre_tokenizer = pre_tokenizers.Sequence(steps)
-    tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(
-        vocab_size=vocab_size,
-        special_tokens=list(specials),
-        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
-        show_progress=False,
+    tok = train_byte_level_bpe(
+        corpus(seed, grid) + list(extra_texts), vocab_size, specials, pattern
     )
-    tok.train_from_iterator(corpus(seed, grid) + list(extra_texts), trainer)
     return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         pad_token=specials[0],
