@@ -7,6 +7,7 @@ tiny model runs as a subprocess in tests/test_ros_node_dds.py.
 
 from __future__ import annotations
 
+import statistics
 import threading
 import time
 
@@ -201,7 +202,13 @@ def test_slow_model_processes_only_the_newest_frames_without_backlog(harness):
     assert len(seqs) <= 3.0 / delay + 2, (len(seqs), sent)
     assert seqs[-1] >= sent - 3, "the last answer must be one of the newest frames"
     lat = [a.segmentations[0].latency_s for a in h.segs]
-    assert max(lat) < 2 * delay + 0.5, lat
+    # A backlog shows as latency growing frame after frame (about 2.7 s by the end here); one
+    # scheduling stall of this process on a loaded 2-core machine is not a backlog (seen once:
+    # a single 1.15 s answer among 0.25 to 0.3 s ones), so bound the median and the newest
+    # answers rather than every single one.
+    assert statistics.median(lat) < 2 * delay + 0.1, lat
+    assert sum(lat[-3:]) / 3 < 2 * delay + 0.5, lat
+    assert max(lat) < 2 * delay + 1.5, lat
     assert time.monotonic() - last_sent_at < 5
     assert wait_for(lambda: int(h.diag("frames_dropped") or 0) >= sent - len(seqs) - 5, 5)
     received, missed = int(h.diag("frames_received")), int(h.diag("frames_missed"))
