@@ -44,7 +44,7 @@ from . import messages
 from .diagnostics import ImageFlowMonitor, NodeStats
 from .goals import ActiveGoal, GoalBook, GoalError, validate_goal
 from .image import ImageError, compressed_to_rgb, image_to_rgb
-from .model_loader import free_memory, load_segmenter
+from .model_loader import free_memory, freeze_heap, load_segmenter
 from .params import DEFAULTS, LIVE, SPECS, NodeConfig, check_value, config_from_values
 from .worker import Frame, InferenceWorker
 
@@ -117,6 +117,7 @@ class PerceptionNode(LifecycleNode):
             self.model_state = f"failed: {exc}"
             return TransitionCallbackReturn.FAILURE
         self.model_state = "loaded"
+        freeze_heap()
         self.get_logger().info(
             f"model {self.config.model_path!r} loaded in {time.monotonic() - t0:.1f} s"
         )
