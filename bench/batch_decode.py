@@ -35,13 +35,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
 
 from text4seg_ros.decoding import HFCausalLMStep, constrained_generate, prefill
 from text4seg_ros.decoding.general_bpe import train_general_bpe
 from text4seg_ros.descriptors.grammar import TokenCodec, bsd_grammar, rrle_grammar
 from text4seg_ros.model.segmenter import Segmenter
-from text4seg_ros.model.tiny import build_tiny_model
+from text4seg_ros.model.tiny import build_tiny_model, random_llama
 from text4seg_ros.model.types import Goal
 from text4seg_ros.prompts import Task
 
@@ -98,18 +97,9 @@ def _measure(job: Callable[[bool, Recorder], list], step: Callable, repeats: int
 
 def llama_scenario(repeats: int) -> dict:
     codec = TokenCodec(train_general_bpe(1024, 200_000))
-    torch.manual_seed(0)
-    config = LlamaConfig(
-        vocab_size=codec.tokenizer.get_vocab_size(),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=16384,
-        tie_word_embeddings=True,
+    model = random_llama(
+        codec.tokenizer.get_vocab_size(), 0, hidden=128, layers=4, max_positions=16384
     )
-    model = LlamaForCausalLM(config).eval()
     step = HFCausalLMStep(model)
     labels = [["cup"], ["the black swan"], ["dining table", "cat"], ["chair"], ["red mug"]]
     grammars: list = [rrle_grammar(codec, labels[i % 5], GRID) for i in range(6)]

@@ -7,7 +7,7 @@ import copy
 import numpy as np
 import pytest
 import torch
-from transformers import LlamaConfig, LlamaForCausalLM
+from transformers import LlamaForCausalLM
 
 from text4seg_ros.decoding import (
     HFCausalLMStep,
@@ -20,6 +20,7 @@ from text4seg_ros.decoding.general_bpe import train_general_bpe
 from text4seg_ros.descriptors import encode_mask
 from text4seg_ros.descriptors.grammar import TokenCodec, bsd_grammar, rrle_grammar
 from text4seg_ros.descriptors.rrle import SEG_CLOSE, encode_grid, parse_rrle
+from text4seg_ros.model.tiny import random_llama
 
 G = 8
 PREFIX = "You are the eyes of a robot. Answer with a mask.\n"
@@ -56,18 +57,7 @@ def _goals(codec: TokenCodec) -> list[dict]:
 
 
 def _llama(vocab: int, seed: int, dtype: torch.dtype = torch.float32) -> LlamaForCausalLM:
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config).to(dtype).eval()
+    return random_llama(vocab, seed, dtype=dtype)
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from transformers import DynamicCache, LlamaConfig, LlamaForCausalLM
+from transformers import DynamicCache, LlamaForCausalLM
 from transformers.cache_utils import DynamicSlidingWindowLayer
 
 from text4seg_ros.decoding import (
@@ -21,6 +21,7 @@ from text4seg_ros.decoding.step import select_cache
 from text4seg_ros.descriptors.bsd import parse_bsd
 from text4seg_ros.descriptors.grammar import TokenCodec, bsd_grammar, rrle_grammar
 from text4seg_ros.descriptors.rrle import parse_rrle
+from text4seg_ros.model.tiny import random_llama
 
 G = 8
 EOS = 0  # <|endoftext|> of the general BPE
@@ -35,18 +36,7 @@ def codec() -> TokenCodec:
 
 def _llama(vocab: int, seed: int) -> LlamaForCausalLM:
     """Random weights in float64, so no near-tie can flip between batch shapes."""
-    torch.manual_seed(seed)
-    config = LlamaConfig(
-        vocab_size=vocab,
-        hidden_size=64,
-        intermediate_size=128,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=4096,
-        tie_word_embeddings=True,
-    )
-    return LlamaForCausalLM(config).to(torch.float64).eval()
+    return random_llama(vocab, seed, max_positions=4096, dtype=torch.float64)
 
 
 class Recorder:

@@ -22,6 +22,7 @@ from text4seg_ros.decoding.step import HFCausalLMStep
 from text4seg_ros.descriptors.bsd import encode_instances, parse_bsd
 from text4seg_ros.descriptors.grammar import TokenCodec, bsd_grammar, rrle_grammar
 from text4seg_ros.descriptors.rrle import SEG_CLOSE, SEG_OPEN, encode_grid, parse_rrle
+from text4seg_ros.model.tiny import random_llama
 from text4seg_ros.model.tokenizer import llama_tokenizer, train_sentencepiece
 from text4seg_ros.prompts import Task, answer_prefix
 
@@ -161,23 +162,13 @@ def test_random_walks_are_canonical_answers(tok, codec):
 def generate_and_check(tok, codec, n_models: int, n_batches: int, batch: int = 10) -> int:
     """Constrained answers of random Llama-architecture models with this tokenizer over random
     label sets and grid sizes; returns how many were invalid or not canonical."""
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.set_num_threads(1)
     prompt_ids = ids(tok, "USER: segment it. ASSISTANT: " + PROMPT)
     invalid = 0
     for seed in range(n_models):
-        torch.manual_seed(seed)
-        config = LlamaConfig(
-            vocab_size=len(tok),
-            hidden_size=32,
-            intermediate_size=64,
-            num_hidden_layers=2,
-            num_attention_heads=4,
-            num_key_value_heads=2,
-            max_position_embeddings=2048,
-        )
-        step = HFCausalLMStep(LlamaForCausalLM(config).eval())
+        model = random_llama(len(tok), seed, hidden=32, max_positions=2048, tie_embeddings=False)
+        step = HFCausalLMStep(model)
         for b in range(n_batches):
             rng = random.Random(seed * 1000 + b)
             g = rng.choice([3, 4, 6, 8])

@@ -26,6 +26,7 @@ from transformers import (
     InternVLConfig,
     InternVLForConditionalGeneration,
     LlamaConfig,
+    LlamaForCausalLM,
     LlavaConfig,
     LlavaForConditionalGeneration,
     LlavaImageProcessorPil,
@@ -312,3 +313,30 @@ def build_tiny_model(
     model.save_pretrained(out_dir)
     save_processor(processor, out_dir, backbone)
     return out_dir
+
+
+def random_llama(
+    vocab_size: int,
+    seed: int = 0,
+    hidden: int = 64,
+    layers: int = 2,
+    max_positions: int = 1024,
+    dtype: torch.dtype = torch.float32,
+    tie_embeddings: bool = True,
+) -> Any:
+    """A random-weight text-only ``LlamaForCausalLM`` in eval mode, for decoding tests/benches.
+
+    4 attention heads, 2 key/value heads, MLP width ``2 * hidden``; ``seed`` fixes the weights.
+    """
+    torch.manual_seed(seed)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        tie_word_embeddings=tie_embeddings,
+    )
+    return LlamaForCausalLM(config).to(dtype).eval()
