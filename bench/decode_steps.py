@@ -189,14 +189,20 @@ def table(record: dict) -> str:
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def main(
+    run_fn: Callable[[int, int, int], dict] = run,
+    vocab: int = 8192,
+    result_name: str = "decode_steps.json",
+    doc: str = __doc__,
+) -> None:
+    """Command line shared with decode_steps_sentencepiece.py: run, write JSON, print table."""
+    parser = argparse.ArgumentParser(description=doc.split("\n")[0])
     parser.add_argument("--grid", type=int, default=16)
-    parser.add_argument("--vocab", type=int, default=8192)
+    parser.add_argument("--vocab", type=int, default=vocab)
     parser.add_argument("--draft", type=int, default=64, help="max draft tokens per call")
     args = parser.parse_args()
-    record = run(args.grid, args.vocab, args.draft)
-    path = write_json("decode_steps.json", record)
+    record = run_fn(args.grid, args.vocab, args.draft)
+    path = write_json(result_name, record)
     print(table(record))
     print(f"\nwrote {path} in {record['seconds']:.1f} s")
 

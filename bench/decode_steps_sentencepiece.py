@@ -17,17 +17,16 @@ Usage: python bench/decode_steps_sentencepiece.py [--grid 16] [--vocab 8000] [--
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 import time
 
-from decode_steps import in_context_case, measure, result, table
+from decode_steps import in_context_case, main, measure, result
 
 from text4seg_ros.descriptors.grammar import TokenCodec
 from text4seg_ros.model.registry import get_backbone
 from text4seg_ros.model.tokenizer import llama_tokenizer, train_sentencepiece
 
-from common import real_masks, write_json
+from common import real_masks
 
 CORPUS_CHARS = 2_000_000
 
@@ -54,17 +53,5 @@ def run(grid: int, vocab: int, draft: int) -> dict:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--grid", type=int, default=16)
-    parser.add_argument("--vocab", type=int, default=8000)
-    parser.add_argument("--draft", type=int, default=64, help="max draft tokens per call")
-    args = parser.parse_args()
-    record = run(args.grid, args.vocab, args.draft)
-    path = write_json("decode_steps_sentencepiece.json", record)
-    print(table(record))
-    print(f"\nwrote {path} in {record['seconds']:.1f} s")
-
-
 if __name__ == "__main__":
-    main()
+    main(run, 8000, "decode_steps_sentencepiece.json", __doc__)
