@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .geometry import (
+    check_2d,
     check_grid_size,
     check_size,
     grid_to_labels,
@@ -61,14 +62,6 @@ __all__ = [
 ]
 
 
-def _as_2d(array: np.ndarray, name: str) -> np.ndarray:
-    if not isinstance(array, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array, got {type(array).__name__}")
-    if array.ndim != 2 or 0 in array.shape:
-        raise ValueError(f"{name} must be a non-empty 2-D array, got shape {array.shape}")
-    return array
-
-
 def encode_mask(mask: np.ndarray, label: str, grid: int = 16) -> str:
     """Encode an ``(H, W)`` bool mask as the R-RLE body the official encoder writes.
 
@@ -78,7 +71,7 @@ def encode_mask(mask: np.ndarray, label: str, grid: int = 16) -> str:
 
         "others *4\\n others *1| cup *2| others *1\\n cup *4\\n others *4\\n"
     """
-    _as_2d(mask, "mask")
+    check_2d(mask, "mask")
     check_label(label)
     if label == OTHERS:
         raise ValueError(f"label must not be {OTHERS!r}: that is the background label")
@@ -102,7 +95,7 @@ def decode_mask(text: str, label: str, size: tuple[int, int], grid: int = 16) ->
 
 def encode_labels(label_grid: np.ndarray, names: Sequence[str]) -> str:
     """Encode a ``(G, G)`` grid of class indices (``names[0] == 'others'``) as an R-RLE body."""
-    _as_2d(label_grid, "label_grid")
+    check_2d(label_grid, "label_grid")
     names = check_names(names)
     if label_grid.shape[0] != label_grid.shape[1]:
         raise ValueError(f"label_grid must be square (G, G), got shape {label_grid.shape}")

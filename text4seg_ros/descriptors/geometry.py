@@ -70,7 +70,8 @@ def cell_indices(length: int, grid: int) -> np.ndarray:
     return (np.arange(length, dtype=np.int64) * grid) // length
 
 
-def _check_2d(array: np.ndarray, name: str) -> np.ndarray:
+def check_2d(array: np.ndarray, name: str) -> np.ndarray:
+    """Return ``array`` if it is a non-empty 2-D numpy array; TypeError/ValueError otherwise."""
     if not isinstance(array, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(array).__name__}")
     if array.ndim != 2 or array.shape[0] < 1 or array.shape[1] < 1:
@@ -88,7 +89,7 @@ def labels_to_grid(
 
     ``num_classes`` bounds the class indices for ``area`` voting (default: ``max + 1``).
     """
-    _check_2d(label_map, "label_map")
+    check_2d(label_map, "label_map")
     grid = check_grid_size(grid)
     if method not in SAMPLING_METHODS:
         raise ValueError(f"method must be one of {SAMPLING_METHODS}, got {method!r}")
@@ -110,13 +111,13 @@ def labels_to_grid(
 
 def mask_to_grid(mask: np.ndarray, grid: int = 16, method: SamplingMethod = "center") -> np.ndarray:
     """``(H, W)`` bool mask to a ``(G, G)`` bool grid (True = foreground)."""
-    _check_2d(mask, "mask")
+    check_2d(mask, "mask")
     return labels_to_grid(mask.astype(bool), grid, method, num_classes=2).astype(bool)
 
 
 def grid_to_labels(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Upsample a ``(G, G)`` grid to ``size = (H, W)`` by exact integer nearest neighbour."""
-    _check_2d(grid, "grid")
+    check_2d(grid, "grid")
     h, w = check_size(size)
     gh, gw = grid.shape
     return grid[np.ix_(cell_indices(h, gh), cell_indices(w, gw))]
@@ -130,7 +131,7 @@ def grid_to_mask(grid: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 def mask_to_box(mask: np.ndarray) -> tuple[int, int, int, int] | None:
     """Tight box ``(x1, y1, x2, y2)`` of an ``(H, W)`` mask in pixel edges (``x2``/``y2``
     exclusive), or None when the mask is empty."""
-    _check_2d(mask, "mask")
+    check_2d(mask, "mask")
     mask = mask != 0
     cols = np.flatnonzero(mask.any(axis=0))
     if cols.size == 0:
