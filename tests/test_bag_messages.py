@@ -83,9 +83,9 @@ def test_mask_round_trip() -> None:
     ("change", "message"),
     [
         ({"encoding": "32FC1"}, "unsupported image encoding"),
-        ({"step": 10}, "step 10 is smaller"),
-        ({"width": 0}, "must be positive"),
-        ({"height": 9}, r"expected step \* height"),
+        ({"step": 10}, "step 10 is shorter than one row"),
+        ({"width": 0}, "zero size"),
+        ({"height": 9}, r"step 15 x height 9 = 135 expected"),
     ],
 )
 def test_bad_images_raise_clear_errors(change: dict, message: str) -> None:

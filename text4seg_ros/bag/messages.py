@@ -4,8 +4,8 @@ The typestore is ROS 2 Jazzy's plus our interface packages (``text4seg_msgs`` an
 ``vision_msgs``), registered from their ``.msg`` text. rosbags then writes the same CDR bytes and
 RIHS01 type hashes as rclpy, so the bytes in a bag can be published unchanged by the player.
 
-Images are ``sensor_msgs/Image``; :func:`image_to_rgb` accepts ``rgb8``, ``bgr8``, ``rgba8``,
-``bgra8`` and ``mono8`` (with row padding: ``step >= width * channels``); masks are ``mono8``
+Images are ``sensor_msgs/Image``; :func:`image_to_rgb` accepts what the node accepts
+(:data:`text4seg_ros.ros.image.ENCODINGS`, row padding via ``step``); masks are ``mono8``
 (nonzero = target).
 """
 
@@ -21,6 +21,8 @@ import numpy as np
 from rosbags.typesys import Stores, get_types_from_msg, get_typestore
 from rosbags.typesys.store import Typestore
 
+from ..ros import image as ros_image
+
 # Topics of a text4seg bag (absolute names; the node's relative names resolve to these in the
 # root namespace; ``play --remap`` moves them).
 IMAGE_TOPIC = "/image"
@@ -34,7 +36,6 @@ SEGMENTATION_TYPE = "text4seg_msgs/msg/Segmentation"
 SEGMENTATION_ARRAY_TYPE = "text4seg_msgs/msg/SegmentationArray"
 
 INTERFACE_PACKAGES = ("text4seg_msgs", "vision_msgs")
-_CHANNELS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1}
 
 
 def _msg_dirs(package: str) -> list[Path]:
@@ -125,41 +126,17 @@ def mask_to_image(mask: np.ndarray, stamp_ns: int, frame_id: str) -> Any:
     )
 
 
-def _pixels(image: Any) -> tuple[np.ndarray, str]:
-    """``(H, W, C)`` uint8 view of an Image's pixels (padding removed) and its encoding."""
-    encoding = str(image.encoding).lower()
-    if encoding not in _CHANNELS:
-        raise ValueError(
-            f"unsupported image encoding {image.encoding!r}; allowed: {list(_CHANNELS)}"
-        )
-    channels = _CHANNELS[encoding]
-    height, width, step = int(image.height), int(image.width), int(image.step)
-    if height <= 0 or width <= 0:
-        raise ValueError(f"image size must be positive, got {width} x {height}")
-    if step < width * channels:
-        raise ValueError(f"step {step} is smaller than width * channels = {width * channels}")
-    data = np.frombuffer(bytes(image.data), dtype=np.uint8)
-    if data.size < step * height:
-        raise ValueError(
-            f"image data has {data.size} bytes, expected step * height = {step * height}"
-        )
-    rows = data[: step * height].reshape(height, step)[:, : width * channels]
-    return rows.reshape(height, width, channels), encoding
-
-
 def image_to_rgb(image: Any) -> np.ndarray:
-    """``(H, W, 3)`` ``uint8`` RGB array from a ``sensor_msgs/Image`` (see module docstring)."""
-    pixels, encoding = _pixels(image)
-    if encoding == "mono8":
-        return np.repeat(pixels, 3, axis=2)
-    if encoding.startswith("bgr"):
-        pixels = pixels[:, :, 2::-1]
-    return np.ascontiguousarray(pixels[:, :, :3])
+    """``(H, W, 3)`` ``uint8`` RGB array from a ``sensor_msgs/Image`` (see module docstring).
+
+    The node's own conversion (:func:`text4seg_ros.ros.image.image_to_rgb`), which reads only
+    the message's fields, so rosbags messages work as they are; no pixel limit here.
+    """
+    return ros_image.image_to_rgb(image, max_pixels=None)
 
 
 def image_to_mask(image: Any) -> np.ndarray:
     """``(H, W)`` bool mask (nonzero = target) from a ``mono8`` ``sensor_msgs/Image``."""
     if str(image.encoding).lower() != "mono8":
         raise ValueError(f"a mask image must be mono8, got {image.encoding!r}")
-    pixels, _ = _pixels(image)
-    return pixels[:, :, 0] != 0
+    return ros_image.image_to_array(image, max_pixels=None) != 0
