@@ -4,8 +4,11 @@ Frames are the messages on the image topic, in log-time order. Ground truth is m
 frame by header stamp (nanoseconds) and to a goal by ``goal_id``; it is read in a first pass and
 kept bit-packed (about 51 kB per 854 x 480 mask), so images stream one at a time.
 
-The goal set is every goal id seen on the goals topic (the last definition of an id wins, a
-``cancel`` removes it); evaluation answers every goal on every frame.
+The goal set is rebuilt from the goals topic with the node's own
+:class:`~text4seg_ros.ros.goals.GoalBook` and :func:`~text4seg_ros.ros.goals.validate_goal`, in
+log order: the last definition of an id wins, a ``cancel`` removes it, an unnamed goal gets the
+``gN`` id the node would give it, and a goal the node would reject is left out (listed in
+:attr:`EvalBag.rejected_goals`). Evaluation answers every goal on every frame.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from rosbags.rosbag2 import Reader
 
 from ..model.types import Goal
 from ..prompts import Task
+from ..ros.goals import GoalBook, GoalError, validate_goal
 from . import messages as m
 
 
@@ -91,18 +95,23 @@ class EvalBag:
         self._truth = self._read_truth([c for c in conns if c.topic == ground_truth_topic])
 
     def _read_goals(self, conns: list) -> list[Goal]:
-        goals: dict[str, Goal] = {}
+        # The node's goal book (default max_goals and max_goal_chars) names and validates the
+        # goals exactly as the node does, so the ids here are the ones the node lists.
+        book = GoalBook()
+        self.rejected_goals: list[tuple[str, str]] = []  # (goal id, reason) the node would reject
         for conn, _, data in self._reader.messages(conns) if conns else ():
             msg = m.deserialize(data, conn.msgtype)
             if msg.cancel:
-                goals.pop(str(msg.id), None)
+                book.cancel(str(msg.id).strip())
                 continue
-            goal = goal_from_msg(msg)
-            if not goal.id:
-                # The node would name it; name it the same way here so rows stay distinct.
-                goal = Goal(goal.text, goal.task, f"g{len(goals) + 1}", goal.classes)
-            goals[goal.id] = goal
-        return list(goals.values())
+            try:
+                goal = validate_goal(
+                    str(msg.text), str(msg.task), str(msg.id), [str(c) for c in msg.classes]
+                )
+                book.add(goal, bool(msg.standing))
+            except GoalError as exc:
+                self.rejected_goals.append((str(msg.id), str(exc)))
+        return [entry.goal for entry in book.snapshot()]
 
     def _read_truth(self, conns: list) -> dict[int, dict[str, PackedMask]]:
         truth: dict[int, dict[str, PackedMask]] = {}
