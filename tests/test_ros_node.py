@@ -181,6 +181,21 @@ def test_bad_input_is_rejected_and_counted_and_the_node_stays_up(harness):
     assert h.client.state(h.fqn) == "active"
 
 
+def test_frames_without_goals_are_counted_as_skipped(harness):
+    h = harness(params={"diagnostics_period_s": 0.1})
+    h.start()
+    for seq in range(3):  # no goal yet: taken by the worker and skipped
+        h.images.publish(frame(red_square(), seq))
+        assert wait_for(lambda s=seq: h.node.stats.counts["frames_skipped"] == s + 1, 5)
+    assert h.fake.calls == [] and h.segs == []
+    h.goals.publish(Goal(id="g", text="red", standing=True))
+    assert wait_for(lambda: len(h.list_goals()) == 1, 5)
+    h.images.publish(frame(red_square(), 3))
+    assert wait_for(lambda: len(h.segs) == 1, 10)
+    assert wait_for(lambda: h.diag("frames_processed") == "1", 5)
+    assert h.diag("frames_skipped") == "3" and h.diag("frames_received") == "4"
+
+
 def test_slow_model_processes_only_the_newest_frames_without_backlog(harness):
     delay = 0.25
     h = harness(delay_s=delay, params={"diagnostics_period_s": 0.2})

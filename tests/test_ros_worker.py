@@ -69,13 +69,14 @@ def test_frames_without_goals_are_skipped_and_errors_do_not_stop_the_thread():
     model = ColourSegmenter()
     book = GoalBook()
     rec = Recorder()
-    worker = InferenceWorker(model, book, rec.on_result, rec.on_error)
+    skipped = []
+    worker = InferenceWorker(model, book, rec.on_result, rec.on_error, on_skip=skipped.append)
     worker.start()
     worker.submit(make_frame(0))
     deadline = time.monotonic() + 5
-    while worker.skipped == 0 and time.monotonic() < deadline:
+    while not skipped and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert worker.skipped == 1 and model.frames == []
+    assert [f.header for f in skipped] == [0] and model.frames == []
     book.add(Goal("please fail", id="bad"), standing=False)
     worker.submit(make_frame(1))
     assert rec.done.wait(5)
@@ -86,4 +87,5 @@ def test_frames_without_goals_are_skipped_and_errors_do_not_stop_the_thread():
     worker.submit(make_frame(2))
     assert rec.done.wait(5)
     assert [r[0] for r in rec.results] == [2]
+    assert [f.header for f in skipped] == [0], "frames with goals are not skipped"
     assert worker.stop(timeout=5)

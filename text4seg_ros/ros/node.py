@@ -143,7 +143,9 @@ class PerceptionNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Start the inference thread, subscribe to the camera, enable the result publishers."""
-        self.worker = InferenceWorker(self.segmenter, self.goals, self._on_result, self._on_error)
+        self.worker = InferenceWorker(
+            self.segmenter, self.goals, self._on_result, self._on_error, on_skip=self._on_skip
+        )
         self.worker.start()
         self._last_seq = None
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
@@ -338,6 +340,9 @@ class PerceptionNode(LifecycleNode):
         self.goals.answered(active)
         self.stats.add("goals_answered", len(active))
         self.stats.processed(latency)
+
+    def _on_skip(self, frame: Frame) -> None:
+        self.stats.add("frames_skipped")
 
     def _on_error(self, frame: Frame, active: list[ActiveGoal], exc: BaseException) -> None:
         self.stats.add("inference_errors")

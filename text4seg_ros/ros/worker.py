@@ -65,6 +65,7 @@ class LatestFrame:
 
 ResultCallback = Callable[[Frame, list[ActiveGoal], list[GoalResult], float], None]
 ErrorCallback = Callable[[Frame, list[ActiveGoal], BaseException], None]
+SkipCallback = Callable[[Frame], None]
 
 
 class InferenceWorker:
@@ -73,7 +74,8 @@ class InferenceWorker:
     ``on_result(frame, goals, results, latency_s)`` runs on the worker thread after each frame
     with goals (``latency_s``: frame arrival to results ready); ``on_error(frame, goals, exc)``
     when the segmenter or ``on_result`` raised (the thread carries on). Frames that arrive
-    while no goal is active are taken and skipped (``skipped`` counts them): nothing to answer.
+    while no goal is active are taken and skipped: nothing to answer; ``on_skip(frame)`` (if
+    given) reports each one (the node counts them as ``frames_skipped``).
     """
 
     def __init__(
@@ -83,15 +85,14 @@ class InferenceWorker:
         on_result: ResultCallback,
         on_error: ErrorCallback,
         name: str = "text4seg-inference",
+        on_skip: SkipCallback | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.goals = goals
         self.on_result = on_result
         self.on_error = on_error
+        self.on_skip = on_skip
         self.mailbox = LatestFrame()
-        self.processed = 0
-        self.skipped = 0
-        self.busy = False
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
 
@@ -118,9 +119,9 @@ class InferenceWorker:
                 return
             active = self.goals.snapshot()
             if not active:
-                self.skipped += 1
+                if self.on_skip is not None:
+                    self.on_skip(frame)
                 continue
-            self.busy = True
             try:
                 self.segmenter.set_image(frame.rgb)
                 results = self.segmenter.segment([entry.goal for entry in active])
@@ -131,8 +132,6 @@ class InferenceWorker:
             except Exception as exc:  # noqa: BLE001  a model error must not kill the thread
                 self.on_error(frame, active, exc)
                 continue
-            finally:
-                self.busy = False
             latency = time.monotonic() - frame.received
             if self._stop.is_set():
                 return  # deactivated while the model ran: publishers are off
@@ -140,5 +139,3 @@ class InferenceWorker:
                 self.on_result(frame, active, results, latency)
             except Exception as exc:  # noqa: BLE001  e.g. publishing while the node shuts down
                 self.on_error(frame, active, exc)
-                continue
-            self.processed += 1
