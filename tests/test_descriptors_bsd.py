@@ -114,6 +114,16 @@ def test_repairs_of_bad_triples() -> None:
     assert RepairKind.MISSING_CLOSE in found and RepairKind.SHORT_ROW in found
 
 
+def test_endless_box_digits_are_clipped_not_raised() -> None:
+    body = "cup *4\n" + " cup *4\n" * 3
+    text = f"<ref>cup</ref><box>[1, 2, {'9' * 5000}, ３]</box><seg>{body}</seg>"
+    instances, repairs = parse_bsd(text, ["cup"], 4)
+    assert instances == [] and repairs[0].kind is RepairKind.DROPPED_INSTANCE  # "３" is no digit
+    text = f"<ref>cup</ref><box>[1, 2, {'9' * 5000}, 7]</box><seg>{body}</seg>"
+    instances, repairs = parse_bsd(text, ["cup"], 4)
+    assert instances[0].qbox == (1, 2, 1000, 7) and repairs[0].kind is RepairKind.BAD_BOX
+
+
 def test_unknown_ref_with_several_labels_is_dropped_and_reported() -> None:
     text = "<ref>zebra</ref><box>[0, 0, 10, 10]</box><seg>cup *4\n cup *4\n cup *4\n cup *4\n</seg>"
     instances, repairs = parse_bsd(text, ["cup", "plate"], 4)

@@ -195,6 +195,14 @@ def test_no_descriptor_and_huge_counts() -> None:
     assert found == [RepairKind.LONG_ROW] and grid.all()
 
 
+def test_non_ascii_and_endless_digits_are_repaired_not_raised() -> None:
+    # str.isdigit() accepts "²" and int() refuses > 4300 digits: both once escaped as ValueError.
+    grid, found = kinds("<seg>others *²\n others *4\n others *4\n others *4\n</seg>")
+    assert found == [RepairKind.BAD_COUNT] and not grid.any()
+    grid, found = kinds("<seg>cup *" + "9" * 5000 + "\n cup *4\n cup *4\n cup *4\n</seg>")
+    assert found == [RepairKind.LONG_ROW] and grid.all()
+
+
 @settings(max_examples=300, deadline=None)
 @given(st.text(max_size=400))
 def test_arbitrary_text_never_raises(text: str) -> None:
@@ -220,6 +228,7 @@ def test_mutated_descriptor_never_raises(pos: int, cut: int, insert: str) -> Non
         (lambda: encode_mask(np.zeros((4, 4)), 3, 4), TypeError, "str"),
         (lambda: encode_mask(np.zeros(4), "cup", 4), ValueError, "2-D"),
         (lambda: decode_mask(b"cup *4", "cup", (4, 4), 4), TypeError, "str"),
+        (lambda: decode_mask("others *4", "others", (4, 4), 4), ValueError, "background"),
         (lambda: decode_mask("", "cup", (4, 4), 0), ValueError, "grid"),
         (lambda: encode_labels(np.zeros((4, 4), int), ["cup"]), ValueError, "others"),
         (lambda: encode_labels(np.full((4, 4), 3), ["others", "cup"]), ValueError, "indices"),

@@ -62,6 +62,13 @@ __all__ = [
 ]
 
 
+def _check_foreground(label: str) -> None:
+    """A single-mask label: a valid descriptor label that is not the background's."""
+    check_label(label)
+    if label == OTHERS:
+        raise ValueError(f"label must not be {OTHERS!r}: that is the background label")
+
+
 def encode_mask(mask: np.ndarray, label: str, grid: int = 16) -> str:
     """Encode an ``(H, W)`` bool mask as the R-RLE body the official encoder writes.
 
@@ -71,10 +78,8 @@ def encode_mask(mask: np.ndarray, label: str, grid: int = 16) -> str:
 
         "others *4\\n others *1| cup *2| others *1\\n cup *4\\n others *4\\n"
     """
-    check_2d(mask, "mask")
-    check_label(label)
-    if label == OTHERS:
-        raise ValueError(f"label must not be {OTHERS!r}: that is the background label")
+    check_2d(mask, "mask")  # before `mask != 0`, which would turn a list into a bool
+    _check_foreground(label)
     cells = mask_to_grid(mask != 0, check_grid_size(grid))
     return encode_grid(cells.astype(np.int64), (OTHERS, label))
 
@@ -87,7 +92,7 @@ def decode_mask(text: str, label: str, size: tuple[int, int], grid: int = 16) ->
     neighbour. Malformed rows are repaired row by row (see :func:`parse_rrle`); never raises on
     model output.
     """
-    check_label(label)
+    _check_foreground(label)
     size = check_size(size)
     parsed = parse_rrle(text, (OTHERS, label), check_grid_size(grid))
     return grid_to_mask(parsed.grid, size)

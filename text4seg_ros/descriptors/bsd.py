@@ -170,7 +170,8 @@ def encode_instances(
 
 def _parse_qbox(text: str | None) -> tuple[tuple[int, int, int, int] | None, list[str]]:
     """Read four ints in 0..1000; return the repaired box (or None) and what was fixed."""
-    numbers = [int(v) for v in re.findall(r"\d+", text or "")]
+    # ASCII digits only; more than 4 digits is above 1000 anyway (and int() refuses > 4300).
+    numbers = [int(v) if len(v) <= 4 else QUANT + 1 for v in re.findall(r"[0-9]+", text or "")]
     if len(numbers) < 4:
         return None, []
     fixes = []

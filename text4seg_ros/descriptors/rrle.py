@@ -170,9 +170,19 @@ class LabelResolver:
         return out
 
 
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+# Longer digit strings are read as "too many" without int(): Python refuses to convert more than
+# 4300 digits, and any count above G is a long row anyway.
+MAX_COUNT_DIGITS = 9
+
+
 def _parse_count(text: str) -> int | None:
+    """A run count: ASCII digits only (``str.isdigit`` also accepts "²", which int() refuses)."""
     text = text.strip()
-    return int(text) if text.isdigit() and int(text) > 0 else None
+    if not _ASCII_DIGITS.fullmatch(text):
+        return None
+    count = int(text) if len(text) <= MAX_COUNT_DIGITS else 10**MAX_COUNT_DIGITS
+    return count if count > 0 else None
 
 
 def parse_row(
