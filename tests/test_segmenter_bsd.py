@@ -7,8 +7,10 @@ import numpy as np
 import pytest
 import torch
 
-from text4seg_ros.descriptors.bsd import decode_instances, parse_bsd
+from text4seg_ros.descriptors.bsd import decode_instances, encode_instances, parse_bsd
 from text4seg_ros.metrics import mask_to_box
+from text4seg_ros.model import segmenter as segmenter_module
+from text4seg_ros.model.answers import plan_goal, read_answer
 from text4seg_ros.model.segmenter import MAX_INSTANCES, Segmenter
 from text4seg_ros.model.tiny import build_tiny_model
 from text4seg_ros.model.types import Goal
@@ -130,3 +132,47 @@ def test_max_instances_bounds_every_bsd_answer(model_dir, coarse, limit):
         if goal.task is Task.INSTANCES:
             instances, repairs = parse_bsd(res.descriptor, [goal.text], GRID)
             assert not repairs and len(instances) == len(res.instances)
+
+
+def test_read_answer_keeps_each_instances_box_when_triples_cannot_be_split():
+    """An unreadable triple (dropped by the parser) makes the per-triple split fail: every
+    instance then carries the whole answer as its text, but still its own decoded box."""
+    plan = plan_goal(Goal("cup", Task.INSTANCES), 0, "bsd")
+    masks = [np.zeros((30, 41), bool), np.zeros((30, 41), bool)]
+    masks[0][2:12, 3:20] = True
+    masks[1][15:29, 22:40] = True
+    text = encode_instances(masks, "cup", GRID) + "\n<ref>cup</ref><seg>others *4</seg>"
+    answer = read_answer(plan, text, (30, 41), GRID)
+    decoded = decode_instances(text, ["cup"], (30, 41), GRID)
+    assert len(answer.instances) == len(decoded) == 2
+    for inst, dec in zip(answer.instances, decoded):
+        assert inst.text == text and inst.box == dec.box
+        assert inst.label == dec.label and np.array_equal(inst.mask, dec.mask)
+    assert np.array_equal(answer.mask, decoded[0].mask | decoded[1].mask)
+
+
+def test_refiner_gets_the_decoded_box_when_triples_cannot_be_split(coarse, monkeypatch):
+    """The split fallback (``text`` = the whole answer for every instance) must not lose the
+    box prompt: the refiner still gets each instance's decoded box, never None."""
+    plain, _ = coarse
+    real = segmenter_module.read_answer
+    seen: list[str] = []
+
+    def with_unreadable_triple(plan, text, size, grid):
+        if plan.kind == "bsd":
+            text += "\n<ref>cup</ref><seg>others *4</seg>"  # no box: dropped by the parser
+            seen.append(text)
+        return real(plan, text, size, grid)
+
+    monkeypatch.setattr(segmenter_module, "read_answer", with_unreadable_triple)
+    refiner = BoxRecorder()
+    seg = Segmenter(
+        plain.model, plain.processor, "llava", grid=GRID, max_instances=3, refiner=refiner
+    )
+    seg.set_image(IMAGE)
+    results = seg.segment(GOALS[:1])
+    decoded = decode_instances(seen[0], ["cup"], IMAGE.shape[:2], GRID)
+    assert len(decoded) >= 2, "one instance: the old re-parse would not have lost the box"
+    assert all(inst.descriptor == seen[0] for inst in results[0].instances)
+    boxes = [dec.box for dec in decoded if dec.mask.any()]
+    assert [box for _, box in refiner.calls] == boxes

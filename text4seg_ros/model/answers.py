@@ -22,11 +22,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from typing import NamedTuple
 
 import numpy as np
 
 from ..descriptors import OTHERS, SEG_OPEN, grid_to_labels, parse_rrle
-from ..descriptors.bsd import decode_instances, encode_instances, parse_bsd
+from ..descriptors.bsd import dequantize_box, encode_instances, parse_bsd
 from ..descriptors.rrle import SEG_CLOSE, Repair, check_label, encode_grid
 from ..metrics import mask_to_box
 from ..prompts import Task, answer_prefix, question
@@ -116,6 +117,17 @@ def plan_goal(goal: Goal, index: int = 0, descriptor: str = "isd") -> GoalPlan:
         raise type(err)(f"{where}: {err}") from None
 
 
+class AnswerInstance(NamedTuple):
+    """One B-SD instance of an answer: ``mask`` ``(H, W)`` bool, ``text`` its own triple (or
+    the whole answer when the triples could not be told apart), ``box`` the pixel box the model
+    wrote (edges, x2/y2 exclusive; the refiner's box prompt, not the mask's tight box)."""
+
+    label: str
+    mask: np.ndarray
+    text: str
+    box: tuple[int, int, int, int]
+
+
 @dataclass
 class Answer:
     """A decoded answer before timings: what :class:`GoalResult` needs from the text."""
@@ -124,7 +136,7 @@ class Answer:
     labels: list[str]
     descriptor: str
     label_map: np.ndarray | None = None
-    instances: list[tuple[str, np.ndarray, str]] = field(default_factory=list)  # label, mask, text
+    instances: list[AnswerInstance] = field(default_factory=list)
     repairs: list[Repair] = field(default_factory=list)
 
 
@@ -135,17 +147,20 @@ def read_answer(plan: GoalPlan, text: str, size: tuple[int, int], grid: int) -> 
     for B-SD it is the triples as written.
     """
     if plan.kind == "bsd":
-        _, repairs = parse_bsd(text, [plan.names[1]], grid)
-        decoded = decode_instances(text, [plan.names[1]], size, grid)
-        mask = np.zeros(size, dtype=bool)
-        for inst in decoded:
-            mask |= inst.mask
+        parsed, repairs = parse_bsd(text, [plan.names[1]], grid)  # parsed once
         # Triples are joined by "\n" and every one starts with "<ref>" (rows inside a body are
         # joined by "\n " instead), so this split gives each instance its own descriptor.
         triples = [t for t in re.split(r"\n(?=<ref>)", text) if t.strip()]
-        if len(triples) != len(decoded):  # a triple was unreadable (unconstrained text only)
-            triples = [text] * len(decoded)
-        instances = [(inst.label, inst.mask, t) for inst, t in zip(decoded, triples)]
+        if len(triples) != len(parsed):  # a triple was unreadable (unconstrained text only)
+            triples = [text] * len(parsed)
+        mask = np.zeros(size, dtype=bool)
+        instances = []
+        for inst, triple in zip(parsed, triples):
+            x1, y1, x2, y2 = box = dequantize_box(inst.qbox, size)
+            own = np.zeros(size, dtype=bool)
+            own[y1:y2, x1:x2] = grid_to_labels(inst.grid, (y2 - y1, x2 - x1))
+            mask |= own
+            instances.append(AnswerInstance(inst.label, own, triple, box))
         return Answer(mask, list(plan.names), text, instances=instances, repairs=repairs)
     descriptor = SEG_OPEN + text
     parsed = parse_rrle(descriptor, plan.names, grid)
@@ -172,7 +187,7 @@ def to_result(plan: GoalPlan, answer: Answer, score: float, steps: int) -> GoalR
             labels=[label],
             model_steps=steps,
         )
-        for label, mask, triple in answer.instances
+        for label, mask, triple, _ in answer.instances
     ]
     return GoalResult(
         goal=plan.goal,

@@ -33,11 +33,11 @@ import torch
 
 from ..decoding import constrained_generate
 from ..descriptors import SEG_OPEN
-from ..descriptors.bsd import dequantize_box, parse_bsd
 from ..descriptors.grammar import TokenCodec, bsd_grammar, rrle_grammar
 from ..prompts import Task
 from .answers import (
     DESCRIPTORS,
+    Answer,
     GoalPlan,
     plan_goal,
     read_answer,
@@ -289,7 +289,7 @@ class Segmenter:
             device=self.model.device,
         )
         decode_s = time.perf_counter() - start
-        results = []
+        results, answers = [], []
         eos = self.tokenizer.eos_token_id
         for plan, out in zip(plans, outputs):
             text = out.text
@@ -301,7 +301,8 @@ class Segmenter:
             answer = read_answer(plan, text, prefix.image_size, self.grid)
             score = float(np.mean(out.chosen_probs)) if out.chosen_probs else 1.0
             results.append(to_result(plan, answer, score, out.forward_calls))
-        refine_s = self._refine(results, plans)
+            answers.append(answer)
+        refine_s = self._refine(results, plans, answers)
         timings = Timings(
             encode_s=self._encode_s,
             decode_s=decode_s,
@@ -314,23 +315,27 @@ class Segmenter:
                 inst.timings = timings
         return results
 
-    def _refine(self, results: list[GoalResult], plans: list[GoalPlan]) -> float:
+    def _refine(
+        self, results: list[GoalResult], plans: list[GoalPlan], answers: list[Answer]
+    ) -> float:
         """Sharpen non-empty masks with the refiner (not label maps); returns seconds spent."""
         if self.refiner is None:
             return 0.0
         from ..metrics import mask_to_box
 
         start = time.perf_counter()
-        for result, plan in zip(results, plans):
+        for result, plan, answer in zip(results, plans, answers):
             if plan.kind == "open_vocab":
                 continue  # a refined union would disagree with the label map
-            targets = result.instances if plan.kind == "bsd" else [result]
-            for target in targets:
+            # A B-SD instance's box prompt is the box the model wrote, not the tight box of its
+            # coarse grid: the grid can miss the object's thin edges, the box not.
+            if plan.kind == "bsd":
+                targets = [(t, a.box) for t, a in zip(result.instances, answer.instances)]
+            else:
+                targets = [(result, None)]
+            for target, box in targets:
                 if not target.mask.any():
                     continue
-                # A B-SD instance's box prompt is the box the model wrote, not the tight box
-                # of its coarse grid: the grid can miss the object's thin edges, the box not.
-                box = self._decoded_box(target) if plan.kind == "bsd" else None
                 refined = self.refiner.refine(self._image, target.mask, box=box)
                 target.mask = np.asarray(refined, bool)
                 target.box = mask_to_box(target.mask)
@@ -340,11 +345,3 @@ class Segmenter:
                     union |= inst.mask
                 result.mask, result.box = union, mask_to_box(union)
         return time.perf_counter() - start
-
-    def _decoded_box(self, instance: GoalResult) -> tuple[int, int, int, int] | None:
-        """Pixel box ``(x1, y1, x2, y2)`` (edges, x2/y2 exclusive) that a B-SD instance's own
-        triple names (its 0..1000 ``<box>``, dequantized to the frame); None if unreadable."""
-        parsed, _ = parse_bsd(instance.descriptor, instance.labels, self.grid)
-        if len(parsed) != 1 or self._prefix is None:
-            return None
-        return dequantize_box(parsed[0].qbox, self._prefix.image_size)
