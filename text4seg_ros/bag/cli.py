@@ -8,7 +8,9 @@ Subcommands::
     text4seg-bag eval BAG --model DIR [--direct | --through-node] [--out DIR]
 
 Exit status: 0 on success, 2 on bad arguments or input, 1 when the node or model fails at run
-time (with a message on stderr).
+time (with a message on stderr). ``eval`` also exits 1 (after writing the report) when any
+(frame, goal) pair failed with status ``error`` (the Segmenter raised, or a wrong-size mask) or
+when no pair was answered at all; dropped frames and missing goals alone do not fail it.
 """
 
 from __future__ import annotations
@@ -206,7 +208,20 @@ def _eval(args: argparse.Namespace) -> int:
         montage=args.montage,
         progress=not args.no_progress,
     )
-    return 0 if report["pairs_in_bag"] == len(report["rows"]) else 1
+    return eval_exit_status(report)
+
+
+def eval_exit_status(report: dict) -> int:
+    """1 when a pair of ``report`` failed with status ``error`` or no pair was answered, else 0."""
+    errors = sum(row["status"] == "error" for row in report["rows"])
+    if errors or not report["answered_pairs"]:
+        print(
+            f"text4seg-bag eval: failed: {errors} pairs with status error, "
+            f"{report['answered_pairs']} of {report['pairs_in_bag']} answered",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
