@@ -4,14 +4,15 @@
         image:=/camera/color/image_raw namespace:=arm_camera
 
 Arguments: ``params_file`` (default: the package's config/perception.yaml), ``model_path``,
-``image`` (the camera topic the node's ``image`` input is remapped to), ``namespace``,
+``image`` (the camera topic the node's ``image`` input is remapped to; ``image/compressed``
+goes to ``<image>/compressed``, what the node reads with ``compressed: true``), ``namespace``,
 ``use_sim_time``, ``autostart`` (configure then activate; false leaves the node unconfigured
 for ``ros2 lifecycle set``), ``dds_profile`` (Fast DDS XML profile for the node's process,
 default: the package's config/fastdds_large_frames.xml, or ``$FASTRTPS_DEFAULT_PROFILES_FILE``
 when that is set; empty: the environment is left as it is). The node runs as
 ``lib/text4seg_ros/perception_node --ros-args -r __node:=perception_node -r __ns:=/NS
 --params-file FILE --params-file <launch_ros' file with model_path and use_sim_time>
--r image:=TOPIC``, the equivalent of ``-p model_path:=...``.
+-r image:=TOPIC -r image/compressed:=TOPIC/compressed``, the equivalent of ``-p model_path:=...``.
 An empty ``model_path`` (the default) overrides nothing, so a ``model_path`` set in the params
 file is kept; that is why the node is declared in an ``OpaqueFunction``, which sees the
 resolved launch arguments. The profile is set with ``SetEnvironmentVariable`` inside a scoped
@@ -56,7 +57,9 @@ def generate_launch_description() -> LaunchDescription:
             "model_path", default_value="", description="Model directory (overrides params_file)"
         ),
         DeclareLaunchArgument(
-            "image", default_value="image", description="Camera topic (sensor_msgs/Image)"
+            "image",
+            default_value="image",
+            description="Camera topic (Image); compressed: true reads <image>/compressed",
         ),
         DeclareLaunchArgument("namespace", default_value="", description="Node namespace"),
         DeclareLaunchArgument(
@@ -104,7 +107,11 @@ def node_and_transitions(context) -> list:
             LaunchConfiguration("params_file"),
             overrides,
         ],
-        remappings=[("image", LaunchConfiguration("image"))],
+        remappings=[
+            ("image", LaunchConfiguration("image")),
+            # compressed: true subscribes image/compressed (image_transport's naming)
+            ("image/compressed", [LaunchConfiguration("image"), "/compressed"]),
+        ],
         output="screen",
     )
     profile = context.launch_configurations.get("dds_profile", "")

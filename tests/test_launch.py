@@ -204,8 +204,12 @@ def test_description_declares_the_lifecycle_node_with_real_executable_and_params
     )
     assert overrides["model_path"] == "/models/m"
     assert overrides["use_sim_time"].args["value_type"] is bool
-    (remap,) = node["remappings"]
-    assert remap[0] == "image" and remap[1].args["variable_name"] == "image"
+    raw, compressed = node["remappings"]
+    assert raw[0] == "image" and raw[1].args["variable_name"] == "image"
+    # compressed: true subscribes image/compressed: it follows the image argument too
+    assert compressed[0] == "image/compressed"
+    image_arg, suffix = compressed[1]
+    assert image_arg.args["variable_name"] == "image" and suffix == "/compressed"
     assert node["namespace"].args["variable_name"] == "namespace"
     # autostart: configure now, activate when it reaches inactive
     changes = [r for r in walk(entities) if r.kind == "ChangeState"]
