@@ -192,6 +192,12 @@ def test_bad_arguments_give_clear_errors(codec):
         RRLEGrammar(codec, "cup", 4)
     with pytest.raises(ValueError, match="grid"):
         RRLEGrammar(codec, ["cup"], 0)
+    with pytest.raises(TypeError, match="grid"):
+        RRLEGrammar(codec, ["cup"], True)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="grid"):
+        BSDGrammar(codec, ["cup"], 0, 0)
+    with pytest.raises(TypeError, match="max_instances"):
+        BSDGrammar(codec, ["cup"], 0, 8, max_instances="3")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="eos_token_id"):
         BSDGrammar(codec, ["cup"], None, 8)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="even"):

@@ -118,7 +118,8 @@ def bricks_to_grid(bricks: np.ndarray) -> np.ndarray:
     return bits.reshape(n, n)
 
 
-def _check_brick_grid(grid: int) -> None:
+def check_brick_grid(grid: int) -> None:
+    """ValueError unless ``grid`` splits into whole bricks."""
     if grid % BRICK:
         raise ValueError(f"semantic bricks need an even grid (multiple of {BRICK}), got {grid}")
 
@@ -134,7 +135,7 @@ def encode_instance(
     check_label(label)
     grid = check_grid_size(grid)
     if bricks:
-        _check_brick_grid(grid)
+        check_brick_grid(grid)
     box = mask_to_box(mask)
     if box is None:
         return ""

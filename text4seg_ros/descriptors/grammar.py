@@ -54,6 +54,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from .geometry import check_grid_size
 from .grammar_codec import TokenCodec
 from .rrle import OTHERS, RUN_SEP, SEG_CLOSE, check_label, encode_grid
 
@@ -309,8 +310,7 @@ class RRLEGrammar(_BodyMixin, TokenGrammar):
         self.names = [OTHERS] + [n for n in names if n != OTHERS]
         if len(self.names) < 2:
             raise ValueError(f"labels must name at least one class besides {OTHERS!r}")
-        if not isinstance(grid, int) or grid < 1:
-            raise ValueError(f"grid must be a positive int, got {grid!r}")
+        grid = check_grid_size(grid)
         if not isinstance(head, str):
             raise TypeError(f"head must be a str, got {type(head).__name__}")
         self.grid, self.distinct_runs, self.head = grid, distinct_runs, head

@@ -7,7 +7,17 @@ from functools import lru_cache
 
 import numpy as np
 
-from .bsd import BOX_CLOSE, BOX_OPEN, BRICK, BRICK_NAMES, QUANT, REF_CLOSE, REF_OPEN
+from .bsd import (
+    BOX_CLOSE,
+    BOX_OPEN,
+    BRICK,
+    BRICK_NAMES,
+    QUANT,
+    REF_CLOSE,
+    REF_OPEN,
+    check_brick_grid,
+)
+from .geometry import check_grid_size
 from .grammar import END, Option, TokenCodec, TokenGrammar, _BodyMixin, _check_labels
 from .rrle import OTHERS, SEG_CLOSE, SEG_OPEN, encode_grid
 
@@ -40,8 +50,11 @@ class BSDGrammar(_BodyMixin, TokenGrammar):
             raise ValueError(f"labels must name at least one class besides {OTHERS!r}")
         if not isinstance(eos_token_id, int) or eos_token_id < 0:
             raise TypeError(f"eos_token_id must be a token id (int >= 0), got {eos_token_id!r}")
-        if bricks and grid % BRICK:
-            raise ValueError(f"semantic bricks need an even grid, got {grid}")
+        grid = check_grid_size(grid)
+        if bricks:
+            check_brick_grid(grid)
+        if isinstance(max_instances, bool) or not isinstance(max_instances, int):
+            raise TypeError(f"max_instances must be an int >= 1, got {max_instances!r}")
         if max_instances < 1:
             raise ValueError(f"max_instances must be >= 1, got {max_instances}")
         self.eos, self.bricks, self.max_instances = eos_token_id, bricks, max_instances
