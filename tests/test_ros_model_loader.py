@@ -1,11 +1,46 @@
-"""Heap freezing around the node's model lifetime (text4seg_ros.ros.model_loader)."""
+"""Model loading from the node's parameters and heap freezing (text4seg_ros.ros.model_loader)."""
 
 from __future__ import annotations
 
 import gc
 import weakref
 
-from text4seg_ros.ros.model_loader import free_memory, freeze_heap
+import pytest
+
+from text4seg_ros.ros.model_loader import free_memory, freeze_heap, load_segmenter
+from text4seg_ros.ros.params import NodeConfig
+
+
+def test_load_segmenter_passes_the_model_parameters_to_from_pretrained(tmp_path, monkeypatch):
+    from text4seg_ros.model.segmenter import Segmenter
+
+    calls = []
+
+    def fake(path, **kwargs):
+        calls.append((path, kwargs))
+        return "segmenter"
+
+    monkeypatch.setattr(Segmenter, "from_pretrained", staticmethod(fake))
+    config = NodeConfig(
+        model_path=str(tmp_path), device="cuda:1", dtype="bfloat16", grid=24, descriptor="isd"
+    )
+    assert load_segmenter(config) == "segmenter"
+    ((path, kwargs),) = calls
+    assert path == str(tmp_path)
+    assert kwargs == {
+        "backbone": None,  # empty: read from the model config
+        "device": "cuda:1", "dtype": "bfloat16", "grid": 24, "descriptor": "isd",
+        "engine": config.engine, "refiner": "none", "refiner_path": "",
+    }  # fmt: skip
+    load_segmenter(NodeConfig(model_path=str(tmp_path), backbone="qwen2-vl"))
+    assert calls[-1][1]["backbone"] == "qwen2-vl"
+
+
+def test_load_segmenter_refuses_a_missing_model_directory(tmp_path):
+    with pytest.raises(ValueError, match="model_path is empty"):
+        load_segmenter(NodeConfig(model_path=""))
+    with pytest.raises(ValueError, match="is not a directory"):
+        load_segmenter(NodeConfig(model_path=str(tmp_path / "nope")))
 
 
 class _Cycle:

@@ -1,31 +1,19 @@
 """Load the Segmenter the node's parameters describe (the node's only tie to the model code).
 
-``Segmenter.from_pretrained`` receives the path and every model parameter it accepts. A
-parameter set to a non-default value that this Segmenter does not accept is an error, never
-silently ignored.
+``Segmenter.from_pretrained`` receives the path and the model parameters (``backbone``,
+``device``, ``dtype``, ``grid``, ``descriptor``, ``engine``, ``refiner``, ``refiner_path``); an
+empty ``backbone`` is left out (the Segmenter reads it from the model config). Unusable values
+raise there (e.g. an engine that is not available).
 """
 
 from __future__ import annotations
 
 import gc
-import inspect
 import sys
 from pathlib import Path
 
 from ..model.types import SegmenterLike
-from .params import DEFAULTS, NodeConfig
-
-# node parameter -> from_pretrained keyword
-MODEL_KWARGS = {
-    "backbone": "backbone",
-    "device": "device",
-    "dtype": "dtype",
-    "grid": "grid",
-    "descriptor": "descriptor",
-    "engine": "engine",
-    "refiner": "refiner",
-    "refiner_path": "refiner_path",
-}
+from .params import NodeConfig
 
 
 def load_segmenter(config: NodeConfig) -> SegmenterLike:
@@ -37,21 +25,17 @@ def load_segmenter(config: NodeConfig) -> SegmenterLike:
         raise ValueError(f"model_path {str(path)!r} is not a directory")
     from ..model.segmenter import Segmenter  # heavy (torch, transformers): imported on configure
 
-    accepted = inspect.signature(Segmenter.from_pretrained).parameters
-    takes_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in accepted.values())
-    kwargs = {}
-    for name, keyword in MODEL_KWARGS.items():
-        value = getattr(config, name)
-        if name == "backbone" and not value:
-            continue  # empty: the Segmenter reads it from the model config
-        if keyword in accepted or takes_any:
-            kwargs[keyword] = value
-        elif value != DEFAULTS[name]:
-            raise ValueError(
-                f"parameter {name}={value!r} is not supported by Segmenter.from_pretrained "
-                f"(it accepts: {', '.join(accepted)}); leave it at {DEFAULTS[name]!r}"
-            )
-    return Segmenter.from_pretrained(str(path), **kwargs)
+    return Segmenter.from_pretrained(
+        str(path),
+        backbone=config.backbone or None,
+        device=config.device,
+        dtype=config.dtype,
+        grid=config.grid,
+        descriptor=config.descriptor,
+        engine=config.engine,
+        refiner=config.refiner,
+        refiner_path=config.refiner_path,
+    )
 
 
 def freeze_heap() -> None:
