@@ -65,6 +65,20 @@ def test_empty_and_small_masks_are_empty_with_zero_box_and_no_detection():
     assert messages.detection_array(HEADER, items).detections == []
 
 
+def test_answers_reuse_the_results_tight_box(monkeypatch):
+    def no_recompute(mask):
+        raise AssertionError("the result's box is already the tight box of its mask")
+
+    monkeypatch.setattr(messages, "mask_to_box", no_recompute)
+    entry = ActiveGoal(Goal("cup", id="c", task=Task.INSTANCES), standing=True)
+    one, two = rect(10, 12, 2, 3, 6, 8), rect(10, 12, 8, 0, 10, 2)
+    res = result(entry.goal, one | two)
+    res.instances = [result(entry.goal, one), result(entry.goal, two)]
+    goal, first, second = messages.answers(entry, res, min_pixels=5)
+    assert goal.box == (2, 0, 10, 8) and first.box == (2, 3, 6, 8)
+    assert second.box is None and not second.mask.any(), "4 pixels < min_pixels: empty"
+
+
 def test_open_vocab_label_map_and_per_class_detections():
     goal = Goal("cup|plate", task=Task.OPEN_VOCAB, id="ov", classes=("cup", "plate"))
     label_map = np.zeros((6, 6), np.int64)

@@ -51,11 +51,12 @@ class Answer:
     model_steps: int
 
 
-def _clean(mask: np.ndarray, min_pixels: int) -> tuple[np.ndarray, tuple | None]:
+def _clean(mask: np.ndarray, box: tuple | None, min_pixels: int) -> tuple[np.ndarray, tuple | None]:
+    """``mask`` and ``box`` (the result's tight box), or empty and None below ``min_pixels``."""
     mask = np.asarray(mask, dtype=bool)
     if min_pixels and int(mask.sum()) < min_pixels:
-        mask = np.zeros_like(mask)
-    return mask, mask_to_box(mask)
+        return np.zeros_like(mask), None
+    return mask, box
 
 
 def answers(entry: ActiveGoal, result: GoalResult, min_pixels: int = 0) -> list[Answer]:
@@ -68,7 +69,7 @@ def answers(entry: ActiveGoal, result: GoalResult, min_pixels: int = 0) -> list[
     label = result.labels[1] if len(result.labels) > 1 else goal.text
     if goal.task is Task.OPEN_VOCAB:
         label = goal.text
-    mask, box = _clean(result.mask, min_pixels)
+    mask, box = _clean(result.mask, result.box, min_pixels)
     label_map = result.label_map
     if label_map is not None and not mask.any():
         label_map = np.zeros_like(label_map)
@@ -90,7 +91,7 @@ def answers(entry: ActiveGoal, result: GoalResult, min_pixels: int = 0) -> list[
         )
     ]
     for i, inst in enumerate(result.instances, start=1):
-        inst_mask, inst_box = _clean(inst.mask, min_pixels)
+        inst_mask, inst_box = _clean(inst.mask, inst.box, min_pixels)
         out.append(
             Answer(
                 goal.id,
