@@ -10,7 +10,7 @@ Keys of the one ``DiagnosticStatus`` (name ``<node name>: perception``), all val
   ``goals_active``, ``goals_answered``, ``inference_errors``
 * ``rate_hz``: processed frames per second over the last ``window`` frames
 * ``latency_mean_s``, ``latency_p50_s``, ``latency_p95_s``, ``latency_max_s``: frame arrival to
-  results published, over the same window
+  results ready (measured before publishing, as ``Segmentation.latency_s``), over the same window
 * ``rss_mb``: resident memory of the process
 * ``last_rejection``: the newest rejection reason
 * ``image_publishers``: publishers matched with the camera subscription (while active);
