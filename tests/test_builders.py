@@ -19,13 +19,14 @@ from PIL import Image
 
 from text4seg_ros.descriptors import decode_labels, labels_to_grid, mask_to_grid, parse_rrle
 from text4seg_ros.descriptors.bsd import decode_instances
+from text4seg_ros.descriptors.rrle import extract_body
 from text4seg_ros.metrics import mask_iou
 from text4seg_ros.prompts import OPEN_VOCAB_WEIGHTS
 from training.data import build as build_cli
 from training.data.coco import CocoInstances, build_class_queries
 from training.data.instances import build_instances
 from training.data.refer import build_refer, load_refs
-from training.data.sample import ChatSample, body_of, clean_label, read_jsonl, write_jsonl
+from training.data.sample import ChatSample, clean_label, read_jsonl, write_jsonl
 from training.data.semantic import build_open_vocab, open_vocab_sample, pair_folders
 from training.data.synthetic import COLOURS, build_synthetic, make_scene, scene_goals
 
@@ -109,7 +110,7 @@ def test_refer_samples_carry_the_mask_of_their_annotation(coco: CocoInstances) -
     assert second.meta["label"] == "the motorcycle being ridden"  # descriptor syntax removed
     assert "red motorbike in front" in first.question
     assert first.answer.startswith("Sure, here is the segmentation mask for 'red motorbike")
-    grid = parse_rrle(body_of(first.answer), ["others", first.meta["label"]], 16)
+    grid = parse_rrle(first.answer, ["others", first.meta["label"]], 16)
     assert grid.valid
     expected = mask_to_grid(coco.ann_mask(151091), 16)
     np.testing.assert_array_equal(grid.grid.astype(bool), expected)
@@ -124,10 +125,10 @@ def test_grefcoco_several_targets_and_no_target(coco: CocoInstances) -> None:
     both, none = build_refer(OUR_GREFS, coco, "grefcoco", splits=None, grid=16)
     assert both.task == none.task == "gres"
     union = coco.ann_mask(202758) | coco.ann_mask(1260346)
-    grid = parse_rrle(body_of(both.answer), ["others", "both people"], 16).grid
+    grid = parse_rrle(both.answer, ["others", "both people"], 16).grid
     np.testing.assert_array_equal(grid.astype(bool), mask_to_grid(union, 16))
     assert none.meta["no_target"] is True
-    assert body_of(none.answer) == "\n ".join(["others *16"] * 16) + "\n"
+    assert extract_body(none.answer)[0] == "\n ".join(["others *16"] * 16) + "\n"
 
 
 def test_refs_load_from_pickle_and_json(tmp_path: Path) -> None:

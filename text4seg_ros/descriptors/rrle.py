@@ -30,7 +30,8 @@ RUN_SEP = "| "
 ROW_SEP = "\n "
 SEG_OPEN = "<seg>"
 SEG_CLOSE = "</seg>"
-_FORBIDDEN = ("|", "*", "\n", "\r", SEG_OPEN, SEG_CLOSE)
+# Text a label may not contain: it is descriptor syntax.
+LABEL_FORBIDDEN = ("|", "*", "\n", "\r", SEG_OPEN, SEG_CLOSE)
 _RUN_HINT = re.compile(r"\*\s*\d|\|")
 # A label is fuzzily accepted when difflib's ratio reaches this (e.g. "others" vs "other").
 FUZZY_CUTOFF = 0.75
@@ -82,7 +83,7 @@ def check_label(label: str, what: str = "label") -> str:
         raise TypeError(f"{what} must be a str, got {type(label).__name__}")
     if not label or label != label.strip():
         raise ValueError(f"{what} must be non-empty without leading/trailing blanks, got {label!r}")
-    bad = [s for s in _FORBIDDEN if s in label]
+    bad = [s for s in LABEL_FORBIDDEN if s in label]
     if bad:
         raise ValueError(f"{what} {label!r} must not contain {bad}: they are descriptor syntax")
     return label

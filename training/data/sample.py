@@ -27,12 +27,13 @@ from typing import Any
 
 import numpy as np
 
-from text4seg_ros.descriptors import OTHERS, SEG_CLOSE, SEG_OPEN, encode_labels, mask_to_grid
+from text4seg_ros.descriptors import OTHERS, encode_labels, mask_to_grid
 from text4seg_ros.descriptors.geometry import SamplingMethod
+from text4seg_ros.descriptors.rrle import LABEL_FORBIDDEN
 from text4seg_ros.prompts import Task
 
 IMAGE_PLACEHOLDER = "<image>"
-_LABEL_BAD = re.compile(r"[|*\r\n]+|<seg>|</seg>")
+_LABEL_BAD = re.compile("|".join(re.escape(s) for s in LABEL_FORBIDDEN))  # the codec's list
 
 
 @dataclass
@@ -112,14 +113,6 @@ def mask_body(
     """
     cells = mask_to_grid(np.asarray(mask) != 0, grid, method)
     return encode_labels(cells.astype(np.int64), [OTHERS, label])
-
-
-def body_of(answer: str) -> str:
-    """The R-RLE body inside ``<seg>...</seg>`` of an image-wise answer (ValueError if none)."""
-    start, end = answer.find(SEG_OPEN), answer.find(SEG_CLOSE)
-    if start < 0 or end < start:
-        raise ValueError(f"answer has no {SEG_OPEN}...{SEG_CLOSE} descriptor: {answer[:80]!r}")
-    return answer[start + len(SEG_OPEN) : end]
 
 
 def write_jsonl(samples: Iterable[ChatSample], path: str | Path) -> int:
