@@ -420,3 +420,26 @@ def test_refiner_on_cuda_matches_cpu(sam_dir, image, coarse) -> None:
     cpu = load_refiner(sam_dir).refine(image, coarse)
     gpu = load_refiner(sam_dir, device="cuda").refine(image, coarse)
     assert gpu.shape == cpu.shape and (gpu == cpu).mean() > 0.999
+
+
+def test_refine_hashes_the_frame_once_per_call(refiner, image, coarse, monkeypatch) -> None:
+    """refine() fingerprints the image once: also for a new frame (no second hash to encode)."""
+    from text4seg_ros.refine import refiner as refiner_module
+
+    real = refiner_module._fingerprint
+    calls: list[int] = []
+
+    def counting(img):  # noqa: ANN001
+        calls.append(1)
+        return real(img)
+
+    monkeypatch.setattr(refiner_module, "_fingerprint", counting)
+    ref, rec = refiner
+    ref.refine(image, coarse)  # new frame: hashed, encoded
+    assert len(calls) == 1 and rec.encodes == 1
+    ref.refine(image, ~coarse)  # same frame: hashed, not encoded
+    assert len(calls) == 2 and rec.encodes == 1
+    other = image.copy()
+    other[0, 0, 0] ^= 1
+    ref.refine(other, coarse)  # a new frame after another: hashed once, encoded
+    assert len(calls) == 3 and rec.encodes == 2

@@ -176,3 +176,30 @@ def test_refiner_gets_the_decoded_box_when_triples_cannot_be_split(coarse, monke
     assert all(inst.descriptor == seen[0] for inst in results[0].instances)
     boxes = [dec.box for dec in decoded if dec.mask.any()]
     assert [box for _, box in refiner.calls] == boxes
+
+
+def test_sam_refiner_gets_each_frame_once(coarse, tmp_path, monkeypatch):
+    """A refiner with set_image/refine_mask is given the frame once per frame (one SAM encode,
+    one hash), however many masks and segment() calls follow; a new frame is encoded again."""
+    from text4seg_ros.refine import refiner as refiner_module
+
+    plain, _ = coarse
+    real = refiner_module._fingerprint
+    hashes: list[int] = []
+    monkeypatch.setattr(refiner_module, "_fingerprint", lambda img: hashes.append(1) or real(img))
+    sam_dir = build_tiny_sam(tmp_path / "sam", seed=1, image_size=64)
+    refiner = load_refiner(sam_dir, config=RefinerConfig(prompt="box"))
+    seg = Segmenter(
+        plain.model, plain.processor, "llava", grid=GRID, max_instances=3, refiner=refiner
+    )
+    seg.set_image(IMAGE)
+    first = seg.segment(GOALS)
+    masks = sum(bool(i.mask.any()) for r in first for i in (r.instances or [r]))
+    assert masks >= 2, "one refined mask: the test would not notice a per-mask hash"
+    again = seg.segment(GOALS)
+    assert refiner.encodes == 1 and len(hashes) == 1
+    for a, b in zip(first, again):
+        assert np.array_equal(a.mask, b.mask)
+    seg.set_image(IMAGE[::-1].copy())
+    seg.segment(GOALS)
+    assert refiner.encodes == 2 and len(hashes) == 2

@@ -149,6 +149,7 @@ class Segmenter:
                 stacklevel=2,
             )
         self._image: np.ndarray | None = None
+        self._refiner_frame = False
         self._prefix: Prefix | None = None
         self._step: Any = None
         self._encode_s = 0.0
@@ -214,11 +215,13 @@ class Segmenter:
         self._prefix = self.backbone.encode_prefix(self.model, self.processor, image, self.system)
         self._step = self.backbone.make_step(self.model, self._prefix)
         self._image = image
+        self._refiner_frame = False  # the refiner encodes this frame at its first mask
         self._encode_s = time.perf_counter() - start
 
     def reset_image(self) -> None:
         """Forget the current frame (frees the prefix cache)."""
         self._image = self._prefix = self._step = None
+        self._refiner_frame = False
 
     # -- goals -------------------------------------------------------------------------------
     def plan(self, goals: Sequence[Goal]) -> list[GoalPlan]:
@@ -336,7 +339,7 @@ class Segmenter:
             for target, box in targets:
                 if not target.mask.any():
                     continue
-                refined = self.refiner.refine(self._image, target.mask, box=box)
+                refined = self._refine_mask(target.mask, box)
                 target.mask = np.asarray(refined, bool)
                 target.box = mask_to_box(target.mask)
             if plan.kind == "bsd":
@@ -345,3 +348,18 @@ class Segmenter:
                     union |= inst.mask
                 result.mask, result.box = union, mask_to_box(union)
         return time.perf_counter() - start
+
+    def _refine_mask(self, mask: np.ndarray, box: tuple[int, int, int, int] | None) -> Any:
+        """One mask through the refiner. A refiner with ``set_image``/``refine_mask`` (like
+        :class:`~text4seg_ros.refine.SamRefiner`) is given each frame once, at its first mask,
+        and then only prompts (no per-mask check of the frame; the Segmenter owns its refiner's
+        frame: do not share the refiner); any other refiner gets ``refine(image, mask, box)``."""
+        ref = self.refiner
+        if callable(getattr(ref, "set_image", None)) and callable(
+            getattr(ref, "refine_mask", None)
+        ):
+            if not self._refiner_frame:
+                ref.set_image(self._image)
+                self._refiner_frame = True
+            return ref.refine_mask(mask, box=box)
+        return ref.refine(self._image, mask, box=box)

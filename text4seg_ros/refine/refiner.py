@@ -110,10 +110,13 @@ class SamRefiner:
     def set_image(self, image: np.ndarray) -> None:
         """Encode an ``(H, W, 3)`` ``uint8`` RGB frame for the following ``refine_mask`` calls."""
         check_image(image)
+        self._encode(image, _fingerprint(image))
+
+    def _encode(self, image: np.ndarray, key: tuple[tuple[int, ...], bytes]) -> None:
         self._size = self._key = None  # a failed encode must not leave the old frame cached
         self.backend.set_image(image)
         self._size = (int(image.shape[0]), int(image.shape[1]))
-        self._key = _fingerprint(image)
+        self._key = key
         self.encodes += 1
 
     def refine(
@@ -132,8 +135,9 @@ class SamRefiner:
         if not coarse_mask.any():
             self.last_score = None
             return coarse_mask.copy()
-        if self._key is None or _fingerprint(image) != self._key:
-            self.set_image(image)
+        key = _fingerprint(image)  # hashed once per call, also when the frame is new
+        if key != self._key:
+            self._encode(image, key)
         return self.refine_mask(coarse_mask, box=box, rng=rng)
 
     def refine_mask(
