@@ -141,3 +141,23 @@ def test_node_command_is_the_launch_files_plus_model_parameters(tmp_path: Path) 
     for bad in ("a", "/1a", "/a/", "/a b"):
         with pytest.raises(ValueError, match="namespace must be"):
             check_namespace(bad)
+
+
+def test_node_answers_are_read_from_the_decoded_message() -> None:
+    """The player decodes each answer once and hands over the message; no second decode."""
+    import numpy as np
+
+    from text4seg_ros.bag import messages as m
+    from text4seg_ros.bag.node_eval import _answers
+    from text4seg_ros.bag.record import ground_truth_segmentation
+
+    mask = np.zeros((6, 9), bool)
+    mask[1:4, 2:5] = True
+    (goal,) = make_goals(["a cup"])
+    hdr = m.header(10**18, "camera")
+    seg = ground_truth_segmentation(goal, mask, hdr)
+    seg.latency_s = 0.25
+    array = m.msg_class(m.SEGMENTATION_ARRAY_TYPE)(header=hdr, segmentations=[seg])
+    answers, latency = _answers(array)
+    assert list(answers) == ["g0"] and latency == 0.25
+    assert (answers["g0"].mask.unpack() == mask).all() and answers["g0"].score == 1.0

@@ -182,7 +182,7 @@ def test_as_fast_as_acked_waits_for_each_answer_and_counts_drops(ros: Ros, bag: 
         player.subscribe_acks(ack_topic)
         stats = player.play(
             rate=None, ack_timeout=1.0, spin=ros.spin_player,
-            on_ack=lambda stamp, raw, rt: acked.append(stamp),
+            on_ack=lambda stamp, msg, rt: acked.append(m.stamp_to_ns(msg.header.stamp)),
         )  # fmt: skip
     finally:
         player.close()

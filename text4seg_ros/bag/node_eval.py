@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import rclpy
 from lifecycle_msgs.msg import Transition
@@ -163,13 +164,13 @@ class NodeProcess:
         return self.proc.returncode
 
 
-def _answers(raw: bytes) -> tuple[dict[str, Answer], float]:
-    """Goal id -> answer (the whole goal, ``instance == 0``) and the frame's node latency.
+def _answers(array: Any) -> tuple[dict[str, Answer], float]:
+    """Goal id -> answer (the whole goal, ``instance == 0``) and the frame's node latency, from a
+    decoded ``SegmentationArray`` (the player already deserialized it).
 
     The masks are kept bit-packed (:class:`PackedMask`) until the frame is scored, so a long bag
     does not hold every full-size mask in memory; :func:`_unpacked` restores them.
     """
-    array = m.deserialize(raw, m.SEGMENTATION_ARRAY_TYPE)
     answers, latency = {}, 0.0
     for seg in array.segmentations:
         latency = max(latency, float(seg.latency_s))
@@ -247,7 +248,7 @@ def evaluate_through_node(
             images.subscribe_acks(ns[m.SEGMENTATIONS_TOPIC])
             stats = images.play(
                 rate=None, ack_timeout=ack_timeout, spin=spin, progress=progress,
-                on_ack=lambda stamp, raw, _rt: collected.__setitem__(stamp, _answers(raw)),
+                on_ack=lambda stamp, msg, _rt: collected.__setitem__(stamp, _answers(msg)),
             )  # fmt: skip
         finally:
             images.close()

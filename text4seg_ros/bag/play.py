@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import rclpy
 from rclpy.duration import Duration
@@ -37,7 +38,8 @@ from rosbags.rosbag2 import Reader
 
 from . import messages as m
 
-AckCallback = Callable[[int, bytes, float], None]  # (stamp_ns, raw SegmentationArray, round trip s)
+# (stamp_ns, SegmentationArray decoded by messages.deserialize, round trip s)
+AckCallback = Callable[[int, Any, float], None]
 
 
 def ros_message_class(msgtype: str) -> type:
@@ -118,7 +120,7 @@ class BagPlayer:
             )
             cls = ros_message_class(conn.msgtype)
             self._publishers[conn.topic] = node.create_publisher(cls, self.live(conn.topic), qos)
-        self._acks: dict[int, tuple[bytes, float]] = {}
+        self._acks: dict[int, tuple[Any, float]] = {}  # stamp -> (decoded answer, arrival)
         self._ack_sub = None
 
     def live(self, topic: str) -> str:
@@ -163,8 +165,9 @@ class BagPlayer:
         self._ack_sub = self.node.create_subscription(cls, topic, self._on_ack, qos, raw=True)
 
     def _on_ack(self, data: bytes) -> None:
+        # Decoded once here; the ack callback gets this message, not the bytes to decode again.
         msg = m.deserialize(data, m.SEGMENTATION_ARRAY_TYPE)
-        self._acks[m.stamp_to_ns(msg.header.stamp)] = (bytes(data), time.monotonic())
+        self._acks[m.stamp_to_ns(msg.header.stamp)] = (msg, time.monotonic())
 
     def _wait_ack(self, stamp_ns: int, timeout_s: float, spin: Callable[[float], None]) -> bool:
         deadline = time.monotonic() + timeout_s
@@ -187,8 +190,10 @@ class BagPlayer:
     ) -> PlayStats:
         """Publish every message once. ``rate=None``: as fast as acknowledged (call
         :meth:`subscribe_acks` first); ``spin(timeout_s)`` must process the node's callbacks
-        (default: ``rclpy.spin_once`` on the node). At the end it waits up to ``flush_timeout``
-        seconds per publisher until the subscribers acknowledged every message."""
+        (default: ``rclpy.spin_once`` on the node). ``on_ack(stamp_ns, answer, roundtrip_s)``
+        gets each answer as a decoded ``SegmentationArray``. At the end it waits up to
+        ``flush_timeout`` seconds per publisher until the subscribers acknowledged every
+        message."""
         if rate is not None and not rate > 0:
             raise ValueError(f"rate must be > 0 (or None for as fast as acknowledged), got {rate}")
         if rate is None and self._ack_sub is None:
@@ -219,11 +224,11 @@ class BagPlayer:
                 for old in [s for s in self._acks if s < stamp]:
                     del self._acks[old]
                 if acked:
-                    raw, received = self._acks.pop(stamp)
+                    answer, received = self._acks.pop(stamp)
                     stats.acked += 1
                     stats.roundtrip_s.append(received - sent)
                     if on_ack is not None:
-                        on_ack(stamp, raw, received - sent)
+                        on_ack(stamp, answer, received - sent)
                 else:
                     stats.dropped_stamps.append(stamp)
         bar.close()
