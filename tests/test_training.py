@@ -174,3 +174,15 @@ def test_crop_is_applied_on_load(samples: list[ChatSample], tmp_path: Path) -> N
     full, part = np.asarray(load_image(s)), np.asarray(load_image(cropped))
     assert part.shape == (32, 32, 3)
     np.testing.assert_array_equal(part, full[2:34, 4:36])
+
+
+def test_epochs_are_cut_to_whole_optimizer_steps_and_resume_skips_done_steps() -> None:
+    from training.train import epoch_indices
+
+    # 50 samples on this rank, micro-batch 2, accumulation 2: 12 whole steps = 48 samples. Feeding
+    # all 50 would leave half a step that DeepSpeed carries into the next epoch.
+    order = list(range(100, 150))
+    full = epoch_indices(order, 0, 12, 2, 2)
+    assert full == order[:48] and len(full) % (2 * 2) == 0
+    assert epoch_indices(order, 3, 12, 2, 2) == order[12:48]  # resumed after 3 steps
+    assert epoch_indices(order, 12, 12, 2, 2) == []

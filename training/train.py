@@ -48,6 +48,21 @@ from .recipe import Recipe
 REPO = Path(__file__).resolve().parents[1]
 
 
+def epoch_indices(
+    order: list[int], done_steps: int, steps_per_epoch: int, accum: int, batch: int
+) -> list[int]:
+    """This rank's sample indices still to run in an epoch, in sampler ``order``.
+
+    An epoch is cut to whole optimizer steps (``steps_per_epoch * accum`` micro-batches of
+    ``batch``): DeepSpeed counts accumulation boundaries on its own global micro-step counter,
+    so a partial step left at an epoch's end would spill into the next epoch and shift every
+    later boundary (and the resume arithmetic). ``done_steps`` steps of this epoch already ran
+    (resuming mid-epoch): their samples are skipped.
+    """
+    per_step = accum * batch
+    return order[done_steps * per_step : steps_per_epoch * per_step]
+
+
 def resolve_precision(precision: str) -> str:
     """``fp32`` on CPU; on GPU ``bf16`` when supported else ``fp16`` (``auto``), or as given."""
     allowed = ("auto", "bf16", "fp16", "fp32")
@@ -167,8 +182,7 @@ def train(recipe: Recipe) -> Path:
     sampler = DistributedSampler(
         dataset, num_replicas=world, rank=rank, shuffle=True, seed=recipe.seed, drop_last=True
     )
-    micro_per_epoch = len(sampler) // recipe.per_device_batch
-    steps_per_epoch = micro_per_epoch // accum
+    steps_per_epoch = len(sampler) // (recipe.per_device_batch * accum)
     if steps_per_epoch < 1:
         raise ValueError(
             f"{len(dataset)} samples give no full optimizer step of global batch "
@@ -227,9 +241,9 @@ def train(recipe: Recipe) -> Path:
     while step < total:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch)
-        indices = list(sampler)[: micro_per_epoch * recipe.per_device_batch]
-        # Resuming mid-epoch: skip the samples the finished steps consumed, in sampler order.
-        indices = indices[done_in_epoch * accum * recipe.per_device_batch :]
+        indices = epoch_indices(
+            list(sampler), done_in_epoch, steps_per_epoch, accum, recipe.per_device_batch
+        )
         loader = DataLoader(
             dataset,
             batch_size=recipe.per_device_batch,
