@@ -142,6 +142,10 @@ def test_bad_input_fails_clearly_and_leaves_no_bag(tmp_path: Path, folders) -> N
     with pytest.raises(ValueError, match="open_vocab goals need a class list"):
         make_goals(["x"], task="open_vocab")
     assert [g.task for g in make_goals(["x", "y"], task="GRES")] == [Task.GRES, Task.GRES]
+    # Goals the node's validate_goal refuses are refused here too, not recorded.
+    for bad in ("others", "a | b", "cup *3", "line\nbreak", "x" * 257):
+        with pytest.raises(ValueError, match="would be rejected by the node"):
+            make_goals(["fine", bad])
     (masks / "00001.png").unlink()
     with pytest.raises(ValueError, match=r"lacks masks for 1 images, e.g. \['00001.png'\]"):
         record_images(images, tmp_path / "a", goals=goal, mask_dirs=[masks])

@@ -28,6 +28,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from ..descriptors.geometry import mask_to_box
 from ..model.types import Goal
 from ..prompts import Task
+from ..ros.goals import GoalError, validate_goal
 from . import messages as m
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -108,7 +109,9 @@ def ground_truth_segmentation(goal: Goal, mask: np.ndarray, hdr: Any) -> Any:
 
 
 def make_goals(texts: Sequence[str], task: str | Task = Task.RES) -> list[Goal]:
-    """Standing goals ``g0``, ``g1``, ... for ``texts`` (non-empty, stripped)."""
+    """Standing goals ``g0``, ``g1``, ... for ``texts`` (non-empty, stripped), checked with the
+    node's own :func:`~text4seg_ros.ros.goals.validate_goal` (default ``max_goal_chars``), so
+    the bag holds no goal the node would reject."""
     task = Task.parse(task)
     if task is Task.OPEN_VOCAB:
         # A class list per goal does not fit one --task flag; the node would reject it anyway.
@@ -120,7 +123,12 @@ def make_goals(texts: Sequence[str], task: str | Task = Task.RES) -> list[Goal]:
     for i, text in enumerate(texts):
         if not isinstance(text, str) or not text.strip():
             raise ValueError(f"goal text {i} must be a non-empty string, got {text!r}")
-        goals.append(Goal(text=text.strip(), task=task, id=f"g{i}"))
+        try:
+            goals.append(validate_goal(text, task.value, f"g{i}"))
+        except GoalError as exc:
+            raise ValueError(
+                f"goal text {i} ({text!r}) would be rejected by the node: {exc}"
+            ) from None
     return goals
 
 
