@@ -376,3 +376,22 @@ def test_segmenter_loads_sam_by_path(tiny_llava, image_file, tmp_path) -> None:
     coarse = decode_mask(result.descriptor, "the cup", (48, 64), 4)
     assert np.array_equal(result.mask, load_refiner(sam).refine(image, coarse))
     assert result.box == mask_to_box(result.mask)
+
+
+@pytest.mark.parametrize("text", ["a|b", "others"])
+def test_goal_the_model_cannot_be_asked_exits_2_before_loading(
+    image_file, model_dir, capsys, monkeypatch, text
+) -> None:
+    """make_goals plans every goal (no model needed): a bad label exits 2 before any loading."""
+    import text4seg_ros.cli as cli
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded for a goal that cannot be asked")
+
+    monkeypatch.setattr(cli, "load_segmenter", no_loading)
+    monkeypatch.setattr(cli, "load_sam", no_loading)
+    assert main([str(image_file), "cup", text, "--model", str(model_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "goal 1" in err and "Traceback" not in err
+    with pytest.raises(UserError, match="goal 0"):
+        make_goals([text], "instances", (), "bsd")

@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
+from .model.answers import plan_goal
 from .model.types import Goal, GoalResult
 from .prompts import Task
 
@@ -108,8 +109,12 @@ def parse_classes(text: str) -> tuple[str, ...]:
     return tuple(c.strip() for c in text.split(",") if c.strip())
 
 
-def make_goals(texts: Sequence[str], task: str, classes: Sequence[str]) -> list[Goal]:
-    """One :class:`Goal` per text (``id`` = its 0-based index); UserError on bad combinations."""
+def make_goals(
+    texts: Sequence[str], task: str, classes: Sequence[str], descriptor: str = "isd"
+) -> list[Goal]:
+    """One :class:`Goal` per text (``id`` = its 0-based index); UserError on bad combinations
+    and on goals the model could not be asked (:func:`~.model.answers.plan_goal`: labels the
+    descriptor cannot carry, like ``"a|b"``), all before any model is loaded."""
     kind = Task.parse(task)
     texts = [t.strip() for t in texts]
     if any(not t for t in texts):
@@ -118,7 +123,15 @@ def make_goals(texts: Sequence[str], task: str, classes: Sequence[str]) -> list[
         raise UserError("--task open_vocab needs --classes a,b,...")
     if classes and kind is not Task.OPEN_VOCAB:
         raise UserError(f"--classes is only used with --task open_vocab, not {kind.value}")
-    return [Goal(text=t, task=kind, id=str(i), classes=tuple(classes)) for i, t in enumerate(texts)]
+    goals = [
+        Goal(text=t, task=kind, id=str(i), classes=tuple(classes)) for i, t in enumerate(texts)
+    ]
+    for i, goal in enumerate(goals):
+        try:
+            plan_goal(goal, i, descriptor)
+        except (TypeError, ValueError) as exc:
+            raise UserError(str(exc)) from exc
+    return goals
 
 
 def read_image(path: Path) -> np.ndarray:
@@ -305,10 +318,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Path]]:
     """Do the work of :func:`main` for parsed ``args``; raises UserError on user errors."""
     if args.grid < 1:
         raise UserError(f"--grid must be >= 1, got {args.grid}")
-    try:
-        goals = make_goals(args.goals, args.task, parse_classes(args.classes))
-    except ValueError as exc:  # a label the codec cannot carry (e.g. '|' or '*' in it)
-        raise UserError(str(exc)) from exc
+    goals = make_goals(args.goals, args.task, parse_classes(args.classes), args.descriptor)
     image = read_image(args.image)
     _check_model_dir(args.model)
     refiner = load_sam(args)
