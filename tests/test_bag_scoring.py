@@ -81,6 +81,27 @@ def test_shape_mismatch_is_an_error_row_not_a_crash() -> None:
     assert scorer.summary()["scored_pairs"] == 0
 
 
+def test_each_pair_is_counted_once_for_global_and_per_goal_metrics(monkeypatch) -> None:
+    from text4seg_ros.metrics import MaskMetrics
+
+    calls = []
+    update = MaskMetrics.update
+    monkeypatch.setattr(
+        MaskMetrics, "update", lambda self, p, t: calls.append(1) or update(self, p, t)
+    )
+    scorer = Scorer([Goal("a", id="a")])
+    rgb = np.zeros((H, W, 3), np.uint8)
+    for i, (pred, gt) in enumerate([((0, 0, 10, 5), (0, 0, 10, 10)), ((2, 2, 6, 6), (3, 3, 9, 9))]):
+        scorer.add_frame(
+            Frame(i, i, "c", rgb, {"a": box_mask(*gt)}), {"a": Answer(box_mask(*pred))}
+        )
+    assert len(calls) == 2  # one pixel count per scored pair
+    s = scorer.summary()
+    assert s["per_goal"]["a"] == {k: s[k] for k in s["per_goal"]["a"]}
+    assert s["cIoU"] == pytest.approx((50 + 9) / (100 + 43))
+    assert s["gIoU"] == pytest.approx((0.5 + 9 / 43) / 2)
+
+
 def test_percentiles_and_montage_frames() -> None:
     p = percentiles([float(v) for v in range(1, 101)])
     assert p["p50"] == pytest.approx(50.5) and p["p99"] == pytest.approx(99.01)

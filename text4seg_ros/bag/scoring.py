@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 
 import numpy as np
 
@@ -214,8 +214,11 @@ class Scorer:
             )
             return
         goal_metrics, goal_rec = self.per_goal[goal.id]
-        row.iou = self.mask_metrics.update(pred, truth)
-        goal_metrics.update(pred, truth)
+        # Count the pair's pixels once and add the counts to the global and per-goal totals.
+        one = MaskMetrics()
+        row.iou = one.update(pred, truth)
+        _add_counts(self.mask_metrics, one)
+        _add_counts(goal_metrics, one)
         if not row.gt_empty:
             gt_box = tuple(row.gt_box)
             row.box_iou = box_iou(pred_box, gt_box)
@@ -241,6 +244,12 @@ class Scorer:
 
     def rows_as_dicts(self) -> list[dict]:
         return [asdict(r) for r in self.rows]
+
+
+def _add_counts(total: MaskMetrics, one: MaskMetrics) -> None:
+    """Add the counters of ``one`` to ``total`` (every MaskMetrics field is a sum)."""
+    for f in fields(MaskMetrics):
+        setattr(total, f.name, getattr(total, f.name) + getattr(one, f.name))
 
 
 def _box(box: tuple[int, int, int, int] | None) -> list[int] | None:
