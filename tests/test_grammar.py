@@ -261,3 +261,14 @@ def test_pieces_are_encoded_in_context(codec, request):
     assert codec.piece(codec.encode_piece(" *")[0]) == " *"
     sentencepiece = "sentencepiece" in request.node.callspec.id
     assert (codec.encode(text) != inside) == sentencepiece
+
+
+def test_codec_caches_only_short_texts(codec) -> None:
+    from text4seg_ros.descriptors.grammar_codec import CACHE_MAX_CHARS
+
+    long_text = "others *16\n " * 40
+    assert len(long_text) > CACHE_MAX_CHARS
+    first = codec.encode(long_text)
+    assert codec.encode(long_text) == first and long_text not in codec._encode_cache
+    codec.encode("cup *3")
+    assert "cup *3" in codec._encode_cache

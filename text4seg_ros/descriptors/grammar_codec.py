@@ -45,6 +45,10 @@ PROBES: tuple[str, ...] = (
 )
 
 
+# Longest text kept in the encode caches (labels are far shorter; descriptors far longer).
+CACHE_MAX_CHARS = 256
+
+
 class TokenCodec:
     """Canonical ``encode(text) -> token ids`` and in-context piece encoding of a tokenizer.
 
@@ -76,14 +80,19 @@ class TokenCodec:
                 break
 
     def encode(self, text: str) -> tuple[int, ...]:
-        """Token ids of the whole ``text`` without special tokens (cached)."""
+        """Token ids of the whole ``text`` without special tokens (cached when short).
+
+        Only texts up to :data:`CACHE_MAX_CHARS` are cached (separators, labels, digits): whole
+        descriptors encoded for checks would otherwise pile up for the life of a node.
+        """
         ids = self._encode_cache.get(text)
         if ids is None:
             if self._backend is not None:
                 ids = tuple(self._backend.encode(text, add_special_tokens=False).ids)
             else:
                 ids = tuple(self.tokenizer.encode(text, add_special_tokens=False))
-            self._encode_cache[text] = ids
+            if len(text) <= CACHE_MAX_CHARS:
+                self._encode_cache[text] = ids
         return ids
 
     def encode_piece(self, text: str) -> tuple[int, ...]:
@@ -100,7 +109,9 @@ class TokenCodec:
                     f"tokenizer merges tokens across descriptor separators: {text!r} merges "
                     f"with the text before it (anchor {self.anchor!r})"
                 )
-            ids = self._piece_cache[text] = whole[n:]
+            ids = whole[n:]
+            if len(text) <= CACHE_MAX_CHARS:
+                self._piece_cache[text] = ids
         return ids
 
     def _decode_raw(self, ids: Sequence[int]) -> str:
@@ -125,4 +136,4 @@ class TokenCodec:
         return text
 
 
-__all__ = ["ANCHORS", "PROBES", "TokenCodec"]
+__all__ = ["ANCHORS", "CACHE_MAX_CHARS", "PROBES", "TokenCodec"]
