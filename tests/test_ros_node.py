@@ -281,6 +281,17 @@ def test_parameters_are_validated_when_set_and_live_ones_apply(harness):
     assert [g.id for g in h.list_goals()] == ["a"]
 
 
+def test_diagnostics_period_set_before_configure_applies_on_configure(harness):
+    h = harness()  # the default period: 1 s
+    assert h.node._diag_timer.timer_period_ns == 1_000_000_000
+    h.node.set_parameters([rclpy.parameter.Parameter("diagnostics_period_s", value=0.1)])
+    h.start()
+    assert h.node._diag_timer.timer_period_ns == 100_000_000
+    n = len(h.diags)
+    time.sleep(1.0)
+    assert len(h.diags) - n >= 5, "about ten /diagnostics messages a second"
+
+
 def test_configure_fails_cleanly_without_a_model_and_the_node_stays_up():
     from rclpy.lifecycle import TransitionCallbackReturn
 

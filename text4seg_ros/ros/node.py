@@ -87,6 +87,8 @@ class PerceptionNode(LifecycleNode):
         self.image_flow = ImageFlowMonitor()
         self._last_seq: int | None = None
         self._log_times: dict[str, float] = {}
+        # /diagnostics runs in every state, so from construction on; on_configure restarts the
+        # timer when the validated diagnostics_period_s differs (non-live: read on configure).
         period = max(0.05, float(self.get_parameter("diagnostics_period_s").value))
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(period, self.publish_diagnostics)
@@ -95,6 +97,8 @@ class PerceptionNode(LifecycleNode):
 
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Validate parameters, load the model, create result publishers, goal inputs, services.
+
+        Also applies ``diagnostics_period_s`` (the /diagnostics timer runs in every state).
 
         Goals can be sent once configured (they wait for frames); FAILURE, with the reason
         logged and in /diagnostics, when a parameter is invalid or the model does not load.
@@ -108,6 +112,7 @@ class PerceptionNode(LifecycleNode):
             self.model_state = f"failed: {exc}"
             return TransitionCallbackReturn.FAILURE
         self.goals.max_goals = self.config.max_goals
+        self._set_diagnostics_period(self.config.diagnostics_period_s)
         self.model_state = "loading"
         t0 = time.monotonic()
         try:
@@ -350,6 +355,12 @@ class PerceptionNode(LifecycleNode):
         names = ", ".join(repr(e.goal.id) for e in retired)
         dropped = f"; one-shot goals {names} dropped" if retired else ""
         self._reject("goals_rejected", f"inference failed: {type(exc).__name__}: {exc}{dropped}")
+
+    def _set_diagnostics_period(self, period_s: float) -> None:
+        """Restart the /diagnostics timer with ``period_s`` seconds (if it differs)."""
+        if self._diag_timer.timer_period_ns != round(period_s * 1e9):
+            self.destroy_timer(self._diag_timer)
+            self._diag_timer = self.create_timer(period_s, self.publish_diagnostics)
 
     def _check_image_flow(self) -> str:
         """Warn once per episode (logged, counted) when a matched camera sends no frame.
