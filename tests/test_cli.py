@@ -395,3 +395,27 @@ def test_goal_the_model_cannot_be_asked_exits_2_before_loading(
     assert "goal 1" in err and "Traceback" not in err
     with pytest.raises(UserError, match="goal 0"):
         make_goals([text], "instances", (), "bsd")
+
+
+def test_lora_adapter_directory_as_model(tiny_llava, image_file, tmp_path) -> None:
+    """--model may name a LoRA adapter directory (adapter_config.json, no config.json) whose
+    base is a local directory: it runs like --model BASE --adapter ADAPTER."""
+    from peft import LoraConfig, get_peft_model
+
+    from text4seg_ros.model.loading import load_pretrained
+
+    base = load_pretrained(tiny_llava).model
+    lora = LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "v_proj"])
+    lora.init_lora_weights = False
+    adapter = tmp_path / "adapter"
+    get_peft_model(base, lora).save_pretrained(adapter)
+    cfg = json.loads((adapter / "adapter_config.json").read_text())
+    cfg["base_model_name_or_path"] = str(tiny_llava)
+    (adapter / "adapter_config.json").write_text(json.dumps(cfg))
+    assert not (adapter / "config.json").exists()
+    argv = [str(image_file), "the cup", "--grid", "4"]
+    assert main([*argv, "--model", str(adapter), "--out", str(tmp_path / "a")]) == 0
+    both = ["--model", str(tiny_llava), "--adapter", str(adapter), "--out", str(tmp_path / "b")]
+    assert main([*argv, *both]) == 0
+    a, b = (json.loads((tmp_path / d / "00_the-cup.json").read_text()) for d in "ab")
+    assert a["descriptor"] == b["descriptor"] and a["score"] == pytest.approx(b["score"])

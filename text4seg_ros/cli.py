@@ -66,7 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("image", type=Path, help="input image (any format Pillow reads)")
     p.add_argument("goals", nargs="+", help="one or more goals, e.g. 'the red mug'")
-    p.add_argument("--model", type=Path, required=True, help="model directory (Hugging Face)")
+    p.add_argument(
+        "--model",
+        type=Path,
+        required=True,
+        help="model directory (Hugging Face, or a LoRA adapter whose base is a local directory)",
+    )
     p.add_argument("--backbone", default=None, help="backbone name (default: from config.json)")
     p.add_argument(
         "--task",
@@ -275,10 +280,16 @@ def write_result(
 
 
 def _check_model_dir(path: Path) -> None:
+    """A model directory (``config.json``) or a LoRA adapter directory (``adapter_config.json``,
+    its base model named inside: :func:`~.model.loading.load_pretrained` loads both)."""
+    from .model.loading import is_adapter_dir
+
     if not path.is_dir():
         raise UserError(f"model directory not found: {path}")
-    if not (path / "config.json").is_file():
-        raise UserError(f"{path} is not a model directory: it has no config.json")
+    if not (path / "config.json").is_file() and not is_adapter_dir(path):
+        raise UserError(
+            f"{path} is not a model directory: it has no config.json (nor adapter_config.json)"
+        )
 
 
 def load_segmenter(args: argparse.Namespace, refiner: Any) -> Any:
