@@ -84,3 +84,15 @@ def test_ignore_index_and_shape_errors() -> None:
     assert miou.compute()["mIoU"] == 1.0
     with pytest.raises(ValueError, match="shape"):
         MaskMetrics().update(np.zeros((2, 2)), np.zeros((2, 3)))
+
+
+def test_merge_adds_every_count() -> None:
+    a, b, both = MaskMetrics(), MaskMetrics(), MaskMetrics()
+    for pred, target, acc in [
+        (masks((0, 0), (0, 1)), masks((0, 1)), a),
+        (masks(), masks(), b),
+        (masks((1, 1)), masks((1, 1), (2, 2)), b),
+    ]:
+        acc.update(pred, target)
+        both.update(pred, target)
+    assert a.merge(b) is a and a == both

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 
 import numpy as np
 
@@ -86,6 +86,12 @@ class MaskMetrics:
             self.target_queries += 1
             self.target_hits += not pred_empty
         return iou
+
+    def merge(self, other: MaskMetrics) -> MaskMetrics:
+        """Add another accumulator's counts to this one (every field is a sum); returns self."""
+        for f in fields(self):
+            setattr(self, f.name, getattr(self, f.name) + getattr(other, f.name))
+        return self
 
     @property
     def ciou(self) -> float:

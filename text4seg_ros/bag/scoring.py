@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
@@ -217,8 +217,8 @@ class Scorer:
         # Count the pair's pixels once and add the counts to the global and per-goal totals.
         one = MaskMetrics()
         row.iou = one.update(pred, truth)
-        _add_counts(self.mask_metrics, one)
-        _add_counts(goal_metrics, one)
+        self.mask_metrics.merge(one)
+        goal_metrics.merge(one)
         if not row.gt_empty:
             gt_box = tuple(row.gt_box)
             row.box_iou = box_iou(pred_box, gt_box)
@@ -244,12 +244,6 @@ class Scorer:
 
     def rows_as_dicts(self) -> list[dict]:
         return [asdict(r) for r in self.rows]
-
-
-def _add_counts(total: MaskMetrics, one: MaskMetrics) -> None:
-    """Add the counters of ``one`` to ``total`` (every MaskMetrics field is a sum)."""
-    for f in fields(MaskMetrics):
-        setattr(total, f.name, getattr(total, f.name) + getattr(one, f.name))
 
 
 def _box(box: tuple[int, int, int, int] | None) -> list[int] | None:
