@@ -277,3 +277,20 @@ def test_thousand_random_generations_are_valid(tmp_path):
                     assert parse_rrle(result.descriptor, names, 4).valid
                 checked += 1
     assert checked == 1000
+
+
+def test_sam_refiner_loads_in_the_models_dtype(tmp_path):
+    """refiner="sam" loads SAM in from_pretrained's dtype (it stayed float32 before)."""
+    from text4seg_ros.refine import SamRefiner
+    from text4seg_ros.refine.tiny import build_tiny_sam
+
+    path = build_tiny_model("llava", tmp_path / "m", seed=7)
+    sam = build_tiny_sam(tmp_path / "sam")
+    seg = Segmenter.from_pretrained(path, grid=4, dtype="bfloat16", refiner="sam", refiner_path=sam)
+    assert isinstance(seg.refiner, SamRefiner)
+    assert next(seg.refiner.backend.model.parameters()).dtype == torch.bfloat16
+    seg.set_image(IMAGE)
+    (result,) = seg.segment([Goal("cup")])
+    assert result.mask.shape == IMAGE.shape[:2] and result.mask.dtype == bool
+    plain = Segmenter.from_pretrained(path, grid=4, refiner="sam", refiner_path=sam)
+    assert next(plain.refiner.backend.model.parameters()).dtype == torch.float32

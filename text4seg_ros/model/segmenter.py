@@ -56,9 +56,12 @@ ENGINES: tuple[str, ...] = ("torch",)
 MAX_INSTANCES = 32
 
 
-def _load_refiner(refiner: Any, refiner_path: str | Path, device: str) -> Any:
-    """``None``/``"none"``: no refinement; ``"sam"``: SAM from ``refiner_path``; else an object
-    with ``refine(image, mask, box)`` (the :class:`~text4seg_ros.refine.Refiner` protocol)."""
+def _load_refiner(
+    refiner: Any, refiner_path: str | Path, device: str, dtype: str | torch.dtype = "float32"
+) -> Any:
+    """``None``/``"none"``: no refinement; ``"sam"``: SAM from ``refiner_path`` with weights in
+    ``dtype``; else an object with ``refine(image, mask, box)`` (the
+    :class:`~text4seg_ros.refine.Refiner` protocol)."""
     if refiner is None or refiner == "none":
         return None
     if refiner == "sam":
@@ -66,7 +69,7 @@ def _load_refiner(refiner: Any, refiner_path: str | Path, device: str) -> Any:
             raise ValueError("refiner='sam' needs refiner_path (a SAM directory or .pth file)")
         from ..refine import load_refiner
 
-        return load_refiner(refiner_path, device=str(device))
+        return load_refiner(refiner_path, device=str(device), dtype=dtype)
     if isinstance(refiner, str):
         raise ValueError(f"unknown refiner {refiner!r}; allowed: 'none', 'sam' or a Refiner")
     if not callable(getattr(refiner, "refine", None)):
@@ -175,8 +178,9 @@ class Segmenter:
         """Load a model (any layout of :mod:`.loading`) and wrap it.
 
         ``backbone``: registry name or None (from ``config.json``). ``refiner``: None/``"none"``,
-        ``"sam"`` (with ``refiner_path``) or a Refiner object. ``engine``: ``"torch"`` (the
-        reference engine; others are built by :mod:`text4seg_ros.engines`). ``options`` go to
+        ``"sam"`` (with ``refiner_path``; SAM's weights in ``dtype`` too) or a Refiner object.
+        ``engine``: ``"torch"`` (the reference engine; others are built by
+        :mod:`text4seg_ros.engines`). ``options`` go to
         :class:`Segmenter` (``bricks``, ``max_instances``, ``max_new_tokens``, ``system``...).
         """
         if engine not in ENGINES:
@@ -196,7 +200,7 @@ class Segmenter:
             loaded.processor,
             loaded.backbone,
             grid=grid,
-            refiner=_load_refiner(refiner, refiner_path, device),
+            refiner=_load_refiner(refiner, refiner_path, device, dtype),
             descriptor=descriptor,
             **options,
         )
