@@ -89,3 +89,47 @@ def test_frames_without_goals_are_skipped_and_errors_do_not_stop_the_thread():
     assert [r[0] for r in rec.results] == [2]
     assert [f.header for f in skipped] == [0], "frames with goals are not skipped"
     assert worker.stop(timeout=5)
+
+
+def test_frames_are_decoded_on_the_worker_only_when_taken_and_bad_ones_rejected():
+    model = ColourSegmenter()
+    model.gate = threading.Event()  # the model "runs" until the test opens the gate
+    book = GoalBook()
+    book.add(Goal("red", id="r"), standing=True)
+    rec = Recorder()
+    decoded, rejected = [], []
+    worker = InferenceWorker(
+        model, book, rec.on_result, rec.on_error, on_reject=lambda f, e: rejected.append(f.header)
+    )
+
+    def lazy(seq: int) -> Frame:
+        def decode() -> np.ndarray:
+            decoded.append(seq)
+            if seq == 9:
+                raise ValueError("bad image")
+            return make_frame(seq).rgb
+
+        return Frame(rgb=None, header=seq, received=time.monotonic(), decode=decode)
+
+    worker.start()
+    worker.submit(lazy(0))
+    assert model.entered.wait(5)
+    for seq in range(1, 6):  # 1..4 replaced in the mailbox while the model runs: never decoded
+        worker.submit(lazy(seq))
+    assert decoded == [0]
+    model.gate.set()
+    deadline = time.monotonic() + 5
+    while len(rec.results) < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [r[0] for r in rec.results] == [0, 5] and decoded == [0, 5]
+    worker.submit(lazy(9))
+    deadline = time.monotonic() + 5
+    while not rejected and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert rejected == [9] and rec.errors == []
+    worker.submit(lazy(10))  # the thread carries on after a bad image
+    deadline = time.monotonic() + 5
+    while len(rec.results) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [r[0] for r in rec.results] == [0, 5, 10]
+    assert worker.stop(timeout=5)

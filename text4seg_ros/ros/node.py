@@ -15,7 +15,8 @@ Topics (relative names; remap and namespace them at launch):
   namespace-level inputs (one goal stream may drive every node of a namespace; remap them to
   separate nodes).
 
-Inference runs on its own thread (:mod:`.worker`); callbacks only convert and enqueue.
+Inference runs on its own thread (:mod:`.worker`), which also converts the frames it takes
+(frames replaced by newer ones are never converted); callbacks only enqueue.
 """
 
 from __future__ import annotations
@@ -149,7 +150,12 @@ class PerceptionNode(LifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Start the inference thread, subscribe to the camera, enable the result publishers."""
         self.worker = InferenceWorker(
-            self.segmenter, self.goals, self._on_result, self._on_error, on_skip=self._on_skip
+            self.segmenter,
+            self.goals,
+            self._on_result,
+            self._on_error,
+            on_skip=self._on_skip,
+            on_reject=self._on_bad_image,
         )
         self.worker.start()
         self._last_seq = None
@@ -249,18 +255,14 @@ class PerceptionNode(LifecycleNode):
             self.stats.add("frames_missed", seq - last - 1)
 
     def _enqueue(self, header, convert: Callable) -> None:
+        """Hand the frame to the worker; it converts it (``convert``) only if it takes it."""
         received = time.monotonic()
         self.image_flow.frame(received)
         self.stats.add("frames_received")
         worker = self.worker
         if worker is None:
             return
-        try:
-            rgb = convert()
-        except ImageError as exc:
-            self._reject("images_rejected", f"image rejected: {exc}")
-            return
-        if worker.submit(Frame(rgb, header, received)):
+        if worker.submit(Frame(None, header, received, decode=convert)):
             self.stats.add("frames_dropped")
 
     def _on_goal(self, msg: GoalMsg) -> None:
@@ -345,6 +347,10 @@ class PerceptionNode(LifecycleNode):
         self.goals.answered(active)
         self.stats.add("goals_answered", len(active))
         self.stats.processed(latency)
+
+    def _on_bad_image(self, frame: Frame, exc: Exception) -> None:
+        detail = str(exc) if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
+        self._reject("images_rejected", f"image rejected: {detail}")
 
     def _on_skip(self, frame: Frame) -> None:
         self.stats.add("frames_skipped")

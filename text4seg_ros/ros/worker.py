@@ -3,12 +3,14 @@
 The camera callback puts each frame into :class:`LatestFrame`, which holds only the newest one:
 a frame that arrives before the previous one was taken replaces it (counted as dropped). So a
 model slower than the camera never builds a backlog, and what it answers is always the newest
-frame. :class:`InferenceWorker` takes frames, snapshots the active goals, runs the segmenter
-and hands the results to a callback (the node's publishers). ROS-free.
+frame. :class:`InferenceWorker` takes frames, decodes them (on its own thread: a replaced frame
+is never decoded), snapshots the active goals, runs the segmenter and hands the results to a
+callback (the node's publishers). ROS-free.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 import time
 from collections.abc import Callable
@@ -23,11 +25,16 @@ from .goals import ActiveGoal, GoalBook
 
 @dataclass
 class Frame:
-    """One camera frame: ``rgb`` is ``(H, W, 3)`` uint8 RGB; ``header`` is passed through."""
+    """One camera frame: ``rgb`` is ``(H, W, 3)`` uint8 RGB; ``header`` is passed through.
 
-    rgb: np.ndarray
+    ``rgb`` may be None with ``decode`` set: the worker calls ``decode()`` (returning the RGB
+    array, raising for a bad image) after taking the frame, so replaced frames cost nothing.
+    """
+
+    rgb: np.ndarray | None
     header: Any
     received: float  # time.monotonic() when the message arrived
+    decode: Callable[[], np.ndarray] | None = None
 
 
 class LatestFrame:
@@ -66,6 +73,7 @@ class LatestFrame:
 ResultCallback = Callable[[Frame, list[ActiveGoal], list[GoalResult], float], None]
 ErrorCallback = Callable[[Frame, list[ActiveGoal], BaseException], None]
 SkipCallback = Callable[[Frame], None]
+RejectCallback = Callable[[Frame, Exception], None]
 
 
 class InferenceWorker:
@@ -75,7 +83,8 @@ class InferenceWorker:
     with goals (``latency_s``: frame arrival to results ready); ``on_error(frame, goals, exc)``
     when the segmenter or ``on_result`` raised (the thread carries on). Frames that arrive
     while no goal is active are taken and skipped: nothing to answer; ``on_skip(frame)`` (if
-    given) reports each one (the node counts them as ``frames_skipped``).
+    given) reports each one (the node counts them as ``frames_skipped``). A frame whose
+    ``decode()`` raised is reported to ``on_reject(frame, exc)`` (if given) and not answered.
     """
 
     def __init__(
@@ -86,12 +95,14 @@ class InferenceWorker:
         on_error: ErrorCallback,
         name: str = "text4seg-inference",
         on_skip: SkipCallback | None = None,
+        on_reject: RejectCallback | None = None,
     ) -> None:
         self.segmenter = segmenter
         self.goals = goals
         self.on_result = on_result
         self.on_error = on_error
         self.on_skip = on_skip
+        self.on_reject = on_reject
         self.mailbox = LatestFrame()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name=name, daemon=True)
@@ -117,6 +128,13 @@ class InferenceWorker:
             frame = self.mailbox.take()
             if frame is None:
                 return
+            if frame.rgb is None:
+                try:
+                    frame = dataclasses.replace(frame, rgb=frame.decode(), decode=None)
+                except Exception as exc:  # noqa: BLE001  a bad image must not kill the thread
+                    if self.on_reject is not None:
+                        self.on_reject(frame, exc)
+                    continue
             active = self.goals.snapshot()
             if not active:
                 if self.on_skip is not None:
