@@ -108,6 +108,13 @@ def test_parser_defaults_and_options() -> None:
     assert args.refiner == Path("sam.pth") and args.out == Path("o")
 
 
+def test_dtype_choices_are_the_model_loaders() -> None:
+    from text4seg_ros.model.loading import DTYPES
+
+    (action,) = [a for a in build_parser()._actions if a.dest == "dtype"]
+    assert list(action.choices) == list(DTYPES)
+
+
 def test_goals_and_classes() -> None:
     assert parse_classes(" cup, table,,chair ") == ("cup", "table", "chair")
     goals = make_goals(["a cup", "the chair "], "gres", ())

@@ -214,6 +214,16 @@ def test_half_precision_weights(sam_dir, image, coarse) -> None:
         load_refiner(sam_dir, dtype="int8")
 
 
+def test_refiner_dtype_names_are_the_models(sam_dir) -> None:
+    """One dtype table: load_refiner takes what the model loader takes (``torch.`` names too)."""
+    from text4seg_ros.model.loading import DTYPES
+
+    for name, dtype in DTYPES.items():
+        for given in (name, f"torch.{name}", dtype):
+            ref = load_refiner(sam_dir, dtype=given)
+            assert next(ref.backend.model.parameters()).dtype == dtype
+
+
 def test_loader_errors(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match="does not exist"):
         load_refiner(tmp_path / "nope")

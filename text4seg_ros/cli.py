@@ -59,6 +59,8 @@ class UserError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``text4seg-segment``."""
+    from .model.loading import DTYPES
+
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Segment an image for language goals with a Text4Seg model "
@@ -93,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype",
         default="float32",
-        choices=["float32", "bfloat16", "float16"],
+        choices=list(DTYPES),
         help="weight dtype of the model and the refiner (half precision for GPUs)",
     )
     p.add_argument(

@@ -21,21 +21,6 @@ _EXPECTED = (
 )
 
 
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "bfloat16": torch.bfloat16,
-    "float16": torch.float16,
-}
-
-
-def _as_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    if isinstance(dtype, torch.dtype) and dtype in DTYPES.values():
-        return dtype
-    if isinstance(dtype, str) and dtype in DTYPES:
-        return DTYPES[dtype]
-    raise ValueError(f"dtype must be one of {tuple(DTYPES)}, got {dtype!r}")
-
-
 def load_refiner(
     path: str | Path,
     device: str = "cpu",
@@ -51,13 +36,16 @@ def load_refiner(
       (:func:`~.convert.sam_checkpoint_to_hf`); with ``"segment_anything"`` loaded into the
       official package's model (ImportError when that package is absent).
 
-    ``dtype`` (``float32``, ``bfloat16``, ``float16`` or a torch dtype) is the transformers
-    model's weight dtype (half precision is for GPUs; the segment_anything backend stays float32).
+    ``dtype`` (a name in :data:`~text4seg_ros.model.loading.DTYPES` or a torch dtype) is the
+    transformers model's weight dtype (half precision is for GPUs; the segment_anything backend
+    stays float32).
     Raises FileNotFoundError for a missing path and ValueError for a path that is neither.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    torch_dtype = _as_dtype(dtype)
+    from ..model.loading import as_dtype  # the one dtype table (imported here: it is heavy)
+
+    torch_dtype = as_dtype(dtype)
     path = Path(path)
     if not path.exists():
         raise FileNotFoundError(f"SAM refiner path {path} does not exist; expected {_EXPECTED}")
