@@ -136,3 +136,13 @@ def test_mask_logit_prompt_rejects_bad_input() -> None:
         mask_logit_prompt(np.zeros((4, 4), dtype=np.float32))
     with pytest.raises(ValueError, match="side"):
         mask_logit_prompt(np.zeros((4, 4), dtype=bool), 0)
+
+
+def test_one_image_check_for_the_segmenter_and_the_refiner() -> None:
+    from text4seg_ros.model import registry
+    from text4seg_ros.refine import prompts
+
+    assert registry.check_image is prompts.check_image
+    view = np.zeros((8, 12, 3), np.uint8)[:, ::2]  # a strided view: not C-contiguous
+    out = prompts.check_image(view)
+    assert out.flags.c_contiguous and np.array_equal(out, view)

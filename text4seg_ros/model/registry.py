@@ -47,24 +47,12 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
+from ..refine.prompts import check_image
 from .processors import PROCESSOR_CLASSES
 from .tokenizer import LLAVA_SYSTEM
 
 DecodeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, Any]]
 CHATML_SYSTEM = "You are a helpful assistant."
-
-
-def check_image(image: np.ndarray) -> np.ndarray:
-    """Validate an ``(H, W, 3)`` ``uint8`` RGB frame; return it C-contiguous."""
-    if not isinstance(image, np.ndarray):
-        raise TypeError(
-            f"image must be a numpy array (H, W, 3) uint8 RGB, got {type(image).__name__}"
-        )
-    if image.dtype != np.uint8:
-        raise TypeError(f"image must be uint8 RGB (H, W, 3), got dtype {image.dtype}")
-    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"image must have shape (H, W, 3) RGB, got {image.shape}")
-    return np.ascontiguousarray(image)
 
 
 @dataclass
