@@ -103,9 +103,14 @@ def test_goal_services_are_private_so_two_nodes_share_a_namespace(make_harness):
     try:
         for h in (a, b):
             assert h.client.transition(h.fqn, "configure")
-        names = dict(a.client.node.get_service_names_and_types())
-        assert f"{a.ns}/seg_a/list_goals" in names and f"{a.ns}/seg_b/clear_goals" in names
-        assert f"{a.ns}/list_goals" not in names, "no namespace-level service left"
+        # the graph is learnt through discovery: wait until both nodes' services are seen
+        wanted = {f"{a.ns}/seg_a/list_goals", f"{a.ns}/seg_b/clear_goals"}
+
+        def services() -> dict:
+            return dict(a.client.node.get_service_names_and_types())
+
+        assert wait_for(lambda: wanted <= set(services()), 10), sorted(services())
+        assert f"{a.ns}/list_goals" not in services(), "no namespace-level service left"
         # one goal stream for the namespace reaches both nodes; each lists its own book
         assert wait_for(lambda: a.goals.get_subscription_count() == 2, 10)
         a.goals.publish(Goal(id="mug", text="red mug", standing=True))
