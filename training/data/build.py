@@ -8,6 +8,7 @@ Sources::
     semantic    open vocabulary from label-map PNGs (ADE20K / COCO-Stuff layout)
     labelmaps   write COCO instances as ADE-style label-map PNGs (0 = others) + class list
     synthetic   coloured-shape scenes (images written next to the JSONL)
+    tabletop    tabletop scenes with every goal kind (training.data.tabletop; seeds = split)
 
 Every source takes ``--grid`` (G) and ``--method`` (``center`` = the official sampling,
 ``area`` = majority vote per cell) and ``--seed`` (question templates, crops, distractors).
@@ -30,6 +31,8 @@ from .refer import REFER_DATASETS, build_refer, load_refs
 from .sample import write_jsonl
 from .semantic import build_open_vocab, pair_folders
 from .synthetic import build_synthetic
+from .tabletop import GOAL_KINDS
+from .tabletop_samples import build_tabletop
 
 
 def _common(p: argparse.ArgumentParser, grid: int) -> None:
@@ -78,7 +81,30 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--n-images", type=int, default=100)
     p.add_argument("--size", type=int, default=64, help="square image side in pixels")
     _common(p, 16)
+    p = sub.add_parser("tabletop", help="tabletop scenes, every goal kind (the demo model)")
+    p.add_argument("--split", choices=("train", "heldout"), default="train")
+    p.add_argument("--first", type=int, default=0, help="index of the first scene")
+    p.add_argument("--n-images", type=int, default=100)
+    p.add_argument("--size", type=int, default=128, help="square image side in pixels")
+    p.add_argument("--objects", default="2,6", help="min,max objects per scene")
+    p.add_argument("--goals-per-scene", type=int, default=None, help="draw at most N goals")
+    p.add_argument(
+        "--weights",
+        default="",
+        help=f"kind=weight,... for the goal draw (kinds: {','.join(GOAL_KINDS)}; 0 drops one)",
+    )
+    _common(p, 16)
     return ap
+
+
+def _weights(text: str) -> dict[str, float]:
+    out = {}
+    for item in filter(None, (t.strip() for t in text.split(","))):
+        kind, _, value = item.partition("=")
+        if kind not in GOAL_KINDS or not value:
+            raise SystemExit(f"--weights: bad item {item!r} (kinds: {', '.join(GOAL_KINDS)})")
+        out[kind] = float(value)
+    return out
 
 
 def write_label_maps(coco: CocoInstances, out_dir: Path) -> Path:
@@ -104,7 +130,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     rng = random.Random(args.seed)
     kw = {"grid": args.grid, "method": args.method}
-    if args.source == "synthetic":
+    if args.source == "tabletop":
+        lo, hi = (int(v) for v in args.objects.split(","))
+        weights = _weights(args.weights)
+        samples = build_tabletop(
+            args.out.parent,
+            args.n_images,
+            args.first,
+            args.split,
+            (args.size, args.size),
+            n_objects=(lo, hi),
+            goals_per_scene=args.goals_per_scene,
+            kinds=[k for k in GOAL_KINDS if weights.get(k, 1.0) > 0],
+            weights=weights,
+            **kw,
+        )
+    elif args.source == "synthetic":
         samples = build_synthetic(
             args.out.parent, args.n_images, args.seed, (args.size, args.size), **kw
         )
