@@ -1,6 +1,7 @@
 """ament_python package text4seg_ros (also installable with pip for the ROS-free core)."""
 
 from glob import glob
+from pathlib import Path
 
 from setuptools import find_packages, setup
 
@@ -15,6 +16,8 @@ setup(
         (f"share/{PACKAGE}", ["package.xml"]),
         (f"share/{PACKAGE}/launch", glob("launch/*.launch.py")),
         (f"share/{PACKAGE}/config", glob("config/*.yaml") + glob("config/*.xml")),
+        # the shipped demo model, the default model (text4seg_ros.model.meta)
+        (f"share/{PACKAGE}/models/demo", [p for p in glob("models/demo/*") if Path(p).is_file()]),
     ],
     package_data={"training": ["configs/*.json"]},
     python_requires=">=3.10",

@@ -3,7 +3,9 @@
     ros2 launch text4seg_ros perception.launch.py model_path:=/models/text4seg \\
         image:=/camera/color/image_raw namespace:=arm_camera
 
-Arguments: ``params_file`` (default: the package's config/perception.yaml), ``model_path``,
+Arguments: ``params_file`` (default: the package's config/perception.yaml), ``model_path``
+(default empty: the params file's ``model_path``, whose empty default is the shipped demo model
+``share/text4seg_ros/models/demo``),
 ``image`` (the camera topic the node's ``image`` input is remapped to; ``image/compressed``
 goes to ``<image>/compressed``, what the node reads with ``compressed: true``), ``namespace``,
 ``use_sim_time``, ``autostart`` (configure then activate; false leaves the node unconfigured
@@ -54,7 +56,10 @@ def generate_launch_description() -> LaunchDescription:
             description="YAML file with the node's parameters",
         ),
         DeclareLaunchArgument(
-            "model_path", default_value="", description="Model directory (overrides params_file)"
+            "model_path",
+            default_value="",
+            description="Model directory (overrides params_file); empty: the params file's, "
+            "whose default is the shipped demo model (models/demo)",
         ),
         DeclareLaunchArgument(
             "image",

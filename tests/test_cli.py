@@ -67,7 +67,7 @@ def _result(mask: np.ndarray, text: str = "the red mug", **kw) -> GoalResult:
 def test_parser_defaults_and_options() -> None:
     args = build_parser().parse_args(["img.jpg", "the cup", "a chair", "--model", "m"])
     assert args.goals == ["the cup", "a chair"] and args.model == Path("m")
-    assert args.task == "res" and args.grid == 16 and args.device == "cpu"
+    assert args.task == "res" and args.grid is None and args.device == "cpu"  # None: model's
     assert args.refiner is None and args.refine_prompt == "points" and args.backbone is None
     assert (args.dtype, args.descriptor, args.adapter, args.vision_tower) == (
         "float32",
@@ -151,9 +151,35 @@ def test_bad_options_exit_2(image_file, model_dir, capsys, argv_tail, message) -
     assert message in err and "Traceback" not in err
 
 
-def test_missing_model_option_exits_2(image_file, capsys) -> None:
+def test_without_model_option_the_shipped_model_is_used_or_named_missing(
+    image_file, tmp_path, monkeypatch, capsys
+) -> None:
+    from text4seg_ros.model import meta
+
+    monkeypatch.setattr(meta, "demo_model_candidates", lambda: [tmp_path / "models" / "demo"])
     assert main([str(image_file), "cup"]) == 2
-    assert "--model" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "shipped demo model is missing" in err and str(tmp_path / "models" / "demo") in err
+    assert "Traceback" not in err
+
+
+def test_without_model_and_grid_the_shipped_model_answers_at_its_grid(
+    tiny_llava, image_file, tmp_path, monkeypatch
+) -> None:
+    """No --model: the demo model (here a tiny one put where the package looks); no --grid: the
+    grid of its text4seg.json (4), so the descriptor has 4 rows."""
+    import shutil
+
+    from text4seg_ros.model import meta
+
+    demo = tmp_path / "share" / "text4seg_ros" / "models" / "demo"
+    shutil.copytree(tiny_llava, demo)
+    meta.write_meta(demo, grid=4)
+    monkeypatch.setattr(meta, "demo_model_candidates", lambda: [tmp_path / "src", demo])
+    assert main([str(image_file), "the cup", "--out", str(tmp_path / "out")]) == 0
+    record = json.loads((tmp_path / "out" / "00_the-cup.json").read_text())
+    mask = np.asarray(Image.open(tmp_path / "out" / "00_the-cup.mask.png")) == 255
+    assert np.array_equal(mask, decode_mask(record["descriptor"], "the cup", (48, 64), 4))
 
 
 def test_missing_and_unreadable_image(tmp_path, model_dir, capsys) -> None:

@@ -313,3 +313,12 @@ def test_real_launch_starts_the_node_when_launch_ros_is_installed(installed_pref
     service = LaunchService(argv=["model_path:=/nonexistent", "autostart:=false"])
     service.include_launch_description(description)
     assert service.run() == 0
+
+
+def test_install_layout_links_the_shipped_demo_model_where_the_node_looks(installed_prefix):
+    """The node's default model (empty model_path) is found through the ament share folder."""
+    from text4seg_ros.model import meta
+
+    link = installed_prefix / "share" / "text4seg_ros" / "models" / "demo"
+    assert link.is_symlink() and link.resolve() == (REPO / "models" / "demo").resolve()
+    assert link in meta.demo_model_candidates()

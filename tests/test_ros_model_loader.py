@@ -36,8 +36,28 @@ def test_load_segmenter_passes_the_model_parameters_to_from_pretrained(tmp_path,
     assert calls[-1][1]["backbone"] == "qwen2-vl"
 
 
-def test_load_segmenter_refuses_a_missing_model_directory(tmp_path):
-    with pytest.raises(ValueError, match="model_path is empty"):
+def test_grid_0_means_the_models_grid_and_empty_model_path_the_shipped_model(tmp_path, monkeypatch):
+    from text4seg_ros.model import meta
+    from text4seg_ros.model.segmenter import Segmenter
+
+    calls = []
+    monkeypatch.setattr(
+        Segmenter, "from_pretrained", staticmethod(lambda p, **kw: calls.append((p, kw)))
+    )
+    demo = tmp_path / "share" / "text4seg_ros" / "models" / "demo"
+    demo.mkdir(parents=True)
+    (demo / "config.json").write_text("{}")
+    monkeypatch.setattr(meta, "demo_model_candidates", lambda: [tmp_path / "src", demo])
+    load_segmenter(NodeConfig())  # the defaults: model_path "" and grid 0
+    ((path, kwargs),) = calls
+    assert path == str(demo) and kwargs["grid"] is None  # None: from_pretrained reads the model
+
+
+def test_load_segmenter_refuses_a_missing_model_directory(tmp_path, monkeypatch):
+    from text4seg_ros.model import meta
+
+    monkeypatch.setattr(meta, "demo_model_candidates", lambda: [tmp_path / "models" / "demo"])
+    with pytest.raises(ValueError, match="model_path is empty and .*demo model is missing"):
         load_segmenter(NodeConfig(model_path=""))
     with pytest.raises(ValueError, match="is not a directory"):
         load_segmenter(NodeConfig(model_path=str(tmp_path / "nope")))

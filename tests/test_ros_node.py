@@ -297,10 +297,14 @@ def test_diagnostics_period_set_before_configure_applies_on_configure(harness):
     assert len(h.diags) - n >= 5, "about ten /diagnostics messages a second"
 
 
-def test_configure_fails_cleanly_without_a_model_and_the_node_stays_up():
+def test_configure_fails_cleanly_without_a_model_and_the_node_stays_up(tmp_path, monkeypatch):
     from rclpy.lifecycle import TransitionCallbackReturn
 
+    from text4seg_ros.model import meta
     from text4seg_ros.ros.model_loader import load_segmenter
+
+    # No model_path and no shipped demo model where the node looks for one.
+    monkeypatch.setattr(meta, "demo_model_candidates", lambda: [tmp_path / "no_demo"])
 
     ctx = Context()
     rclpy.init(context=ctx, domain_id=DOMAIN_ID)
@@ -308,6 +312,7 @@ def test_configure_fails_cleanly_without_a_model_and_the_node_stays_up():
         node = PerceptionNode(segmenter_factory=load_segmenter, context=ctx, namespace="/nomodel")
         assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
         assert node.model_state.startswith("failed: parameter model_path is empty")
+        assert "shipped demo model is missing" in node.model_state
         node.set_parameters([rclpy.parameter.Parameter("model_path", value="/no/such/dir")])
         assert node.trigger_configure() == TransitionCallbackReturn.FAILURE
         assert "is not a directory" in node.model_state

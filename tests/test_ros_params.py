@@ -30,7 +30,8 @@ def test_defaults_validate():
         ("engine", "magic", "unknown engine 'magic'; allowed: torch"),
         ("device", "gpu", "'cpu', 'cuda' or 'cuda:N'"),
         ("dtype", "int4", "allowed: float32, float16, bfloat16"),
-        ("grid", 1, r"outside \[2, 64\]"),
+        ("grid", 1, "0 \\(the model's grid\\) or 2..64"),
+        ("grid", 65, r"outside \[0, 64\]"),
         ("grid", "16", "must be int"),
         ("descriptor", "rle", "allowed: isd, bsd"),
         ("refiner", "crf", "allowed: none, sam"),
@@ -59,7 +60,7 @@ def test_ints_are_accepted_for_floats():
 def test_descriptors_carry_ranges_and_choices():
     grid = SPECS["grid"].descriptor("grid")
     assert grid.name == "grid" and grid.description
-    assert (grid.integer_range[0].from_value, grid.integer_range[0].to_value) == (2, 64)
+    assert (grid.integer_range[0].from_value, grid.integer_range[0].to_value) == (0, 64)
     thr = SPECS["score_threshold"].descriptor("score_threshold")
     assert thr.floating_point_range[0].to_value == 1.0
     assert "torch" in SPECS["engine"].descriptor("engine").additional_constraints

@@ -2,13 +2,15 @@
 
 Usage::
 
-    text4seg-segment IMAGE "goal" ["goal" ...] --model DIR [--backbone NAME]
-        [--task res|gres|rec|open_vocab|instances|reason] [--classes a,b,...] [--grid 16]
+    text4seg-segment IMAGE "goal" ["goal" ...] [--model DIR] [--backbone NAME]
+        [--task res|gres|rec|open_vocab|instances|reason] [--classes a,b,...] [--grid G]
         [--refiner PATH] [--refine-prompt points|box] [--out DIR] [--device cpu]
         [--dtype float32|bfloat16|float16] [--descriptor isd|bsd] [--adapter DIR]
         [--vision-tower DIR]
 
-For goal ``i`` (0-based, in the order given) it writes into ``--out`` (created):
+Without ``--model`` the shipped demo model (``models/demo`` of the package) answers; without
+``--grid`` the model's own grid (its ``text4seg.json``, else 16). For goal ``i`` (0-based, in
+the order given) it writes into ``--out`` (created):
 
 * ``NN_<slug>.mask.png``: the mask, mono8, 0 = background, 255 = goal (image size);
 * ``NN_<slug>.overlay.png``: the image with the mask tinted and the box drawn (RGB);
@@ -35,6 +37,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
 
 from .model.answers import plan_goal
+from .model.meta import resolve_model
 from .model.types import Goal, GoalResult
 from .prompts import Task
 
@@ -71,8 +74,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model",
         type=Path,
-        required=True,
-        help="model directory (Hugging Face, or a LoRA adapter whose base is a local directory)",
+        default=None,
+        help="model directory (Hugging Face, or a LoRA adapter whose base is a local directory); "
+        "default: the shipped demo model (models/demo)",
     )
     p.add_argument("--backbone", default=None, help="backbone name (default: from config.json)")
     p.add_argument(
@@ -82,7 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="goal kind for every goal (default: res)",
     )
     p.add_argument("--classes", default="", help="comma-separated class list (open_vocab)")
-    p.add_argument("--grid", type=int, default=16, help="descriptor grid size G (default 16)")
+    p.add_argument(
+        "--grid",
+        type=int,
+        default=None,
+        help="descriptor grid size G (default: the model's, from its text4seg.json, else 16)",
+    )
     p.add_argument("--refiner", type=Path, default=None, help="SAM directory or sam_vit_*.pth")
     p.add_argument(
         "--refine-prompt",
@@ -329,10 +338,14 @@ def load_sam(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> list[dict[str, Path]]:
     """Do the work of :func:`main` for parsed ``args``; raises UserError on user errors."""
-    if args.grid < 1:
+    if args.grid is not None and args.grid < 1:
         raise UserError(f"--grid must be >= 1, got {args.grid}")
     goals = make_goals(args.goals, args.task, parse_classes(args.classes), args.descriptor)
     image = read_image(args.image)
+    try:
+        args.model = resolve_model(args.model)
+    except FileNotFoundError as exc:
+        raise UserError(str(exc)) from None
     _check_model_dir(args.model)
     refiner = load_sam(args)
     segmenter = load_segmenter(args, refiner)

@@ -2,7 +2,7 @@
 
 Like segment-anything's ``SamPredictor``::
 
-    seg = Segmenter.from_pretrained("models/demo")          # backbone read from config.json
+    seg = Segmenter.from_pretrained("models/demo")  # backbone: config.json; grid: text4seg.json
     seg.set_image(frame)                                    # (H, W, 3) uint8 RGB, encoded once
     results = seg.segment([Goal("red mug"), Goal("chair", Task.INSTANCES)])
 
@@ -45,6 +45,7 @@ from .answers import (
     to_result,
 )
 from .loading import as_dtype, load_pretrained
+from .meta import META_FILE, model_grid, resolve_grid
 from .registry import Backbone, Prefix, check_image, get_backbone
 from .types import Goal, GoalResult, Timings
 
@@ -164,7 +165,7 @@ class Segmenter:
         backbone: str | None = None,
         device: str = "cpu",
         dtype: str | torch.dtype = "float32",
-        grid: int = 16,
+        grid: int | None = None,
         refiner: Any = None,
         refiner_path: str | Path = "",
         descriptor: str = "isd",
@@ -177,7 +178,9 @@ class Segmenter:
     ) -> Segmenter:
         """Load a model (any layout of :mod:`.loading`) and wrap it.
 
-        ``backbone``: registry name or None (from ``config.json``). ``refiner``: None/``"none"``,
+        ``backbone``: registry name or None (from ``config.json``). ``grid``: None uses the
+        model's own grid (``text4seg.json``, :mod:`.meta`; 16 without one); a grid that differs
+        from the model's is used as given, with a warning. ``refiner``: None/``"none"``,
         ``"sam"`` (with ``refiner_path``; SAM's weights in ``dtype`` too) or a Refiner object.
         ``engine``: ``"torch"`` (the reference engine; others are built by
         :mod:`text4seg_ros.engines`). ``options`` go to
@@ -185,6 +188,14 @@ class Segmenter:
         """
         if engine not in ENGINES:
             raise ValueError(f"engine {engine!r} not available here; allowed: {', '.join(ENGINES)}")
+        trained = model_grid(path)
+        if grid is not None and trained is not None and grid != trained:
+            warnings.warn(
+                f"grid {grid} differs from the grid {trained} model {path} was trained with "
+                f"({META_FILE}); its answers will not fit the grid",
+                stacklevel=2,
+            )
+        grid = resolve_grid(path, grid)
         loaded = load_pretrained(
             path,
             backbone=backbone or None,

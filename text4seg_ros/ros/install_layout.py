@@ -6,7 +6,9 @@ executable="perception_node")`` to ``<prefix>/lib/text4seg_ros/perception_node``
 that holds the ament index marker ``share/ament_index/resource_index/packages/text4seg_ros``,
 and ``FindPackageShare("text4seg_ros")`` to ``<prefix>/share/text4seg_ros``. This writes that
 layout (what ``colcon build --symlink-install`` would) with symlinks into the source tree and to
-the console script, so edits to launch/config files take effect without reinstalling::
+the console script, so edits to launch/config files take effect without reinstalling. The
+shipped demo model ``models/demo`` is linked to ``share/text4seg_ros/models/demo`` (the node's
+default model, see :mod:`text4seg_ros.model.meta`) whether or not it is built yet::
 
     python -m text4seg_ros.ros.install_layout .venv
 
@@ -51,6 +53,9 @@ def install_layout(prefix: Path, repo: Path = REPO, bin_dir: Path | None = None)
         for src in sorted((repo / folder).glob(pattern)):
             _link(src, share / folder / src.name)
             made.append(share / folder / src.name)
+    # The folder is linked even before `make demo-model` wrote it: the link then resolves.
+    _link(repo / "models" / "demo", share / "models" / "demo")
+    made.append(share / "models" / "demo")
     for name in EXECUTABLES:
         script = bin_dir / name
         if not (script.is_file() and os.access(script, os.X_OK)):

@@ -2,25 +2,28 @@
 
 ``Segmenter.from_pretrained`` receives the path and the model parameters (``backbone``,
 ``device``, ``dtype``, ``grid``, ``descriptor``, ``engine``, ``refiner``, ``refiner_path``); an
-empty ``backbone`` is left out (the Segmenter reads it from the model config). Unusable values
-raise there (e.g. an engine that is not available).
+empty ``backbone`` is left out (the Segmenter reads it from the model config), ``grid`` 0 becomes
+the model's own grid (``text4seg.json``, see :mod:`text4seg_ros.model.meta`) and an empty
+``model_path`` the shipped demo model. Unusable values raise there (e.g. an engine that is not
+available).
 """
 
 from __future__ import annotations
 
 import gc
 import sys
-from pathlib import Path
 
+from ..model.meta import resolve_model
 from ..model.types import SegmenterLike
 from .params import NodeConfig
 
 
 def load_segmenter(config: NodeConfig) -> SegmenterLike:
     """``Segmenter.from_pretrained(config.model_path, ...)``; ValueError for unusable settings."""
-    if not config.model_path:
-        raise ValueError("parameter model_path is empty: set it to a model directory")
-    path = Path(config.model_path).expanduser()
+    try:
+        path = resolve_model(config.model_path)
+    except FileNotFoundError as exc:
+        raise ValueError(f"parameter model_path is empty and {exc}") from None
     if not path.is_dir():
         raise ValueError(f"model_path {str(path)!r} is not a directory")
     from ..model.segmenter import Segmenter  # heavy (torch, transformers): imported on configure
@@ -30,7 +33,7 @@ def load_segmenter(config: NodeConfig) -> SegmenterLike:
         backbone=config.backbone or None,
         device=config.device,
         dtype=config.dtype,
-        grid=config.grid,
+        grid=config.grid or None,
         descriptor=config.descriptor,
         engine=config.engine,
         refiner=config.refiner,

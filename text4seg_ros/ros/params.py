@@ -35,7 +35,7 @@ class NodeConfig:
     engine: str = "torch"
     device: str = "cpu"
     dtype: str = "float32"
-    grid: int = 16
+    grid: int = 0  # 0: the model's grid (text4seg.json), 16 when it names none
     descriptor: str = "isd"
     refiner: str = "none"
     refiner_path: str = ""
@@ -101,15 +101,25 @@ def _check_device(value: str) -> str | None:
     return f"device must be 'cpu', 'cuda' or 'cuda:N', got {value!r}"
 
 
+def _check_grid(value: int) -> str | None:
+    return "grid must be 0 (the model's grid) or 2..64, got 1" if value == 1 else None
+
+
 SPECS: dict[str, ParamSpec] = {
-    "model_path": ParamSpec("Model directory (HF layout or base + LoRA); required to configure"),
+    "model_path": ParamSpec(
+        "Model directory (HF layout or base + LoRA); empty: the shipped demo model (models/demo)"
+    ),
     "backbone": ParamSpec(
         "Backbone name (qwen2_vl, llava, internvl); empty: from the model config"
     ),
     "engine": ParamSpec("Decode engine", choices=ENGINES_AVAILABLE, check=_check_engine),
     "device": ParamSpec("Torch device: cpu, cuda or cuda:N", check=_check_device),
     "dtype": ParamSpec("Model weights dtype", choices=DTYPES),
-    "grid": ParamSpec("Descriptor grid size G (G x G cells)", int_range=(2, 64)),
+    "grid": ParamSpec(
+        "Descriptor grid size G (G x G cells); 0: the model's own grid (text4seg.json, else 16)",
+        int_range=(0, 64),
+        check=_check_grid,
+    ),
     "descriptor": ParamSpec(
         "Descriptor kind: isd (image-wise) or bsd (box-wise)", choices=DESCRIPTORS
     ),

@@ -1,0 +1,100 @@
+"""What a model directory says about itself beyond ``config.json``, and where the shipped model is.
+
+``text4seg.json`` (optional, in the model directory) holds the Text4Seg settings the model was
+trained with, at least ``{"grid": G}``: the descriptor grid size G (G x G cells). A model
+answers well only at its training grid, so the Segmenter, the node and the CLIs use it whenever
+no grid is given explicitly (the node: parameter ``grid`` 0). Without the file the grid is
+:data:`DEFAULT_GRID` (the paper's 16).
+
+The shipped demo model is ``models/demo`` of the package: in the source tree (``pip install
+-e .``, a clone) or in the ament share folder (``<prefix>/share/text4seg_ros/models/demo``,
+written by ``colcon build`` or :mod:`text4seg_ros.ros.install_layout`).
+:func:`resolve_model` turns an empty model argument into that path, with a clear error when the
+model is not there. ROS-free and torch-free.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+META_FILE = "text4seg.json"
+DEFAULT_GRID = 16
+GRID_RANGE = (2, 64)  # the node's accepted range; a grid outside it is refused here too
+PACKAGE = "text4seg_ros"
+DEMO_MODEL = Path("models") / "demo"
+REPO = Path(__file__).resolve().parents[2]  # the source tree (an editable install points here)
+
+
+def read_meta(model_dir: str | Path) -> dict[str, Any]:
+    """The object in ``model_dir/text4seg.json`` ({} when the file does not exist).
+
+    Raises ``ValueError`` when the file is not a JSON object or its ``grid`` is not an int in
+    :data:`GRID_RANGE`.
+    """
+    path = Path(model_dir) / META_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    if not isinstance(meta, dict):
+        raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")
+    grid = meta.get("grid")
+    if grid is not None:
+        lo, hi = GRID_RANGE
+        if isinstance(grid, bool) or not isinstance(grid, int) or not lo <= grid <= hi:
+            raise ValueError(f"{path}: grid must be an int in [{lo}, {hi}], got {grid!r}")
+    return meta
+
+
+def model_grid(model_dir: str | Path) -> int | None:
+    """The grid ``model_dir`` was trained with (``text4seg.json``), or None when it says none."""
+    return read_meta(model_dir).get("grid")
+
+
+def resolve_grid(model_dir: str | Path, grid: int | None) -> int:
+    """``grid`` when given (an int >= 1), else the model's grid, else :data:`DEFAULT_GRID`."""
+    if grid is not None:
+        return grid
+    found = model_grid(model_dir)
+    return DEFAULT_GRID if found is None else found
+
+
+def write_meta(model_dir: str | Path, **fields: Any) -> Path:
+    """Write ``fields`` (e.g. ``grid=16``) to ``model_dir/text4seg.json``; returns the path."""
+    path = Path(model_dir) / META_FILE
+    path.write_text(json.dumps(fields, indent=1, sort_keys=True) + "\n")
+    read_meta(model_dir)  # refuse to leave a file the loaders would reject
+    return path
+
+
+def demo_model_candidates() -> list[Path]:
+    """Where the shipped demo model may be, in search order: the source tree, then the share
+    folder of this interpreter's prefix and of every ``AMENT_PREFIX_PATH`` entry."""
+    prefixes = [sys.prefix, *os.environ.get("AMENT_PREFIX_PATH", "").split(os.pathsep)]
+    shares = [Path(p) / "share" / PACKAGE / DEMO_MODEL for p in prefixes if p]
+    return list(dict.fromkeys([REPO / DEMO_MODEL, *shares]))
+
+
+def default_model_dir() -> Path:
+    """The shipped demo model's directory; FileNotFoundError naming the places searched."""
+    for path in demo_model_candidates():
+        if (path / "config.json").is_file():
+            return path
+    searched = ", ".join(str(p) for p in demo_model_candidates())
+    raise FileNotFoundError(
+        f"no model given and the shipped demo model is missing (searched {searched}); "
+        "pass a model directory, or build it with `make demo-model`"
+    )
+
+
+def resolve_model(model: str | Path | None) -> Path:
+    """``model`` as a path, or the shipped demo model when ``model`` is None or empty."""
+    if model is None or not str(model).strip():
+        return default_model_dir()
+    return Path(model).expanduser()
