@@ -29,6 +29,7 @@ from typing import Any
 import torch
 from transformers import PreTrainedModel
 
+from ..checks import DTYPE_NAMES, as_dtype
 from .processors import load_processor
 from .registry import Backbone, detect_backbone, get_backbone
 
@@ -41,11 +42,8 @@ WEIGHT_FILES: tuple[str, ...] = (
 TOKENIZER_FILES: tuple[str, ...] = ("tokenizer.json", "tokenizer.model", "tokenizer_config.json")
 PROCESSOR_FILES: tuple[str, ...] = ("processor_config.json", "preprocessor_config.json")
 ADAPTER_WEIGHTS: tuple[str, ...] = ("adapter_model.safetensors", "adapter_model.bin")
-DTYPES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "float16": torch.float16,
-    "bfloat16": torch.bfloat16,
-}
+# The one dtype table (names in text4seg_ros.checks.DTYPE_NAMES), as torch dtypes.
+DTYPES: dict[str, torch.dtype] = {name: as_dtype(name) for name in DTYPE_NAMES}
 LAYOUTS: tuple[str, ...] = ("hf", "lora", "llava_original")
 
 
@@ -59,17 +57,6 @@ class LoadedModel:
     path: Path
     layout: str  # one of LAYOUTS
     adapter: Path | None = None
-
-
-def as_dtype(dtype: str | torch.dtype) -> torch.dtype:
-    """``torch.dtype`` from a name (``float32``, ``float16``, ``bfloat16``) or a dtype."""
-    if isinstance(dtype, torch.dtype):
-        if dtype not in DTYPES.values():
-            raise ValueError(f"dtype {dtype} not supported; allowed: {', '.join(DTYPES)}")
-        return dtype
-    if isinstance(dtype, str) and dtype.removeprefix("torch.") in DTYPES:
-        return DTYPES[dtype.removeprefix("torch.")]
-    raise ValueError(f"unknown dtype {dtype!r}; allowed: {', '.join(DTYPES)}")
 
 
 def read_config(path: Path) -> dict[str, Any]:

@@ -47,7 +47,7 @@ from transformers import (
     Qwen2VLForConditionalGeneration,
 )
 
-from ..refine.prompts import check_image
+from ..checks import check_image
 from .processors import PROCESSOR_CLASSES
 from .tokenizer import LLAVA_SYSTEM
 

@@ -8,6 +8,7 @@ from typing import Literal
 
 import torch
 
+from ..checks import as_dtype
 from .backends import HfSamBackend, SegmentAnythingBackend, build_processor
 from .convert import sam_checkpoint_to_hf, sam_kind
 from .refiner import RefinerConfig, SamRefiner
@@ -36,15 +37,13 @@ def load_refiner(
       (:func:`~.convert.sam_checkpoint_to_hf`); with ``"segment_anything"`` loaded into the
       official package's model (ImportError when that package is absent).
 
-    ``dtype`` (a name in :data:`~text4seg_ros.model.loading.DTYPES` or a torch dtype) is the
+    ``dtype`` (a name in :data:`~text4seg_ros.checks.DTYPE_NAMES` or a torch dtype) is the
     transformers model's weight dtype (half precision is for GPUs; the segment_anything backend
     stays float32).
     Raises FileNotFoundError for a missing path and ValueError for a path that is neither.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
-    from ..model.loading import as_dtype  # the one dtype table (imported here: it is heavy)
-
     torch_dtype = as_dtype(dtype)
     path = Path(path)
     if not path.exists():

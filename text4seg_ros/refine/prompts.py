@@ -20,25 +20,12 @@ import math
 import numpy as np
 from PIL import Image
 
+from ..checks import check_image  # noqa: F401  (re-exported: the refiner's image check)
 from ..descriptors.geometry import mask_to_box
 
 # +/- ln(999): the logit of probability 0.999, the coarse mask's confidence as SAM's mask prompt.
 MASK_LOGIT = math.log(999.0)
 RngLike = np.random.Generator | int | None
-
-
-def check_image(image: np.ndarray) -> np.ndarray:
-    """Validate an ``(H, W, 3)`` ``uint8`` RGB frame; return it C-contiguous (a copy only when
-    it was not). The one image check of the package (the Segmenter's too)."""
-    if not isinstance(image, np.ndarray):
-        raise TypeError(
-            f"image must be a numpy array (H, W, 3) uint8 RGB, got {type(image).__name__}"
-        )
-    if image.dtype != np.uint8:
-        raise TypeError(f"image must be uint8 RGB (H, W, 3), got dtype {image.dtype}")
-    if image.ndim != 3 or image.shape[2] != 3 or image.shape[0] < 1 or image.shape[1] < 1:
-        raise ValueError(f"image must have shape (H, W, 3) RGB, got {image.shape}")
-    return np.ascontiguousarray(image)
 
 
 def check_mask(mask: np.ndarray, size: tuple[int, int] | None = None) -> np.ndarray:

@@ -17,9 +17,11 @@ from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
+from ..checks import DTYPE_NAMES
+
 ENGINES_AVAILABLE = ("torch",)
 ENGINES_PLANNED = ("onnxruntime", "tensorrt")
-DTYPES = ("float32", "float16", "bfloat16")
+DTYPES = DTYPE_NAMES
 DESCRIPTORS = ("isd", "bsd")
 REFINERS = ("none", "sam")
 RELIABILITIES = ("best_effort", "reliable")
