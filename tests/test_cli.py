@@ -11,8 +11,6 @@ import pytest
 from PIL import Image
 
 from text4seg_ros.cli import (
-    PALETTE,
-    TINT_ALPHA,
     UserError,
     build_parser,
     main,
@@ -20,13 +18,13 @@ from text4seg_ros.cli import (
     mask_png,
     parse_classes,
     read_image,
-    render_overlay,
     result_to_json,
     slug,
     write_result,
 )
 from text4seg_ros.descriptors import decode_mask, encode_mask, mask_to_box
 from text4seg_ros.model.types import Goal, GoalResult, Timings
+from text4seg_ros.overlay import PALETTE, TINT_ALPHA, render_overlay, result_layer
 from text4seg_ros.prompts import Task
 
 DATA = Path(
@@ -230,7 +228,7 @@ def test_overlay_tints_mask_and_draws_box() -> None:
     image = np.full((40, 50, 3), 100, dtype=np.uint8)
     mask = np.zeros((40, 50), dtype=bool)
     mask[10:30, 15:35] = True
-    out = render_overlay(image, _result(mask), color_index=1)
+    out = render_overlay(image, [result_layer(_result(mask), 1)])
     color = np.array(PALETTE[1], dtype=np.float32)
     tinted = np.rint((1 - TINT_ALPHA) * 100 + TINT_ALPHA * color).astype(np.uint8)
     assert out.shape == image.shape and out.dtype == np.uint8
@@ -243,12 +241,12 @@ def test_overlay_tints_mask_and_draws_box() -> None:
         out[30, 25], image[30, 25]
     )
     with pytest.raises(ValueError, match="does not match"):
-        render_overlay(image[:10], _result(mask))
+        render_overlay(image[:10], [result_layer(_result(mask))])
 
 
 def test_overlay_of_empty_result_is_the_image() -> None:
     image = np.random.default_rng(1).integers(0, 256, (12, 9, 3), dtype=np.uint8)
-    out = render_overlay(image, _result(np.zeros((12, 9), dtype=bool)))
+    out = render_overlay(image, [result_layer(_result(np.zeros((12, 9), dtype=bool)))])
     assert np.array_equal(out, image)
 
 
@@ -290,6 +288,7 @@ def test_write_result_open_vocab_label_map_and_instances(tmp_path) -> None:
     assert np.array_equal(np.asarray(Image.open(paths["labels"])), labels)
     over = np.asarray(Image.open(paths["overlay"]))
     assert not np.array_equal(over[2, 2], over[17, 17]), "each class its own colour"
+    assert over.shape[0] > 20 and over.shape[1] == 20, "label map: legend strip below the frame"
     a, b = np.zeros((20, 20), bool), np.zeros((20, 20), bool)
     a[2:6, 2:6] = True
     b[12:18, 10:16] = True
@@ -298,7 +297,7 @@ def test_write_result_open_vocab_label_map_and_instances(tmp_path) -> None:
     )
     record = result_to_json(inst, (20, 20))
     assert [i["box"] for i in record["instances"]] == [[2, 2, 6, 6], [10, 12, 16, 18]]
-    over = render_overlay(image, inst)
+    over = render_overlay(image, [result_layer(inst)])
     assert np.array_equal(over[2, 2], PALETTE[0]) and np.array_equal(over[12, 10], PALETTE[1])
 
 

@@ -103,6 +103,36 @@ def test_instances_publish_each_instance_and_detect_instances_not_the_union():
     assert [d.id for d in messages.detection_array(HEADER, items).detections] == ["m/1", "m/2"]
 
 
+def test_overlay_is_the_shared_renderer_with_goal_colours_instances_and_legend():
+    from text4seg_ros.overlay import PALETTE, Layer, render_overlay
+
+    rgb = np.full((12, 12, 3), 40, np.uint8)
+    cup = ActiveGoal(Goal("cup", id="c"), True)
+    mug = ActiveGoal(Goal("mug", task=Task.INSTANCES, id="m"), True)
+    a, b = rect(12, 12, 6, 0, 8, 2), rect(12, 12, 9, 9, 12, 12)
+    items = messages.answers(cup, result(cup.goal, rect(12, 12, 0, 0, 4, 4))) + messages.answers(
+        mug, result(mug.goal, a | b, instances=[result(mug.goal, a), result(mug.goal, b)])
+    )
+    layers = messages.overlay_layers(items)
+    assert [(layer.colour, layer.label, layer.boxes) for layer in layers] == [
+        (0, "cup", ((0, 0, 4, 4),)),
+        (1, "mug", ((6, 0, 8, 2), (9, 9, 12, 12))),  # each instance's box, not the union's
+    ]
+    ov = image_to_array(messages.overlay_image(HEADER, rgb, items))
+    assert np.array_equal(ov, render_overlay(rgb, layers))
+    assert np.array_equal(ov[0, 6], PALETTE[1]) and np.array_equal(ov[9, 9], PALETTE[2])
+    # an open-vocabulary goal adds the legend strip of its class names below the frame
+    goal = Goal("scene", task=Task.OPEN_VOCAB, id="ov", classes=("cup", "plate"))
+    label_map = np.zeros((12, 12), np.int64)
+    label_map[:3] = 1
+    res = result(goal, label_map > 0, labels=["others", "cup", "plate"], label_map=label_map)
+    ov_items = messages.answers(ActiveGoal(goal, True), res)
+    (layer,) = messages.overlay_layers(ov_items)
+    assert layer.class_names == ("others", "cup", "plate") and isinstance(layer, Layer)
+    ov = image_to_array(messages.overlay_image(HEADER, rgb, ov_items))
+    assert ov.shape[0] > 12 and ov.shape[1] == 12
+
+
 def test_mask_topic_union_and_label_map():
     g1 = ActiveGoal(Goal("a", id="1"), True)
     g2 = ActiveGoal(Goal("b", id="2"), True)

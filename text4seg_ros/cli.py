@@ -34,26 +34,16 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .checks import DTYPE_NAMES
 from .model.answers import plan_goal
 from .model.meta import resolve_model
 from .model.types import Goal, GoalResult
+from .overlay import render_overlay, result_layer
 from .prompts import Task
 
 PROG = "text4seg-segment"
-# Tint colours (RGB) cycled over goals / classes; chosen to stay distinct on camera images.
-PALETTE: tuple[tuple[int, int, int], ...] = (
-    (255, 64, 64),
-    (64, 200, 255),
-    (255, 210, 0),
-    (120, 255, 90),
-    (230, 90, 255),
-    (255, 140, 40),
-    (0, 220, 170),
-    (255, 110, 180),
-)
-TINT_ALPHA = 0.45  # share of the tint colour in a masked pixel of the overlay
 
 
 class UserError(Exception):
@@ -62,8 +52,6 @@ class UserError(Exception):
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``text4seg-segment``."""
-    from .model.loading import DTYPES
-
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Segment an image for language goals with a Text4Seg model "
@@ -104,7 +92,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--dtype",
         default="float32",
-        choices=list(DTYPES),
+        choices=list(DTYPE_NAMES),
         help="weight dtype of the model and the refiner (half precision for GPUs)",
     )
     p.add_argument(
@@ -173,36 +161,6 @@ def mask_png(mask: np.ndarray) -> Image.Image:
     if not isinstance(mask, np.ndarray) or mask.ndim != 2:
         raise ValueError(f"mask must be a 2-D (H, W) array, got {getattr(mask, 'shape', mask)}")
     return Image.fromarray(np.where(mask != 0, 255, 0).astype(np.uint8))
-
-
-def _tint(out: np.ndarray, mask: np.ndarray, color: tuple[int, int, int]) -> None:
-    mixed = (1.0 - TINT_ALPHA) * out[mask] + TINT_ALPHA * np.asarray(color, dtype=np.float32)
-    out[mask] = mixed
-
-
-def render_overlay(image: np.ndarray, result: GoalResult, color_index: int = 0) -> np.ndarray:
-    """The image ``(H, W, 3)`` uint8 with the result tinted and its box(es) outlined.
-
-    Open-vocabulary results tint each class with its own colour; instance results outline
-    every instance box. Boxes are pixel edges (x2/y2 exclusive), drawn 2 px wide inside them.
-    """
-    if image.shape[:2] != result.mask.shape:
-        raise ValueError(f"mask {result.mask.shape} does not match image {image.shape[:2]}")
-    out = image.astype(np.float32)
-    color = PALETTE[color_index % len(PALETTE)]
-    if result.label_map is not None:
-        for k in range(1, int(result.label_map.max(initial=0)) + 1):
-            _tint(out, result.label_map == k, PALETTE[(k - 1) % len(PALETTE)])
-    else:
-        _tint(out, result.mask.astype(bool), color)
-    canvas = Image.fromarray(np.clip(np.rint(out), 0, 255).astype(np.uint8))
-    draw = ImageDraw.Draw(canvas)
-    boxes = [inst.box for inst in result.instances if inst.box is not None] or [result.box]
-    for i, box in enumerate(b for b in boxes if b is not None):
-        x1, y1, x2, y2 = box
-        c = PALETTE[(color_index + i) % len(PALETTE)] if result.instances else color
-        draw.rectangle([x1, y1, max(x1, x2 - 1), max(y1, y2 - 1)], outline=c, width=2)
-    return np.asarray(canvas)
 
 
 def _jsonable(value: Any) -> Any:
@@ -278,7 +236,7 @@ def write_result(
         "json": out_dir / f"{stem}.json",
     }
     mask_png(result.mask).save(paths["mask"])
-    Image.fromarray(render_overlay(image, result, index)).save(paths["overlay"])
+    Image.fromarray(render_overlay(image, [result_layer(result, index)])).save(paths["overlay"])
     if result.label_map is not None:
         if result.label_map.max(initial=0) > 255:
             raise ValueError("label maps with more than 255 classes do not fit a mono8 PNG")

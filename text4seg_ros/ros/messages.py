@@ -20,16 +20,10 @@ from vision_msgs.msg import BoundingBox2D, Detection2D, Detection2DArray, Object
 
 from ..descriptors.geometry import mask_to_box
 from ..model.types import GoalResult
+from ..overlay import Layer, render_overlay
 from ..prompts import Task
 from .goals import ActiveGoal
 from .image import array_to_image
-
-# Overlay colours per goal index (RGB), cycled.
-PALETTE = np.array(
-    [[230, 25, 75], [60, 180, 75], [255, 225, 25], [0, 130, 200], [245, 130, 48],
-     [145, 30, 180], [70, 240, 240], [240, 50, 230]],
-    dtype=np.uint8,
-)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -196,21 +190,36 @@ def mask_image(header: Header, items: Sequence[Answer], shape: tuple[int, int], 
     return array_to_image(out, "mono8", header)
 
 
-def overlay_image(header: Header, rgb: np.ndarray, items: Sequence[Answer]) -> Image:
-    """rgb8 debug image: each goal's mask tinted with its palette colour, box outlined."""
-    out = rgb.astype(np.uint16)
-    goal_ids = list(dict.fromkeys(a.goal_id for a in items))
+def overlay_layers(items: Sequence[Answer]) -> list[Layer]:
+    """One overlay layer per goal (in order, palette colour = goal index): its mask or label
+    map, its instances' boxes (instances goals) or else its own box, named by the goal text."""
+    instance_boxes: dict[str, list] = {}
     for a in items:
-        if a.instance > 0 or a.box is None:
+        if a.instance > 0 and a.box is not None:
+            instance_boxes.setdefault(a.goal_id, []).append(a.box)
+    layers = []
+    for a in items:
+        if a.instance > 0:
             continue
-        colour = PALETTE[goal_ids.index(a.goal_id) % len(PALETTE)].astype(np.uint16)
-        out[a.mask] = (out[a.mask] + colour) // 2
-        x1, y1, x2, y2 = a.box
-        out[y1, x1:x2] = colour
-        out[y2 - 1, x1:x2] = colour
-        out[y1:y2, x1] = colour
-        out[y1:y2, x2 - 1] = colour
-    return array_to_image(out.astype(np.uint8), "rgb8", header)
+        boxes = instance_boxes.get(a.goal_id) or ([a.box] if a.box is not None else [])
+        layers.append(
+            Layer(
+                mask=a.mask,
+                colour=len(layers),
+                boxes=tuple(tuple(int(v) for v in b) for b in boxes),
+                label=a.goal_text if a.label_map is None else "",
+                label_map=a.label_map,
+                class_names=tuple(a.labels) if a.label_map is not None else (),
+            )
+        )
+    return layers
+
+
+def overlay_image(header: Header, rgb: np.ndarray, items: Sequence[Answer]) -> Image:
+    """rgb8 debug image (:func:`text4seg_ros.overlay.render_overlay`): each goal's mask tinted
+    in its palette colour, boxes outlined; with an open-vocabulary goal, a legend strip of the
+    class names below the frame (the image is then taller than the camera frame)."""
+    return array_to_image(render_overlay(rgb, overlay_layers(items)), "rgb8", header)
 
 
 def goal_msg(entry: ActiveGoal) -> GoalMsg:
