@@ -23,9 +23,8 @@ import time
 
 import numpy as np
 
-from text4seg_ros.descriptors import decode_mask, encode_grid, mask_to_grid
+from text4seg_ros.descriptors import decode_mask, encode_mask
 from text4seg_ros.descriptors.bsd import decode_instances, encode_instance
-from text4seg_ros.descriptors.rrle import OTHERS
 from text4seg_ros.metrics import MaskMetrics
 
 from common import real_masks, write_json
@@ -37,7 +36,7 @@ def roundtrip(kind: str, mask: np.ndarray, label: str, grid: int) -> tuple[np.nd
     """Encode ``mask`` as text of ``kind`` and decode it; returns (decoded mask, text length)."""
     if kind.startswith("isd"):
         method = "area" if kind == "isd_area" else "center"
-        body = encode_grid(mask_to_grid(mask, grid, method).astype(np.int64), (OTHERS, label))
+        body = encode_mask(mask, label, grid, method)
         text = f"<seg>{body}</seg>"
         return decode_mask(text, label, mask.shape, grid), len(text)
     text = encode_instance(mask, label, grid, bricks=kind == "bsd_bricks")

@@ -106,6 +106,25 @@ def test_mask_round_trip_any_size(h: int, w: int, grid: int, seed: int) -> None:
         np.testing.assert_array_equal(decoded, mask)
 
 
+def test_encode_mask_sampling_method() -> None:
+    # A 3 x 3 blob in the corner of each 8 x 8 cell: the centre sample misses it, the area vote
+    # too (9 of 64 pixels); a 6 x 6 blob covers the majority of the cell but not its centre.
+    mask = np.zeros((32, 32), bool)
+    mask[0:6, 0:6] = True  # cell (0, 0): 36 of 64 pixels, centre pixel (4, 4) included
+    mask[8:14, 26:32] = True  # cell (1, 3): 36 of 64 pixels, centre (12, 28) included
+    mask[16:22, 16:22] = True
+    mask[20, 20] = False  # cell (2, 2): majority set, the centre sample (20, 20) is not
+    area = encode_mask(mask, "cup", 4, method="area")
+    center = encode_mask(mask, "cup", 4)
+    assert center == encode_mask(mask, "cup", 4, method="center")
+    assert area == encode_labels(mask_to_grid(mask, 4, "area").astype(np.int64), ["others", "cup"])
+    assert center == encode_labels(mask_to_grid(mask, 4).astype(np.int64), ["others", "cup"])
+    assert area.splitlines()[2].strip() == "others *2| cup *1| others *1"
+    assert center.splitlines()[2].strip() == "others *4"
+    with pytest.raises(ValueError, match="method"):
+        encode_mask(mask, "cup", 4, method="bilinear")  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("size", [(1, 1), (3000, 4000), (4000, 3000), (1, 4000), (480, 854)])
 def test_extreme_sizes(size: tuple[int, int]) -> None:
     mask = np.zeros(size, bool)

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from .geometry import (
+    SamplingMethod,
     check_2d,
     check_grid_size,
     check_size,
@@ -69,18 +70,22 @@ def _check_foreground(label: str) -> None:
         raise ValueError(f"label must not be {OTHERS!r}: that is the background label")
 
 
-def encode_mask(mask: np.ndarray, label: str, grid: int = 16) -> str:
+def encode_mask(
+    mask: np.ndarray, label: str, grid: int = 16, method: SamplingMethod = "center"
+) -> str:
     """Encode an ``(H, W)`` bool mask as the R-RLE body the official encoder writes.
 
-    The mask is sampled to ``grid x grid`` cells exactly as PIL's nearest resize does (SPEC
-    section 1); foreground cells carry ``label``, the rest ``others``. Returns the body without
-    ``<seg>`` markers, ending in one newline, e.g. for G = 4::
+    The mask is sampled to ``grid x grid`` cells (SPEC section 1): ``method="center"`` exactly
+    as PIL's nearest resize does (the official data, bit for bit), ``"area"`` by the majority of
+    each cell's pixels (keeps small objects). Foreground cells carry ``label``, the rest
+    ``others``. Returns the body without ``<seg>`` markers, ending in one newline, e.g. for
+    G = 4::
 
         "others *4\\n others *1| cup *2| others *1\\n cup *4\\n others *4\\n"
     """
     check_2d(mask, "mask")  # before `mask != 0`, which would turn a list into a bool
     _check_foreground(label)
-    cells = mask_to_grid(mask != 0, check_grid_size(grid))
+    cells = mask_to_grid(mask != 0, check_grid_size(grid), method)
     return encode_grid(cells.astype(np.int64), (OTHERS, label))
 
 

@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from text4seg_ros.descriptors import OTHERS, encode_labels, mask_to_grid
+from text4seg_ros.descriptors import OTHERS, encode_mask
 from text4seg_ros.descriptors.geometry import SamplingMethod
 from text4seg_ros.descriptors.rrle import LABEL_FORBIDDEN
 from text4seg_ros.prompts import Task
@@ -107,12 +107,12 @@ def clean_label(text: str) -> str | None:
 def mask_body(
     mask: np.ndarray, label: str, grid: int = 16, method: SamplingMethod = "center"
 ) -> str:
-    """R-RLE body of one ``(H, W)`` bool mask with foreground ``label`` (SPEC section 1-2).
+    """R-RLE body of one ``(H, W)`` bool mask with foreground ``label`` (SPEC section 1-2):
+    the codec's :func:`~text4seg_ros.descriptors.encode_mask`.
 
     ``method="center"`` reproduces the official data bit for bit; ``"area"`` votes per cell.
     """
-    cells = mask_to_grid(np.asarray(mask) != 0, grid, method)
-    return encode_labels(cells.astype(np.int64), [OTHERS, label])
+    return encode_mask(np.asarray(mask), label, grid, method)
 
 
 def write_jsonl(samples: Iterable[ChatSample], path: str | Path) -> int:
