@@ -38,8 +38,10 @@ $(PKG_STAMP): $(DEPS_STAMP) setup.py setup.cfg package.xml $(wildcard launch/*.p
 
 setup: $(DEPS_STAMP) $(MSGS_STAMP) $(PKG_STAMP)
 
+# ruff, then the import layering contracts in pyproject.toml (import-linter; docs/layering.md).
 lint: setup
 	$(VENV)/bin/ruff check .
+	$(VENV)/bin/lint-imports --no-cache --no-logo
 
 format: setup
 	$(VENV)/bin/ruff format .
