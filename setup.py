@@ -32,6 +32,7 @@ setup(
             "perception_node = text4seg_ros.ros.node:main",
             "text4seg-segment = text4seg_ros.cli:main",
             "text4seg-bag = text4seg_ros.bag.cli:main",
+            "text4seg-goal = text4seg_ros.ros.goal_client:main",
         ],
     },
 )

@@ -8,4 +8,5 @@
 * :mod:`.params`: parameter descriptors and validation
 * :mod:`.diagnostics`: counters and ``/diagnostics``
 * :mod:`.model_loader`: ``Segmenter.from_pretrained`` from the parameters
+* :mod:`.goal_client`: ``text4seg-goal``, send a goal from the shell and print the answers
 """
