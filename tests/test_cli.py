@@ -124,7 +124,7 @@ def test_goals_and_classes() -> None:
         make_goals(["scene"], "open_vocab", ())
     with pytest.raises(UserError, match="only used with --task open_vocab"):
         make_goals(["cup"], "res", ("cup",))
-    with pytest.raises(UserError, match="non-empty"):
+    with pytest.raises(UserError, match="goal text is empty"):
         make_goals(["  "], "res", ())
 
 
@@ -138,7 +138,9 @@ def test_slug() -> None:
     "argv_tail, message",
     [
         (["--task", "dance"], "invalid choice"),
-        (["--grid", "0"], "--grid must be >= 1"),
+        (["--grid", "0"], "--grid: grid must be an int in 2..64, got 0"),
+        (["--grid", "1"], "--grid: grid must be an int in 2..64, got 1"),
+        (["--grid", "65"], "in 2..64"),
         (["--task", "open_vocab"], "needs --classes"),
     ],
 )
@@ -187,7 +189,7 @@ def test_missing_and_unreadable_image(tmp_path, model_dir, capsys) -> None:
     bad.write_text("this is not a PNG")
     assert main([str(bad), "cup", "--model", str(model_dir)]) == 2
     err = capsys.readouterr().err
-    assert "cannot read image" in err and "Traceback" not in err
+    assert "cannot decode image" in err and "Traceback" not in err
 
 
 def test_bad_model_dir(image_file, tmp_path, capsys) -> None:

@@ -19,8 +19,15 @@ the order given) it writes into ``--out`` (created):
 * for open-vocabulary goals also ``NN_<slug>.labels.png``: mono8 class indices
   (0 = others, ``i`` = ``labels[i]``).
 
+Goals, ``--grid`` and the image are checked as the perception node checks them, by the same
+code (:mod:`text4seg_ros.goals`, :mod:`text4seg_ros.images`): goals of at most 256 characters
+(the node's ``max_goal_chars`` default), without control characters or descriptor syntax; G in
+2..64; 16-bit images scaled to 8 bits by their high byte, float images refused. ``--device``
+is checked against this torch before anything is loaded.
+
 Exit status: 0 on success, 2 on a user error (missing or unreadable file, bad model directory,
-bad option), printed as one line on stderr, never a traceback.
+bad option or goal, a device this torch cannot use), printed as one line on stderr, never a
+traceback.
 """
 
 from __future__ import annotations
@@ -34,9 +41,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image
 
 from .checks import DTYPE_NAMES
+from .goals import GRID_RANGE, GoalError, check_grid, validate_goal
+from .images import DEFAULT_MAX_PIXELS, ImageError, decode_image
 from .model.answers import plan_goal
 from .model.meta import resolve_model
 from .model.types import Goal, GoalResult
@@ -78,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--grid",
         type=int,
         default=None,
-        help="descriptor grid size G (default: the model's, from its text4seg.json, else 16)",
+        help=(
+            f"descriptor grid size G, {GRID_RANGE[0]}..{GRID_RANGE[1]} (default: the model's, "
+            "from its text4seg.json, else 16)"
+        ),
     )
     p.add_argument("--refiner", type=Path, default=None, help="SAM directory or sam_vit_*.pth")
     p.add_argument(
@@ -116,38 +128,43 @@ def parse_classes(text: str) -> tuple[str, ...]:
 def make_goals(
     texts: Sequence[str], task: str, classes: Sequence[str], descriptor: str = "isd"
 ) -> list[Goal]:
-    """One :class:`Goal` per text (``id`` = its 0-based index); UserError on bad combinations
-    and on goals the model could not be asked (:func:`~.model.answers.plan_goal`: labels the
-    descriptor cannot carry, like ``"a|b"``), all before any model is loaded."""
+    """One :class:`Goal` per text (``id`` = its 0-based index), validated as the node validates
+    goals (:func:`~text4seg_ros.goals.validate_goal`, default ``max_goal_chars``) and planned
+    (:func:`~.model.answers.plan_goal`); UserError naming the goal otherwise, all before any
+    model is loaded."""
     kind = Task.parse(task)
-    texts = [t.strip() for t in texts]
-    if any(not t for t in texts):
-        raise UserError("goals must be non-empty text")
     if kind is Task.OPEN_VOCAB and not classes:
         raise UserError("--task open_vocab needs --classes a,b,...")
     if classes and kind is not Task.OPEN_VOCAB:
         raise UserError(f"--classes is only used with --task open_vocab, not {kind.value}")
-    goals = [
-        Goal(text=t, task=kind, id=str(i), classes=tuple(classes)) for i, t in enumerate(texts)
-    ]
-    for i, goal in enumerate(goals):
+    goals = []
+    for i, text in enumerate(texts):
         try:
+            goal = validate_goal(text, kind.value, str(i), classes)
             plan_goal(goal, i, descriptor)
+        except GoalError as exc:
+            raise UserError(f"goal {i} ({_preview(text)}): {exc}") from exc
         except (TypeError, ValueError) as exc:
             raise UserError(str(exc)) from exc
+        goals.append(goal)
     return goals
 
 
-def read_image(path: Path) -> np.ndarray:
-    """Read an image file as ``(H, W, 3)`` ``uint8`` RGB (EXIF orientation applied)."""
+def _preview(text: str, limit: int = 40) -> str:
+    """``text`` quoted, cut to ``limit`` characters (a 10,000-character goal stays one line)."""
+    return repr(text if len(text) <= limit else text[:limit] + "...")
+
+
+def read_image(path: Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """Read an image file as ``(H, W, 3)`` ``uint8`` RGB (EXIF orientation applied), by the
+    node's rules (:func:`~text4seg_ros.images.decode_image`): 16-bit grey scaled by its high
+    byte, float images refused, at most ``max_pixels`` pixels; UserError otherwise."""
     if not path.is_file():
         raise UserError(f"image file not found: {path}")
     try:
-        with Image.open(path) as img:
-            rgb = ImageOps.exif_transpose(img).convert("RGB")
-    except (UnidentifiedImageError, OSError) as exc:
-        raise UserError(f"cannot read image {path}: {exc}") from exc
-    return np.asarray(rgb, dtype=np.uint8).copy()
+        return decode_image(path, max_pixels, f"image {path}", exif=True)
+    except ImageError as exc:
+        raise UserError(str(exc)) from exc
 
 
 def slug(text: str, limit: int = 40) -> str:
@@ -261,6 +278,16 @@ def _check_model_dir(path: Path) -> None:
         )
 
 
+def _check_device(device: str) -> None:
+    """UserError when this torch cannot use ``device`` (e.g. ``cuda`` on a CPU-only build)."""
+    from .model.loading import check_device
+
+    try:
+        check_device(device)
+    except ValueError as exc:
+        raise UserError(f"--device: {exc}") from exc
+
+
 def load_segmenter(args: argparse.Namespace, refiner: Any) -> Any:
     """The Segmenter for ``--model`` (helper A's ``Segmenter.from_pretrained``)."""
     from .model.segmenter import Segmenter
@@ -296,10 +323,14 @@ def load_sam(args: argparse.Namespace) -> Any:
 
 def run(args: argparse.Namespace) -> list[dict[str, Path]]:
     """Do the work of :func:`main` for parsed ``args``; raises UserError on user errors."""
-    if args.grid is not None and args.grid < 1:
-        raise UserError(f"--grid must be >= 1, got {args.grid}")
+    if args.grid is not None:
+        try:
+            check_grid(args.grid)
+        except GoalError as exc:
+            raise UserError(f"--grid: {exc}") from exc
     goals = make_goals(args.goals, args.task, parse_classes(args.classes), args.descriptor)
     image = read_image(args.image)
+    _check_device(args.device)
     try:
         args.model = resolve_model(args.model)
     except FileNotFoundError as exc:

@@ -26,9 +26,9 @@ from PIL import Image
 from rosbags.rosbag2 import StoragePlugin, Writer
 
 from ..descriptors.geometry import mask_to_box
+from ..goals import GoalError, validate_goal
 from ..model.types import Goal
 from ..prompts import Task
-from ..ros.goals import GoalError, validate_goal
 from . import messages as m
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
@@ -110,7 +110,7 @@ def ground_truth_segmentation(goal: Goal, mask: np.ndarray, hdr: Any) -> Any:
 
 def make_goals(texts: Sequence[str], task: str | Task = Task.RES) -> list[Goal]:
     """Standing goals ``g0``, ``g1``, ... for ``texts`` (non-empty, stripped), checked with the
-    node's own :func:`~text4seg_ros.ros.goals.validate_goal` (default ``max_goal_chars``), so
+    node's own :func:`~text4seg_ros.goals.validate_goal` (default ``max_goal_chars``), so
     the bag holds no goal the node would reject."""
     task = Task.parse(task)
     if task is Task.OPEN_VOCAB:

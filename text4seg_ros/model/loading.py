@@ -47,6 +47,38 @@ DTYPES: dict[str, torch.dtype] = {name: as_dtype(name) for name in DTYPE_NAMES}
 LAYOUTS: tuple[str, ...] = ("hf", "lora", "llava_original")
 
 
+def check_device(device: str | torch.device) -> torch.device:
+    """``device`` as a ``torch.device`` that this torch can use; ValueError (one line) otherwise.
+
+    ``cpu`` always; ``cuda`` / ``cuda:N`` only where this torch build has CUDA and sees GPU
+    ``N``; ``mps`` where available. Checked before any weights are read, so a CPU-only install
+    asked for ``cuda`` says so instead of failing deep inside ``Module.to``.
+    """
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as exc:
+        raise ValueError(f"invalid device {str(device)!r}: {exc}") from None
+    if parsed.type == "cpu":
+        return parsed
+    if parsed.type == "cuda":
+        if torch.version.cuda is None:
+            raise ValueError(
+                f"device {str(device)!r}: this torch ({torch.__version__}) is built without "
+                "CUDA; use 'cpu' or install a CUDA build of torch"
+            )
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            raise ValueError(f"device {str(device)!r}: no CUDA GPU is visible; use 'cpu'")
+        if parsed.index is not None and parsed.index >= count:
+            raise ValueError(
+                f"device {str(device)!r}: only {count} CUDA GPU(s) visible (cuda:0..{count - 1})"
+            )
+        return parsed
+    if parsed.type == "mps" and torch.backends.mps.is_available():
+        return parsed
+    raise ValueError(f"device {str(device)!r} is not available here; use 'cpu' or 'cuda[:N]'")
+
+
 @dataclass
 class LoadedModel:
     """A model ready for inference (eval mode) with its processor and registry entry."""
@@ -155,10 +187,12 @@ def load_pretrained(
     adapter directory to apply on top (or give the adapter directory as ``path``).
     ``vision_tower``: the CLIP vision tower directory for the original LLaVA layout (default:
     the config's ``mm_vision_tower`` when that is a local directory). ``dtype``: ``float32``,
-    ``float16`` or ``bfloat16``.
+    ``float16`` or ``bfloat16``. ``device``: see :func:`check_device` (ValueError when this
+    torch cannot use it).
     """
     path = Path(path).expanduser()
     dtype = as_dtype(dtype)
+    device = check_device(device)
     chosen = get_backbone(backbone) if backbone else None
     if not path.exists():
         raise FileNotFoundError(f"model path {str(path)!r} does not exist")

@@ -1,4 +1,5 @@
-"""The node's active language goals: validation, replacement by id, one-shot bookkeeping.
+"""The node's active language goals: replacement by id, one-shot bookkeeping (validation:
+:mod:`text4seg_ros.goals`, shared with the CLI).
 
 ROS-free. The executor thread adds, cancels and lists goals; the inference thread takes a
 snapshot per frame and reports which goals it answered; a lock keeps both consistent. A
@@ -11,22 +12,19 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-import unicodedata
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from ..descriptors.rrle import OTHERS, check_label
+# The validation is the core's (text4seg_ros.goals), shared with the CLI and the bag tools;
+# re-exported here under the names the node has always used.
+from ..goals import (  # noqa: F401
+    MAX_CLASSES,
+    MAX_ID_CHARS,
+    REPLACEMENT_CHAR,
+    GoalError,
+    validate_goal,
+)
 from ..model.types import Goal
-from ..prompts import Task
-
-# U+FFFD: rclpy decodes string fields with errors="replace", so non-UTF-8 bytes arrive as this.
-REPLACEMENT_CHAR = "\ufffd"
-MAX_ID_CHARS = 128
-MAX_CLASSES = 64
-
-
-class GoalError(ValueError):
-    """A goal that cannot be accepted (bad text, unknown task, too many goals...)."""
 
 
 @dataclass(frozen=True)
@@ -36,67 +34,6 @@ class ActiveGoal:
     goal: Goal
     standing: bool
     received: float = field(default_factory=time.monotonic)  # time.monotonic() seconds
-
-
-def _check_text(text: str, what: str, max_chars: int) -> str:
-    if not isinstance(text, str):
-        raise GoalError(f"{what} must be a str, got {type(text).__name__}")
-    if REPLACEMENT_CHAR in text:
-        raise GoalError(f"{what} is not valid UTF-8 (undecodable bytes)")
-    text = text.strip()
-    if not text:
-        raise GoalError(f"{what} is empty")
-    if len(text) > max_chars:
-        raise GoalError(f"{what} has {len(text)} characters; max_goal_chars is {max_chars}")
-    if any(unicodedata.category(c) in ("Cc", "Cs") for c in text):
-        raise GoalError(f"{what} contains control characters (newlines, tabs, NUL...)")
-    try:
-        return check_label(text, what)
-    except ValueError as exc:
-        raise GoalError(str(exc)) from None
-
-
-def validate_goal(
-    text: str,
-    task: str = "",
-    goal_id: str = "",
-    classes: Sequence[str] = (),
-    max_chars: int = 256,
-) -> Goal:
-    """A :class:`Goal` from raw fields, or :class:`GoalError` saying what is wrong.
-
-    ``text`` is stripped; it must be non-empty (open-vocabulary goals: optional, their
-    ``classes`` list is required), at most ``max_chars`` characters, valid UTF-8, not
-    ``others`` and free of descriptor syntax. ``task``
-    is a :class:`Task` value (empty: RES).
-    """
-    try:
-        parsed = Task.parse(task)
-    except (TypeError, ValueError) as exc:
-        raise GoalError(str(exc)) from None
-    goal_id = goal_id.strip()
-    if len(goal_id) > MAX_ID_CHARS:
-        raise GoalError(f"goal id has {len(goal_id)} characters; at most {MAX_ID_CHARS}")
-    if REPLACEMENT_CHAR in goal_id:
-        raise GoalError("goal id is not valid UTF-8 (undecodable bytes)")
-    names: list[str] = []
-    if parsed is Task.OPEN_VOCAB:
-        if len(classes) > MAX_CLASSES:
-            raise GoalError(f"open_vocab goal has {len(classes)} classes; at most {MAX_CLASSES}")
-        names = [_check_text(c, "class name", max_chars) for c in classes if c.strip() != OTHERS]
-        if len(set(names)) != len(names):
-            raise GoalError(f"class names must be unique, got {names!r}")
-        if not names:
-            raise GoalError("open_vocab goal needs a non-empty class list (`classes`)")
-        text = text.strip()
-        text = _check_text(text, "goal text", max_chars) if text else "|".join(names)
-    else:
-        if classes:
-            raise GoalError(f"classes are only allowed for open_vocab goals, not {parsed.value!r}")
-        text = _check_text(text, "goal text", max_chars)
-        if text == OTHERS:
-            raise GoalError(f"goal text must not be {OTHERS!r}: that is the background label")
-    return Goal(text=text, task=parsed, id=goal_id, classes=tuple(names))
 
 
 class GoalBook:

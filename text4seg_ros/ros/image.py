@@ -23,12 +23,20 @@ what is allowed; the node turns it into a counted rejection.
 from __future__ import annotations
 
 import array
-import io
 import sys
 
 import numpy as np
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
+
+# One pixel rule for the node and the CLI (16-bit scaled, floats refused): the core's.
+from ..images import (  # noqa: F401  (re-exported: the node's names)
+    DEFAULT_MAX_PIXELS,
+    ImageError,
+    check_size,
+    decode_image,
+    gray_to_rgb,
+)
 
 # encoding -> (channels, numpy dtype)
 ENCODINGS: dict[str, tuple[int, np.dtype]] = {
@@ -41,24 +49,6 @@ ENCODINGS: dict[str, tuple[int, np.dtype]] = {
     "mono16": (1, np.dtype(np.uint16)),
     "16UC1": (1, np.dtype(np.uint16)),
 }
-
-# A 4K frame is 8.3 Mpx; 8K (33 Mpx) and above is refused by default.
-DEFAULT_MAX_PIXELS = 3840 * 2160
-
-
-class ImageError(ValueError):
-    """An image message that cannot be converted (bad encoding, size, step or data length)."""
-
-
-def check_size(height: int, width: int, max_pixels: int | None) -> None:
-    """Raise :class:`ImageError` for a zero-size image or one above ``max_pixels``."""
-    if height <= 0 or width <= 0:
-        raise ImageError(f"image has zero size ({width} x {height}); need width, height >= 1")
-    if max_pixels is not None and height * width > max_pixels:
-        raise ImageError(
-            f"image of {width} x {height} = {height * width} pixels exceeds max_image_pixels "
-            f"{max_pixels}"
-        )
 
 
 def image_to_array(msg: Image, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> np.ndarray:
@@ -108,7 +98,7 @@ def array_to_rgb(pixels: np.ndarray, encoding: str) -> np.ndarray:
     if encoding in ("mono8", "8UC1"):
         return np.repeat(pixels[:, :, None], 3, axis=2)
     if encoding in ("mono16", "16UC1"):
-        return np.repeat((pixels >> 8).astype(np.uint8)[:, :, None], 3, axis=2)
+        return gray_to_rgb(pixels, f"{encoding} image")
     raise ImageError(f"unsupported image encoding {encoding!r}; supported: {', '.join(ENCODINGS)}")
 
 
@@ -123,21 +113,13 @@ def compressed_to_rgb(
     """A ``CompressedImage`` (JPEG or PNG, decoded with Pillow) as ``(H, W, 3)`` uint8 RGB.
 
     The size is checked from the file header before the pixels are decoded, so a huge image is
-    refused without allocating it.
+    refused without allocating it; a 16-bit PNG is scaled like ``mono16``, a float TIFF refused
+    (:func:`text4seg_ros.images.decode_image`).
     """
-    from PIL import Image as PILImage
-    from PIL import UnidentifiedImageError
-
     data = bytes(msg.data)
     if not data:
         raise ImageError("compressed image holds no data")
-    try:
-        with PILImage.open(io.BytesIO(data)) as img:
-            width, height = img.size
-            check_size(height, width, max_pixels)
-            return np.asarray(img.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, PILImage.DecompressionBombError) as exc:
-        raise ImageError(f"cannot decode compressed image (format {msg.format!r}): {exc}") from None
+    return decode_image(data, max_pixels, f"compressed image (format {msg.format!r})")
 
 
 def array_to_image(pixels: np.ndarray, encoding: str, header: Header | None = None) -> Image:

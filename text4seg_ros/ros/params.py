@@ -18,6 +18,7 @@ from typing import Any
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
 from ..checks import DTYPE_NAMES
+from ..goals import GoalError, check_grid
 
 ENGINES_AVAILABLE = ("torch",)
 ENGINES_PLANNED = ("onnxruntime", "tensorrt")
@@ -104,7 +105,11 @@ def _check_device(value: str) -> str | None:
 
 
 def _check_grid(value: int) -> str | None:
-    return "grid must be 0 (the model's grid) or 2..64, got 1" if value == 1 else None
+    try:  # the CLI's rule (text4seg_ros.goals), plus 0 for the model's own grid
+        check_grid(value, model_default=True)
+    except GoalError as exc:
+        return str(exc)
+    return None
 
 
 SPECS: dict[str, ParamSpec] = {
