@@ -4,8 +4,9 @@ Subcommands::
 
     text4seg-bag record-images IMAGE_DIR OUT_BAG [--masks MASK_DIR ...] [--goal TEXT ...]
                                [--task res] [--rate 10] [--format mcap|sqlite3] [--frame-id camera]
+    text4seg-bag record-images IMAGE_DIR OUT_BAG --goals-file FRAMES.jsonl [--rate 10] ...
     text4seg-bag play BAG [--rate 1.0 | --as-fast-as-acked] [--remap FROM:=TO ...]
-    text4seg-bag eval BAG --model DIR [--direct | --through-node] [--out DIR]
+    text4seg-bag eval BAG [--model DIR] [--direct | --through-node] [--out DIR]
 
 Exit status: 0 on success, 2 on bad arguments or input, 1 when the node or model fails at run
 time (with a message on stderr). ``eval`` also exits 1 (after writing the report) when any
@@ -54,6 +55,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="a standing goal (repeatable); ids g0, g1, ... in order",
     )
     rec.add_argument("--task", default="res", help="task of every goal (default res)")
+    rec.add_argument(
+        "--goals-file",
+        type=Path,
+        default=None,
+        metavar="FRAMES.jsonl",
+        help="goals and ground truth per frame (JSON Lines, one frame a line; see "
+        "text4seg_ros.bag.record_frames); instead of --goal/--masks",
+    )
     rec.add_argument("--rate", type=_positive, default=10.0, help="frames per second (10)")
     rec.add_argument("--format", choices=("mcap", "sqlite3"), default="mcap")
     rec.add_argument("--frame-id", default="camera", help="header.frame_id of every frame")
@@ -91,7 +100,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="bag with goals and ground truth -> metrics and report")
     ev.add_argument("bag", type=Path)
-    ev.add_argument("--model", required=True, help="model directory (Segmenter.from_pretrained)")
+    ev.add_argument(
+        "--model",
+        default=None,
+        help="model directory (Segmenter.from_pretrained); default: the shipped demo model",
+    )
     how = ev.add_mutually_exclusive_group()
     how.add_argument("--direct", action="store_true", help="Segmenter in this process (default)")
     how.add_argument(
@@ -102,7 +115,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--out", type=Path, default=None, help="report folder (default BAG_eval)")
     ev.add_argument("--backbone", default=None, help="backbone name (default: from the model)")
     ev.add_argument("--device", default="cpu")
-    ev.add_argument("--grid", type=int, default=16, help="descriptor grid size G (16)")
+    ev.add_argument(
+        "--grid",
+        type=int,
+        default=None,
+        help="descriptor grid size G (default: the model's, from its text4seg.json, else 16)",
+    )
     ev.add_argument(
         "--params-file",
         type=Path,
@@ -127,8 +145,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 def _record(args: argparse.Namespace) -> int:
     from .record import make_goals, record_images
+    from .record_frames import read_goals_file, record_frames
 
     start_ns = None if args.start_time is None else round(args.start_time * 1e9)
+    if args.goals_file is not None:
+        if args.goal or args.masks:
+            raise ValueError("--goals-file replaces --goal and --masks: give one or the other")
+        summary = record_frames(
+            read_goals_file(args.goals_file, args.image_dir),
+            args.out_bag,
+            rate=args.rate,
+            storage=args.format,
+            frame_id=args.frame_id,
+            start_ns=start_ns,
+            progress=True,
+        )
+        topics = ", ".join(f"{t} x{n}" for t, n in summary.topics.items())
+        print(f"wrote {summary.bag} ({summary.storage}): {summary.frames} frames; {topics}")
+        return 0
     summary = record_images(
         args.image_dir,
         args.out_bag,
@@ -185,7 +219,12 @@ def _play(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
+    from ..model.meta import resolve_model
     from .evaluate import run_eval
+
+    if args.grid is not None and not 2 <= args.grid <= 64:
+        raise ValueError(f"--grid must be in 2..64, got {args.grid}")
+    model = resolve_model(args.model)
 
     out = args.out or args.bag.with_name(args.bag.name + "_eval")
     mode = "node" if args.through_node else "direct"
@@ -201,7 +240,7 @@ def _eval(args: argparse.Namespace) -> int:
     report = run_eval(
         args.bag,
         out,
-        model=args.model,
+        model=model,
         mode=mode,
         segmenter_kwargs=seg_kwargs,
         node_kwargs=node_kwargs,

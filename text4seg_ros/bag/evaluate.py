@@ -17,13 +17,14 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from ..model.types import SegmenterLike
 from . import plots
 from .reader import EvalBag
-from .report import metric_table, write_json, write_markdown
+from .report import metric_table, montage_frames, write_json, write_markdown
 from .scoring import Answer, Scorer
+from .tokens import count_answer_tokens, load_token_counter
+
+__all__ = ["REPORT_FILES", "evaluate_direct", "montage_frames", "run_eval", "write_reports"]
 
 REPORT_FILES = {
     "json": "report.json",
@@ -32,13 +33,6 @@ REPORT_FILES = {
     "iou_plot": "iou_per_frame.png",
     "latency_plot": "latency.png",
 }
-
-
-def montage_frames(frame_count: int, count: int = 8) -> set[int]:
-    """``count`` frame indices spread evenly over ``frame_count`` frames (first and last in)."""
-    if frame_count <= 0 or count <= 0:
-        return set()
-    return {int(i) for i in np.linspace(0, frame_count - 1, min(count, frame_count)).round()}
 
 
 def _progress(total: int, enabled: bool, desc: str):
@@ -52,21 +46,23 @@ def evaluate_direct(
 ) -> Scorer:
     """Answer every goal on every frame of ``bag`` with ``segmenter``; returns the scorer.
 
-    Latency per frame is ``set_image`` + ``segment`` wall time (seconds). A frame whose
-    ``set_image``/``segment`` raises gets ``error`` rows with the exception text; the run goes on.
+    Each frame answers its own goals (``frame.goals``). Latency per frame is ``set_image`` +
+    ``segment`` wall time (seconds). A frame whose ``set_image``/``segment`` raises gets
+    ``error`` rows with the exception text; the run goes on.
     """
     if not bag.goals:
         raise ValueError(f"bag {bag.path} has no goals: record it with --goal TEXT")
     scorer = Scorer(bag.goals, montage_frames(bag.frame_count, montage))
     with _progress(bag.frame_count, progress, "eval (direct)") as bar:
         for frame in bag.frames():
+            goals = bag.goals if frame.goals is None else frame.goals
             start = time.perf_counter()
             try:
                 segmenter.set_image(frame.rgb)
-                results = segmenter.segment(bag.goals)
-                if len(results) != len(bag.goals):
+                results = segmenter.segment(goals)
+                if len(results) != len(goals):
                     raise RuntimeError(
-                        f"segment returned {len(results)} results for {len(bag.goals)} goals"
+                        f"segment returned {len(results)} results for {len(goals)} goals"
                     )
             except Exception as exc:  # one bad frame must not end an hour-long evaluation
                 message = f"{type(exc).__name__}: {exc}"
@@ -75,8 +71,10 @@ def evaluate_direct(
             else:
                 latency = time.perf_counter() - start
                 answers = {
-                    goal.id: Answer(r.mask, r.score, r.model_steps, len(r.repairs), r.descriptor)
-                    for goal, r in zip(bag.goals, results)
+                    goal.id: Answer(
+                        r.mask, r.score, r.model_steps, len(r.repairs), r.descriptor, r.label_map
+                    )
+                    for goal, r in zip(goals, results)
                 }
                 scorer.add_frame(frame, answers, latency)
             bar.update(1)
@@ -88,6 +86,18 @@ def load_segmenter(model: str | Path, **kwargs) -> SegmenterLike:
     from ..model.segmenter import Segmenter
 
     return Segmenter.from_pretrained(model, **kwargs)
+
+
+def add_answer_tokens(scorer: Scorer, model: str | Path, descriptor: str = "isd") -> str:
+    """Count every answered row's answer tokens with ``model``'s tokenizer (see :mod:`.tokens`);
+    returns a note for the report ("" when every answered row was counted)."""
+    try:
+        counter = load_token_counter(model, descriptor)
+    except (OSError, ValueError) as exc:
+        return f"answer tokens not counted: cannot load the tokenizer of {model}: {exc}"
+    done = count_answer_tokens(scorer.rows, scorer.goal_by_id, counter)
+    answered = sum(r.status == "ok" for r in scorer.rows)
+    return "" if done == answered else f"answer tokens counted for {done} of {answered} answers"
 
 
 def write_reports(scorer: Scorer, out_dir: Path, info: dict, extra: dict | None = None) -> dict:
@@ -148,6 +158,9 @@ def run_eval(
             scorer, extra = evaluate_through_node(
                 bag, model, montage=montage, progress=progress, **kwargs
             )
+    note = add_answer_tokens(scorer, model)
+    if note:
+        extra = {**extra, "notes": [*extra.get("notes", []), note]}
     report = write_reports(scorer, out_dir, info, extra)
     if echo is not None:
         echo(metric_table(report))

@@ -126,6 +126,23 @@ def mask_to_image(mask: np.ndarray, stamp_ns: int, frame_id: str) -> Any:
     )
 
 
+def labels_to_image(labels: np.ndarray, stamp_ns: int, frame_id: str) -> Any:
+    """``sensor_msgs/Image`` ``mono8`` whose pixels are the class indices of an ``(H, W)``
+    ``uint8`` label map (0 = others), the node's open-vocabulary answer format."""
+    if not isinstance(labels, np.ndarray) or labels.ndim != 2 or labels.dtype != np.uint8:
+        raise ValueError(f"labels must be an (H, W) uint8 numpy array, got {labels!r:.80}")
+    image = mask_to_image(labels, stamp_ns, frame_id)
+    image.data = np.ascontiguousarray(labels).reshape(-1)
+    return image
+
+
+def image_to_labels(image: Any) -> np.ndarray:
+    """``(H, W)`` ``uint8`` values of a ``mono8`` ``sensor_msgs/Image`` (label maps)."""
+    if str(image.encoding).lower() != "mono8":
+        raise ValueError(f"a label image must be mono8, got {image.encoding!r}")
+    return np.asarray(ros_image.image_to_array(image, max_pixels=None), dtype=np.uint8)
+
+
 def image_to_rgb(image: Any) -> np.ndarray:
     """``(H, W, 3)`` ``uint8`` RGB array from a ``sensor_msgs/Image`` (see module docstring).
 

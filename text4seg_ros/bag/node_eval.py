@@ -5,12 +5,15 @@ Steps, as a robot would run the node:
 1. start ``perception_node --ros-args --params-file config/perception.yaml -p model_path:=DIR``
    with a reliable image subscription (see :func:`node_command`; stdout and stderr go to
    ``log_path``);
-2. lifecycle ``configure`` (loads the model) via ``/perception_node/change_state``;
-3. play the bag's goals and wait until the node's private ``~/list_goals`` service lists them
-   all (so no frame arrives before its goals);
-4. ``activate``, then play the images as fast as the node acknowledges: each image waits for the
-   ``segmentations`` message with its header stamp (``ack_timeout`` seconds, else dropped);
-5. score every frame against the bag's ground truth; stop the node (SIGINT, then SIGKILL).
+2. lifecycle ``configure`` (loads the model) and ``activate`` via
+   ``/perception_node/change_state``;
+3. play the bag's goals and images in log order, as fast as the node acknowledges: before a
+   frame's new goals go out, wait until the node's private ``~/list_goals`` service lists
+   exactly the goals the bag still holds (the previous frame's one-shot goals retired); before
+   each image, until it lists exactly that frame's goals (:class:`GoalSync`); each image then
+   waits for the ``segmentations`` message with its header stamp (``ack_timeout`` seconds,
+   else dropped). So every frame is answered for exactly the goals the bag gives it;
+4. score every frame against the bag's ground truth; stop the node (SIGINT, then SIGKILL).
 
 The eval process joins the ROS domain of its environment (``ROS_DOMAIN_ID``); the node
 inherits it.
@@ -39,6 +42,7 @@ from rclpy.node import Node
 from . import messages as m
 from .play import BagPlayer, ros_message_class
 from .reader import EvalBag, PackedMask
+from .report import montage_frames
 from .scoring import Answer, Scorer, percentiles
 
 NODE_NAME = "perception_node"
@@ -68,15 +72,18 @@ def node_command(
     *,
     backbone: str | None,
     device: str,
-    grid: int,
+    grid: int | None = None,
     namespace: str = "",
 ) -> list[str]:
     """The node's command line, exactly as the launch file starts it, plus model parameters
-    (and ``-r __ns:=NAMESPACE``: the params file's ``/**`` key applies in any namespace)."""
+    (and ``-r __ns:=NAMESPACE``: the params file's ``/**`` key applies in any namespace).
+    ``grid`` None leaves the params file's value (0: the model's own grid)."""
     exe = Path(sys.executable).parent / "perception_node"
     cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "text4seg_ros.ros.node"]
     cmd += ["--ros-args", "--params-file", str(params_file), "-p", f"model_path:={model}"]
-    cmd += ["-p", f"device:={device}", "-p", f"grid:={grid}"]
+    cmd += ["-p", f"device:={device}"]
+    if grid is not None:
+        cmd += ["-p", f"grid:={grid}"]
     # Best effort loses almost every ~1 MB frame between processes here (Fast DDS sends it as
     # UDP fragments; one lost fragment drops the frame, and nothing resends it). The player waits
     # for each answer, so reliable delivery cannot build a backlog: every frame gets evaluated.
@@ -139,17 +146,20 @@ class NodeProcess:
         if not self._call(self._change, request, timeout_s, label).success:
             raise RuntimeError(f"perception_node refused {label}; log:\n{self.log_tail()}")
 
-    def wait_goals(self, ids: set[str], timeout_s: float) -> None:
-        """Poll ``list_goals`` until every id in ``ids`` is active."""
+    def wait_goals(self, ids: set[str], timeout_s: float, exact: bool = False) -> None:
+        """Poll ``list_goals`` until every id in ``ids`` is active (``exact``: and no other)."""
         deadline = time.monotonic() + timeout_s
         request = self._list.srv_type.Request()
         while True:
             active = {g.id for g in self._call(self._list, request, timeout_s, "list_goals").goals}
-            if ids <= active:
+            if active == ids or (not exact and ids <= active):
                 return
             if time.monotonic() > deadline:
-                raise TimeoutError(f"node lists goals {sorted(active)}, expected {sorted(ids)}")
-            self.spin(0.1)
+                raise TimeoutError(
+                    f"node lists goals {sorted(active)[:10]}, expected {sorted(ids)[:10]}; "
+                    f"log:\n{self.log_tail()}"
+                )
+            self.spin(0.005)
 
     def stop(self, timeout_s: float = 15.0) -> int | None:
         """SIGINT, wait, then SIGKILL (a node under load may ignore SIGINT)."""
@@ -164,6 +174,39 @@ class NodeProcess:
         return self.proc.returncode
 
 
+class GoalSync:
+    """The ``before_publish`` hook of the player: keeps the node's goals in step with the bag.
+
+    ``frame_goals[k]``: ids the bag's frame ``k`` answers; ``goals_before[k]``: ids active
+    before frame ``k``'s new goal messages (see :class:`~text4seg_ros.bag.reader.EvalBag`).
+    """
+
+    def __init__(
+        self,
+        node: NodeProcess,
+        frame_goals: list[set[str]],
+        goals_before: list[set[str]],
+        timeout_s: float = 30.0,
+    ) -> None:
+        self.node, self.frame_goals, self.goals_before = node, frame_goals, goals_before
+        self.timeout_s = timeout_s
+        self.frame = 0
+        self._goals_started = False
+
+    def __call__(self, topic: str, log_ns: int) -> None:
+        if self.frame >= len(self.frame_goals):
+            return  # goals after the last frame: nothing waits for them
+        if topic == m.GOALS_TOPIC and not self._goals_started:
+            # The previous frame's one-shot goals must be retired before new ones arrive, or
+            # they would count against max_goals.
+            self.node.wait_goals(self.goals_before[self.frame], self.timeout_s, exact=True)
+            self._goals_started = True
+        elif topic == m.IMAGE_TOPIC:
+            self.node.wait_goals(self.frame_goals[self.frame], self.timeout_s, exact=True)
+            self.frame += 1
+            self._goals_started = False
+
+
 def _answers(array: Any) -> tuple[dict[str, Answer], float]:
     """Goal id -> answer (the whole goal, ``instance == 0``) and the frame's node latency, from a
     decoded ``SegmentationArray`` (the player already deserialized it).
@@ -175,9 +218,11 @@ def _answers(array: Any) -> tuple[dict[str, Answer], float]:
     for seg in array.segmentations:
         latency = max(latency, float(seg.latency_s))
         if seg.instance == 0:
+            # open_vocab: pixel values are class indices (kept); else 255 = target
+            labels = m.image_to_labels(seg.mask) if str(seg.task) == "open_vocab" else None
             answers[str(seg.goal_id)] = Answer(
                 PackedMask.pack(m.image_to_mask(seg.mask)), float(seg.score),
-                int(seg.model_steps), int(seg.repairs), str(seg.descriptor),
+                int(seg.model_steps), int(seg.repairs), str(seg.descriptor), labels,
             )  # fmt: skip
     return answers, latency
 
@@ -195,7 +240,7 @@ def evaluate_through_node(
     params_file: Path | None = None,
     backbone: str | None = None,
     device: str = "cpu",
-    grid: int = 16,
+    grid: int | None = None,
     ack_timeout: float = 60.0,
     startup_timeout: float = 300.0,
     log_path: Path | None = None,
@@ -210,8 +255,6 @@ def evaluate_through_node(
     topics there, apart from other nodes on the domain. Raises RuntimeError/TimeoutError when
     the node does not start, configure or activate (with the tail of its log).
     """
-    from .evaluate import montage_frames
-
     if not bag.goals:
         raise ValueError(f"bag {bag.path} has no goals: record it with --goal TEXT")
     cmd = node_command(model, params_file or default_params_file(), backbone=backbone,
@@ -231,27 +274,25 @@ def evaluate_through_node(
     collected: dict[int, tuple[dict[str, Answer], float]] = {}
     try:
         node.transition(Transition.TRANSITION_CONFIGURE, "configure", startup_timeout)
-        goals = BagPlayer(ros, bag.path, topics=[m.GOALS_TOPIC], remap=ns)
-        try:
-            goals.wait_for_subscribers(10.0)
-            goals.play(rate=1e9, spin=spin)
-            # Keep the (reliable) goal publisher alive until the node confirms every goal.
-            node.wait_goals({g.id for g in bag.goals}, 30.0)
-        finally:
-            goals.close()
         node.transition(Transition.TRANSITION_ACTIVATE, "activate", 60.0)
-        images = BagPlayer(ros, bag.path, topics=[m.IMAGE_TOPIC], remap=ns)
+        player = BagPlayer(ros, bag.path, topics=[m.GOALS_TOPIC, m.IMAGE_TOPIC], remap=ns)
         try:
-            missing = images.wait_for_subscribers(10.0)
+            missing = player.wait_for_subscribers(10.0)
             if missing:
                 raise TimeoutError(f"perception_node did not subscribe {missing}")
-            images.subscribe_acks(ns[m.SEGMENTATIONS_TOPIC])
-            stats = images.play(
+            player.subscribe_acks(ns[m.SEGMENTATIONS_TOPIC])
+            sync = GoalSync(
+                node,
+                [{g.id for g in goals} for goals in bag.frame_goals],
+                bag.goals_before,
+            )
+            stats = player.play(
                 rate=None, ack_timeout=ack_timeout, spin=spin, progress=progress,
                 on_ack=lambda stamp, msg, _rt: collected.__setitem__(stamp, _answers(msg)),
+                before_publish=sync,
             )  # fmt: skip
         finally:
-            images.close()
+            player.close()
     finally:
         node.stop()
         executor.shutdown()

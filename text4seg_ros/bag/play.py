@@ -187,13 +187,15 @@ class BagPlayer:
         spin: Callable[[float], None] | None = None,
         progress: bool = False,
         flush_timeout: float = 5.0,
+        before_publish: Callable[[str, int], None] | None = None,
     ) -> PlayStats:
         """Publish every message once. ``rate=None``: as fast as acknowledged (call
         :meth:`subscribe_acks` first); ``spin(timeout_s)`` must process the node's callbacks
         (default: ``rclpy.spin_once`` on the node). ``on_ack(stamp_ns, answer, roundtrip_s)``
-        gets each answer as a decoded ``SegmentationArray``. At the end it waits up to
-        ``flush_timeout`` seconds per publisher until the subscribers acknowledged every
-        message."""
+        gets each answer as a decoded ``SegmentationArray``. ``before_publish(bag_topic,
+        log_time_ns)`` runs before each message goes out (e.g. to wait until the node holds a
+        frame's goals). At the end it waits up to ``flush_timeout`` seconds per publisher until
+        the subscribers acknowledged every message."""
         if rate is not None and not rate > 0:
             raise ValueError(f"rate must be > 0 (or None for as fast as acknowledged), got {rate}")
         if rate is None and self._ack_sub is None:
@@ -210,6 +212,8 @@ class BagPlayer:
                 delay = start_wall + (log_ns - t0) / 1e9 / rate - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+            if before_publish is not None:
+                before_publish(conn.topic, log_ns)
             sent = time.monotonic()
             self._publishers[conn.topic].publish(bytes(data))
             stats.published[conn.topic] += 1

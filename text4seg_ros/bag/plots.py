@@ -1,7 +1,9 @@
 """Figures of an evaluation (matplotlib, Agg backend: no display needed).
 
 * ``overlay_montage.png``: sampled frames, ground truth in green, prediction in red (overlap
-  yellow), titled with frame index and IoU.
+  yellow), titled with frame index, goal kind and text, and IoU; an open-vocabulary goal's tile
+  shows the predicted label map tinted per class and the true class borders, with a legend of
+  the class colours.
 * ``iou_per_frame.png``: IoU of every goal with ground truth, per frame (unanswered: gaps).
 * ``latency.png``: per-frame latency over the run and its histogram, in milliseconds.
 """
@@ -18,6 +20,7 @@ matplotlib.use("Agg")  # headless: robots and CI have no display
 
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
 
 from .scoring import EvalRow, MontageSample  # noqa: E402
 
@@ -35,22 +38,64 @@ def overlay(rgb: np.ndarray, truth: np.ndarray | None, pred: np.ndarray | None) 
     return np.clip(out, 0, 255).astype(np.uint8)
 
 
+# Class colours of label-map tiles (RGB 0..1), cycled; index 0 (others) is not drawn.
+CLASS_COLOURS = plt.get_cmap("tab10").colors
+
+
+def label_overlay(rgb: np.ndarray, truth: np.ndarray | None, pred: np.ndarray | None) -> np.ndarray:
+    """``(H, W, 3)`` uint8: ``rgb`` dimmed, predicted classes tinted in their colour, borders of
+    the true classes drawn in theirs (label maps: 0 = others, ``k`` = class ``k``)."""
+    out = rgb.astype(np.float32) * 0.55
+    colours = np.array(CLASS_COLOURS, dtype=np.float32) * 255.0
+    if pred is not None:
+        for k in np.unique(pred):
+            if k:
+                sel = pred == k
+                out[sel] = 0.45 * out[sel] + 0.55 * colours[(k - 1) % len(colours)]
+    if truth is not None:
+        edge = np.zeros(truth.shape, dtype=bool)
+        edge[:-1] |= truth[:-1] != truth[1:]
+        edge[:, :-1] |= truth[:, :-1] != truth[:, 1:]
+        for k in np.unique(truth[edge]):
+            if k:
+                out[edge & (truth == k)] = colours[(k - 1) % len(colours)]
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+def _title(s: MontageSample) -> str:
+    iou = "n/a" if s.iou is None else f"{s.iou:.2f}"
+    answer = "" if s.pred is not None else " (no answer)"
+    kind = f" [{s.kind}]" if s.kind else ""
+    text = s.goal_text if len(s.goal_text) <= 34 else s.goal_text[:33] + "..."
+    return f"frame {s.frame}{kind}: IoU {iou}{answer}\n{text}"
+
+
 def save_montage(samples: Sequence[MontageSample], path: Path, columns: int = 4) -> None:
     """Grid of overlays of ``samples`` (at least one tile; a note when there is none)."""
     count = max(1, len(samples))
     cols = min(columns, count)
     rows = math.ceil(count / cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.2 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.6 * rows), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     if not samples:
         axes[0, 0].text(0.5, 0.5, "no frames", ha="center", va="center")
     for ax, s in zip(axes.flat, samples):
-        ax.imshow(overlay(s.rgb, s.truth, s.pred))
-        iou = "n/a" if s.iou is None else f"{s.iou:.2f}"
-        answer = "" if s.pred is not None else " (no answer)"
-        ax.set_title(f"frame {s.frame}: IoU {iou}{answer}", fontsize=8)
-    fig.suptitle("green: ground truth, red: prediction, yellow: both", fontsize=9)
+        if s.labels is None:
+            ax.imshow(overlay(s.rgb, s.truth, s.pred))
+        else:
+            ax.imshow(label_overlay(s.rgb, s.truth, s.pred))
+            handles = [
+                Patch(color=CLASS_COLOURS[(k - 1) % len(CLASS_COLOURS)], label=name)
+                for k, name in enumerate(s.labels[1:], start=1)
+            ]
+            ax.legend(handles=handles, fontsize=6, loc="lower left", framealpha=0.7)
+        ax.set_title(_title(s), fontsize=7)
+    fig.suptitle(
+        "green: ground truth, red: prediction, yellow: both; label maps: fill = predicted "
+        "class, outline = true class (legend)",
+        fontsize=8,
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)

@@ -4,11 +4,14 @@ Frames are the messages on the image topic, in log-time order. Ground truth is m
 frame by header stamp (nanoseconds) and to a goal by ``goal_id``; it is read in a first pass and
 kept bit-packed (about 51 kB per 854 x 480 mask), so images stream one at a time.
 
-The goal set is rebuilt from the goals topic with the node's own
+The goals of each frame are rebuilt from the goals topic with the node's own
 :class:`~text4seg_ros.ros.goals.GoalBook` and :func:`~text4seg_ros.ros.goals.validate_goal`, in
-log order: the last definition of an id wins, a ``cancel`` removes it, an unnamed goal gets the
-``gN`` id the node would give it, and a goal the node would reject is left out (listed in
-:attr:`EvalBag.rejected_goals`). Evaluation answers every goal on every frame.
+log order with the images: the last definition of an id wins, a ``cancel`` removes it, an unnamed
+goal gets the ``gN`` id the node would give it, a goal the node would reject is left out (listed
+in :attr:`EvalBag.rejected_goals`), and a one-shot goal (``standing`` false) is answered by the
+next frame only. So a frame's goals are exactly what the node answers on it when the goals
+reach it before the frame. Ground truth of open-vocabulary goals is a label map (``uint8``
+class indices); of any other goal a bool mask.
 """
 
 from __future__ import annotations
@@ -29,13 +32,16 @@ from . import messages as m
 @dataclass
 class Frame:
     """One camera frame: ``rgb`` is ``(H, W, 3)`` uint8; ``ground_truth`` maps goal id to an
-    ``(H, W)`` bool mask (only goals with ground truth on this frame)."""
+    ``(H, W)`` bool mask, or ``uint8`` label map for open-vocabulary goals (only goals with
+    ground truth on this frame); ``goals``: the goals active on this frame, in the node's order
+    (None: the scorer's goal list)."""
 
     index: int
     stamp_ns: int
     frame_id: str
     rgb: np.ndarray
     ground_truth: dict[str, np.ndarray] = field(default_factory=dict)
+    goals: list[Goal] | None = None
 
 
 @dataclass
@@ -91,15 +97,29 @@ class EvalBag:
                 f"bag {self.path} has no {m.IMAGE_TYPE} on {image_topic}; it has {topics}"
             )
         self.frame_count = sum(c.msgcount for c in self._images)
-        self.goals = self._read_goals([c for c in conns if c.topic == goals_topic])
+        self._read_goals([c for c in conns if c.topic == goals_topic])
         self._truth = self._read_truth([c for c in conns if c.topic == ground_truth_topic])
 
-    def _read_goals(self, conns: list) -> list[Goal]:
+    def _read_goals(self, conns: list) -> None:
+        """Fill :attr:`frame_goals`, :attr:`goals_before`, :attr:`goals` and
+        :attr:`rejected_goals` by replaying goals and frames in log order."""
         # The node's goal book (default max_goals and max_goal_chars) names and validates the
         # goals exactly as the node does, so the ids here are the ones the node lists.
         book = GoalBook()
         self.rejected_goals: list[tuple[str, str]] = []  # (goal id, reason) the node would reject
-        for conn, _, data in self._reader.messages(conns) if conns else ():
+        self.frame_goals: list[list[Goal]] = []  # per frame: the goals it answers
+        self.goals_before: list[set[str]] = []  # per frame: ids active before its new goals
+        before: set[str] | None = None
+        for conn, _, data in self._reader.messages([*conns, *self._images]):
+            if conn.msgtype == m.IMAGE_TYPE and conn in self._images:
+                snapshot = book.snapshot()
+                self.goals_before.append(before if before is not None else self._ids(snapshot))
+                self.frame_goals.append([entry.goal for entry in snapshot])
+                book.answered(snapshot)  # one-shot goals are answered by this frame
+                before = None
+                continue
+            if before is None:
+                before = self._ids(book.snapshot())
             msg = m.deserialize(data, conn.msgtype)
             if msg.cancel:
                 book.cancel(str(msg.id).strip())
@@ -111,15 +131,29 @@ class EvalBag:
                 book.add(goal, bool(msg.standing))
             except GoalError as exc:
                 self.rejected_goals.append((str(msg.id), str(exc)))
-        return [entry.goal for entry in book.snapshot()]
+        # Every goal some frame asks (its last definition), in order of first appearance.
+        asked: dict[str, Goal] = {}
+        for goals in self.frame_goals:
+            asked.update((g.id, g) for g in goals)
+        self.goals: list[Goal] = list(asked.values())
+        # Standing goals only (every frame asks the same): the report keeps per-goal metrics.
+        self.standing = all(goals == self.goals for goals in self.frame_goals)
 
-    def _read_truth(self, conns: list) -> dict[int, dict[str, PackedMask]]:
-        truth: dict[int, dict[str, PackedMask]] = {}
+    @staticmethod
+    def _ids(entries: list) -> set[str]:
+        return {entry.goal.id for entry in entries}
+
+    def _read_truth(self, conns: list) -> dict[int, dict[str, PackedMask | np.ndarray]]:
+        truth: dict[int, dict[str, PackedMask | np.ndarray]] = {}
         for conn, _, data in self._reader.messages(conns) if conns else ():
             array = m.deserialize(data, conn.msgtype)
             per_goal = truth.setdefault(m.stamp_to_ns(array.header.stamp), {})
             for seg in array.segmentations:
-                if seg.instance == 0:
+                if seg.instance != 0:
+                    continue
+                if str(seg.task) == Task.OPEN_VOCAB.value:  # a label map: keep the values
+                    per_goal[str(seg.goal_id)] = m.image_to_labels(seg.mask)
+                else:
                     per_goal[str(seg.goal_id)] = PackedMask.pack(m.image_to_mask(seg.mask))
         return truth
 
@@ -130,16 +164,23 @@ class EvalBag:
 
     @property
     def pairs(self) -> int:
-        """Number of (frame, goal) pairs: every goal is answered on every frame."""
-        return self.frame_count * len(self.goals)
+        """Number of (frame, goal) pairs: each frame's goals answered on it."""
+        return sum(len(goals) for goals in self.frame_goals)
 
     def frames(self) -> Iterator[Frame]:
-        """Yield every frame in log-time order with its ground truth (unpacked on demand)."""
+        """Yield every frame in log-time order with its goals and ground truth (unpacked on
+        demand)."""
         for index, (conn, _, data) in enumerate(self._reader.messages(self._images)):
             msg = m.deserialize(data, conn.msgtype)
             stamp = m.stamp_to_ns(msg.header.stamp)
-            truth = {gid: p.unpack() for gid, p in self._truth.get(stamp, {}).items()}
-            yield Frame(index, stamp, str(msg.header.frame_id), m.image_to_rgb(msg), truth)
+            truth = {
+                gid: p.unpack() if isinstance(p, PackedMask) else p
+                for gid, p in self._truth.get(stamp, {}).items()
+            }
+            rgb = m.image_to_rgb(msg)
+            yield Frame(
+                index, stamp, str(msg.header.frame_id), rgb, truth, list(self.frame_goals[index])
+            )
 
     def close(self) -> None:
         if self._reader.is_open:

@@ -10,6 +10,9 @@ Bag layout (ROS 2 bag, MCAP or sqlite3, CDR; see README section ``bags``):
   same header as its image and one ``Segmentation`` per goal that has ground truth (``mask``
   mono8, 255 = target; ``box`` its tight box; ``empty``; ``score`` 1). The ``k``-th mask folder
   is the ground truth of the ``k``-th goal; masks are matched to images by file stem.
+
+Goals that change from frame to frame (one-shot goals with ``KIND/FRAME/K`` ids, open-vocabulary
+label maps as ground truth): :mod:`.record_frames` (``record-images --goals-file``).
 """
 
 from __future__ import annotations
@@ -75,19 +78,40 @@ def load_mask(path: Path, size: tuple[int, int]) -> np.ndarray:
     return array != 0
 
 
-def _goal_msg(goal: Goal) -> Any:
+def _goal_msg(goal: Goal, standing: bool = True) -> Any:
     return m.msg_class(m.GOAL_TYPE)(
         id=goal.id,
         text=goal.text,
         task=goal.task.value,
-        standing=True,
+        standing=standing,
         classes=list(goal.classes),
         cancel=False,
     )
 
 
+def goal_kind(goal: Goal) -> str:
+    """What ``goal`` tests: the ``KIND`` of a ``KIND/FRAME/K`` id, else the goal's task."""
+    kind, sep, _ = goal.id.partition("/")
+    return kind if sep and kind else goal.task.value
+
+
 def ground_truth_segmentation(goal: Goal, mask: np.ndarray, hdr: Any) -> Any:
-    """A ``text4seg_msgs/Segmentation`` carrying ``mask`` as the ground truth of ``goal``."""
+    """A ``text4seg_msgs/Segmentation`` carrying ``mask`` as the ground truth of ``goal``
+    (open-vocabulary goals: ``mask`` is a label map of class indices into ``goal.classes``,
+    1-based; 0 = others)."""
+    stamp_ns = m.stamp_to_ns(hdr.stamp)
+    if goal.task is Task.OPEN_VOCAB:
+        labels = ["others", *goal.classes]
+        values = np.asarray(mask)
+        if values.min(initial=0) < 0 or values.max(initial=0) >= len(labels):
+            raise ValueError(
+                f"label map of goal {goal.id!r} has values outside 0..{len(labels) - 1}"
+            )
+        image = m.labels_to_image(values.astype(np.uint8), stamp_ns, hdr.frame_id)
+        mask = values != 0
+    else:
+        labels = ["others", goal.text]
+        image = m.mask_to_image(mask, stamp_ns, hdr.frame_id)
     box = mask_to_box(mask)
     return m.msg_class(m.SEGMENTATION_TYPE)(
         header=hdr,
@@ -96,8 +120,8 @@ def ground_truth_segmentation(goal: Goal, mask: np.ndarray, hdr: Any) -> Any:
         task=goal.task.value,
         instance=0,
         label=goal.text,
-        mask=m.mask_to_image(mask, m.stamp_to_ns(hdr.stamp), hdr.frame_id),
-        labels=["others", goal.text],
+        mask=image,
+        labels=labels,
         empty=box is None,
         box=np.array(box if box is not None else (0, 0, 0, 0), dtype=np.float32),
         score=1.0,

@@ -4,7 +4,10 @@
 (``pairs_in_bag``, ``cIoU``, ``gIoU``, ``N-acc``, ``T-acc``, ``Acc@0.5``, ``latency_s``
 percentiles, ``dropped_frames``, ...), run information (``bag``, ``mode``, ``model``) and
 ``rows``: one object per (frame, goal) pair. Undefined metrics (NaN, e.g. N-acc without an empty
-target) are written as ``null`` so the file is strict JSON.
+target) are written as ``null`` so the file is strict JSON. ``per_kind`` holds the metrics of each
+goal kind and ``decoding`` the model calls and answer tokens per goal
+(:func:`~text4seg_ros.bag.scoring.decoding_summary`). :func:`montage_frames` picks the frames
+of the overlay montage.
 """
 
 from __future__ import annotations
@@ -14,7 +17,17 @@ import math
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 METRICS = ("cIoU", "gIoU", "N-acc", "T-acc", "Acc@0.5")
+PER_GOAL_ROWS = 24  # more goals than this (goals changing per frame): per-kind table only
+
+
+def montage_frames(frame_count: int, count: int = 8) -> set[int]:
+    """``count`` frame indices spread evenly over ``frame_count`` frames (first and last in)."""
+    if frame_count <= 0 or count <= 0:
+        return set()
+    return {int(i) for i in np.linspace(0, frame_count - 1, min(count, frame_count)).round()}
 
 
 def _clean(value: Any) -> Any:
@@ -78,6 +91,40 @@ def per_goal_table(report: dict) -> str:
     return "\n".join(lines)
 
 
+def per_kind_table(report: dict) -> str:
+    """Markdown table of the metrics of each goal kind (pairs, answered, then the metrics)."""
+    lines = [
+        "| kind | task | pairs | answered | " + " | ".join(METRICS) + " |",
+        "|---" * (4 + len(METRICS)) + "|",
+    ]
+    for kind, v in report.get("per_kind", {}).items():
+        cells = " | ".join(_fmt(v.get(n), 3) for n in METRICS)
+        lines.append(
+            f"| {_cell(kind)} | {v.get('task', '')} | {v.get('pairs', '')} | "
+            f"{v.get('answered', '')} | {cells} |"
+        )
+    return "\n".join(lines)
+
+
+def decoding_table(report: dict) -> str:
+    """Markdown table: model calls and answer tokens per goal, and tokens per call, per kind."""
+    dec = report.get("decoding") or {}
+    lines = [
+        "| kind | goals | model calls / goal | answer tokens / goal | tokens per call |",
+        "|---|---|---|---|---|",
+    ]
+
+    def row(name: str, v: dict) -> str:
+        return (
+            f"| {_cell(name)} | {v.get('goals', 0)} | {_fmt(v.get('model_calls_per_goal'), 1)} | "
+            f"{_fmt(v.get('answer_tokens_per_goal'), 1)} | {_fmt(v.get('tokens_per_call'), 2)} |"
+        )
+
+    lines += [row(k, v) for k, v in dec.get("per_kind", {}).items()]
+    lines.append(row("**all**", dec))
+    return "\n".join(lines)
+
+
 def write_json(report: dict, path: Path) -> None:
     path.write_text(json.dumps(_clean(report), indent=1, allow_nan=False) + "\n")
 
@@ -100,10 +147,29 @@ def write_markdown(report: dict, path: Path, files: dict[str, str]) -> None:
         "Metrics cover answered pairs with ground truth; Acc@0.5 covers those with a non-empty "
         "target.",
         "",
-        "## Per goal",
+        "## Per goal kind",
         "",
-        per_goal_table(report),
+        per_kind_table(report),
         "",
+        "Open-vocabulary goals count one query per class; instances goals are scored on the "
+        "union of their instances. A kind's Acc@0.5 is the box accuracy over its pairs with a "
+        "non-empty target.",
+        "",
+        *(
+            ["## Per goal", "", per_goal_table(report), ""]
+            if len(report.get("per_goal", {})) <= PER_GOAL_ROWS
+            else []
+        ),
+        "## Decoding: model calls and answer tokens per goal",
+        "",
+        decoding_table(report),
+        "",
+        "Model calls: sequential forward calls a goal took part in (`model_steps`, its prompt "
+        "prefill included); answer tokens: tokens of the answer the model wrote (its "
+        "descriptor re-encoded with the model's tokenizer). Tokens per call > 1 is what "
+        "jump-forward decoding of grammar-forced runs and draft tokens the model accepted save.",
+        "",
+        *(f"- note: {n}" for n in report.get("notes", [])),
         "## Figures",
         "",
         *(f"![{name}]({file})" for name, file in files.items() if file.endswith(".png")),

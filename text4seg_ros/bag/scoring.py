@@ -12,6 +12,13 @@ One :class:`EvalRow` per (frame, goal) pair in the bag, answered or not. Metrics
 
 Pairs that were not answered (``status`` ``dropped``, ``missing`` or ``error``) count in
 ``failed_pairs`` and not in the metrics; frames with no answer at all count in ``dropped_frames``.
+
+Metrics are also kept per goal kind (``per_kind``; the kind is the ``KIND`` of a ``KIND/FRAME/K``
+goal id, else the task: :func:`~text4seg_ros.bag.record.goal_kind`) and, for bags of standing
+goals, per goal. An open-vocabulary goal is scored class by class: each of its classes is one
+query (predicted pixels of that class against true pixels of that class), so its cIoU is the
+classes' total intersection over total union and its row IoU the mean over its classes.
+Instances goals are scored on their whole answer (the union of the instances).
 """
 
 from __future__ import annotations
@@ -24,20 +31,24 @@ import numpy as np
 
 from ..metrics import MaskMetrics, RecAccuracy, box_iou, mask_to_box
 from ..model.types import Goal
+from ..prompts import Task
 from .reader import Frame
+from .record import goal_kind
 
 STATUSES = ("ok", "dropped", "missing", "error")
 
 
 @dataclass
 class Answer:
-    """A predicted answer to one goal on one frame; ``mask`` is ``(H, W)`` bool."""
+    """A predicted answer to one goal on one frame; ``mask`` is ``(H, W)`` bool;
+    ``label_map`` the ``(H, W)`` class indices of an open-vocabulary answer (else None)."""
 
     mask: np.ndarray
     score: float = 0.0
     model_steps: int = 0
     repairs: int = 0
     descriptor: str = ""
+    label_map: np.ndarray | None = None
 
 
 @dataclass
@@ -68,11 +79,14 @@ class EvalRow:
     latency_s: float | None = None
     error: str = ""
     descriptor: str = ""  # what the model wrote (for looking into bad rows)
+    kind: str = ""  # goal kind (see module doc)
+    answer_tokens: int | None = None  # tokens of the answer (filled by the token counter)
 
 
 @dataclass
 class MontageSample:
-    """A downscaled frame for the overlay montage: rgb ``(h, w, 3)``, masks ``(h, w)`` bool."""
+    """A downscaled frame for the overlay montage: rgb ``(h, w, 3)``, masks ``(h, w)`` bool, or
+    ``uint8`` label maps when ``labels`` (``["others", *classes]``) is set."""
 
     frame: int
     goal_text: str
@@ -80,6 +94,8 @@ class MontageSample:
     truth: np.ndarray | None
     pred: np.ndarray | None
     iou: float | None
+    kind: str = ""
+    labels: list[str] | None = None
 
 
 def percentiles(values: Sequence[float]) -> dict[str, float | None]:
@@ -128,6 +144,9 @@ class Scorer:
         self.mask_metrics = MaskMetrics()
         self.rec = RecAccuracy()
         self.per_goal = {g.id: (MaskMetrics(), RecAccuracy()) for g in self.goals}
+        self.per_kind: dict[str, tuple[MaskMetrics, RecAccuracy]] = {}
+        self.goal_by_id: dict[str, Goal] = {g.id: g for g in self.goals}
+        self.kind_tasks: dict[str, str] = {}  # kind -> task of its goals
 
     def add_frame(
         self,
@@ -139,9 +158,9 @@ class Scorer:
     ) -> list[EvalRow]:
         """Score every goal on ``frame``; ``answers`` maps goal id to its answer.
 
-        ``answers=None`` means the frame got no answer at all (``error`` set: ``error``
-        rows, else ``dropped``). A goal absent from ``answers`` gets ``status_if_absent``.
-        Returns this frame's rows.
+        The goals are ``frame.goals`` (the scorer's ``goals`` when None). ``answers=None``
+        means the frame got no answer at all (``error`` set: ``error`` rows, else ``dropped``).
+        A goal absent from ``answers`` gets ``status_if_absent``. Returns this frame's rows.
         """
         self.frames += 1
         if answers is None:
@@ -149,10 +168,15 @@ class Scorer:
         elif latency_s is not None:
             self.frame_latencies.append(float(latency_s))
         new_rows = []
-        sample_goal = next((g for g in self.goals if g.id in frame.ground_truth), None)
-        sample_goal = sample_goal or (self.goals[0] if self.goals else None)
-        for goal in self.goals:
+        goals = self.goals if frame.goals is None else frame.goals
+        # The montage shows one goal per sampled frame, cycling through the goals with truth.
+        with_truth = [g for g in goals if g.id in frame.ground_truth] or goals[:1]
+        sample_goal = with_truth[len(self.samples) % len(with_truth)] if with_truth else None
+        for goal in goals:
+            self.goal_by_id[goal.id] = goal
             truth = frame.ground_truth.get(goal.id)
+            kind = goal_kind(goal)
+            self.kind_tasks.setdefault(kind, goal.task.value)
             row = EvalRow(
                 frame.index,
                 frame.stamp_ns,
@@ -161,9 +185,10 @@ class Scorer:
                 goal.task.value,
                 "ok",
                 truth is not None,
+                kind=kind,
             )
             if truth is not None:
-                gt_box = mask_to_box(truth)
+                gt_box = mask_to_box(truth != 0)
                 row.gt_empty, row.gt_box = gt_box is None, _box(gt_box)
             answer = None if answers is None else answers.get(goal.id)
             if answer is None:
@@ -175,18 +200,35 @@ class Scorer:
                 self._score(row, goal, answer, truth, latency_s)
             new_rows.append(row)
             if goal is sample_goal and frame.index in self.montage_frames:
-                self.samples.append(
-                    MontageSample(
-                        frame.index,
-                        goal.text,
-                        _downscale(frame.rgb, self.montage_width),
-                        None if truth is None else _downscale(truth, self.montage_width),
-                        None if answer is None else _downscale(answer.mask, self.montage_width),
-                        row.iou,
-                    )
-                )
+                self.samples.append(self._sample(frame, goal, truth, answer, row))
         self.rows.extend(new_rows)
         return new_rows
+
+    def _sample(
+        self,
+        frame: Frame,
+        goal: Goal,
+        truth: np.ndarray | None,
+        answer: Answer | None,
+        row: EvalRow,
+    ) -> MontageSample:
+        labels = None
+        pred = None if answer is None else answer.mask
+        if goal.task is Task.OPEN_VOCAB:
+            labels = ["others", *goal.classes]
+            if answer is not None and answer.label_map is not None:
+                pred = np.asarray(answer.label_map, dtype=np.uint8)
+        width = self.montage_width
+        return MontageSample(
+            frame.index,
+            goal.text,
+            _downscale(frame.rgb, width),
+            None if truth is None else _downscale(truth, width),
+            None if pred is None else _downscale(pred, width),
+            row.iou,
+            row.kind,
+            labels,
+        )
 
     def _score(
         self,
@@ -213,17 +255,25 @@ class Scorer:
                 f"mask shape {pred.shape} != ground truth {truth.shape}",
             )
             return
-        goal_metrics, goal_rec = self.per_goal[goal.id]
-        # Count the pair's pixels once and add the counts to the global and per-goal totals.
+        goal_metrics, goal_rec = self.per_goal.setdefault(goal.id, (MaskMetrics(), RecAccuracy()))
+        kind_metrics, kind_rec = self.per_kind.setdefault(row.kind, (MaskMetrics(), RecAccuracy()))
+        # Count the pair's pixels once and add the counts to the global, goal and kind totals.
         one = MaskMetrics()
-        row.iou = one.update(pred, truth)
-        self.mask_metrics.merge(one)
-        goal_metrics.merge(one)
-        if not row.gt_empty:
+        if goal.task is Task.OPEN_VOCAB:
+            labels = pred if answer.label_map is None else np.asarray(answer.label_map)
+            for c in range(1, len(goal.classes) + 1):  # one query per class
+                one.update(labels == c, truth == c)
+            row.iou = one.giou
+        else:
+            row.iou = one.update(pred, truth)
+        for acc in (self.mask_metrics, goal_metrics, kind_metrics):
+            acc.merge(one)
+        if not row.gt_empty and goal.task is not Task.OPEN_VOCAB:
             gt_box = tuple(row.gt_box)
             row.box_iou = box_iou(pred_box, gt_box)
             row.hit = self.rec.update(pred_box, gt_box)
             goal_rec.update(pred_box, gt_box)
+            kind_rec.update(pred_box, gt_box)
 
     def summary(self) -> dict:
         """Counts, metrics by name (NaN where undefined) and latency percentiles."""
@@ -239,11 +289,75 @@ class Scorer:
             **_metrics(self.mask_metrics, self.rec),
             "latency_s": percentiles(self.frame_latencies),
             "per_goal": {gid: _metrics(*acc) for gid, acc in self.per_goal.items()},
+            "per_kind": {
+                kind: {
+                    "task": self.kind_tasks.get(kind, ""),
+                    **self._kind_counts(kind),
+                    **_metrics(*acc),
+                    "counts": _counts(*acc),
+                }
+                for kind, acc in sorted(self.per_kind.items())
+            },  # fmt: skip
+            "decoding": decoding_summary(self.rows),
         }
         return out
 
+    def _kind_counts(self, kind: str) -> dict[str, int]:
+        mine = [r for r in self.rows if r.kind == kind]
+        return {"pairs": len(mine), "answered": sum(r.status == "ok" for r in mine)}
+
     def rows_as_dicts(self) -> list[dict]:
         return [asdict(r) for r in self.rows]
+
+
+def decoding_summary(rows: Sequence[EvalRow]) -> dict:
+    """Sequential model calls per goal against answer tokens per goal, over answered rows.
+
+    ``model_calls_per_goal``: mean ``model_steps`` (forward calls a goal took part in, its
+    prompt-suffix prefill included); ``answer_tokens_per_goal``: mean ``answer_tokens`` (rows
+    without a count are left out); ``tokens_per_call``: their ratio (tokens the decoder got per
+    sequential model call: drafts accepted and grammar-forced runs). Also per kind.
+    """
+
+    def one(selected: list[EvalRow]) -> dict:
+        counted = [r for r in selected if r.model_steps is not None and r.answer_tokens is not None]
+        if not counted:
+            return {"goals": 0, "model_calls_per_goal": None, "answer_tokens_per_goal": None,
+                    "tokens_per_call": None}  # fmt: skip
+        calls = float(np.mean([r.model_steps for r in counted]))
+        tokens = float(np.mean([r.answer_tokens for r in counted]))
+        return {
+            "goals": len(counted),
+            "model_calls_per_goal": calls,
+            "answer_tokens_per_goal": tokens,
+            "tokens_per_call": tokens / calls if calls else None,
+        }
+
+    answered = [r for r in rows if r.status == "ok"]
+    kinds = sorted({r.kind for r in answered})
+    return {
+        **one(answered),
+        "per_kind": {k: one([r for r in answered if r.kind == k]) for k in kinds},
+    }
+
+
+def _counts(masks: MaskMetrics, rec: RecAccuracy) -> dict[str, int | float]:
+    """The accumulators' raw sums (so kinds can be merged later: :func:`group_metrics`)."""
+    return {**asdict(masks), "rec_hits": rec.hits, "rec_queries": rec.queries}
+
+
+def group_metrics(per_kind: dict, kinds: Sequence[str]) -> dict[str, float]:
+    """Metrics of several kinds together, from the ``counts`` of a report's ``per_kind``
+    (kinds absent from it are skipped; every metric NaN when none is present)."""
+    masks, rec = MaskMetrics(), RecAccuracy()
+    for kind in kinds:
+        counts = dict(per_kind.get(kind, {}).get("counts") or {})
+        if not counts:
+            continue
+        rec.hits += int(counts.pop("rec_hits"))
+        rec.queries += int(counts.pop("rec_queries"))
+        masks.merge(MaskMetrics(**counts))
+    return _metrics(masks, rec)
 
 
 def _box(box: tuple[int, int, int, int] | None) -> list[int] | None:
