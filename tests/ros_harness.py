@@ -16,6 +16,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import rclpy
+from helpers import DOMAIN_ID
 from lifecycle_msgs.msg import Transition
 from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.context import Context
@@ -25,7 +26,6 @@ from rclpy.node import Node
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv"
 PARAMS_FILE = REPO / "config" / "perception.yaml"
-DOMAIN_ID = 1 + os.getpid() % 100  # 0..101 are safe on Linux; 0 is left to interactive use
 
 TRANSITIONS = {
     "configure": Transition.TRANSITION_CONFIGURE,

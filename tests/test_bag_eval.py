@@ -23,19 +23,16 @@ from text4seg_ros.bag.cli import main  # noqa: E402
 from text4seg_ros.bag.evaluate import REPORT_FILES, run_eval  # noqa: E402
 from text4seg_ros.bag.record import make_goals, record_images  # noqa: E402
 
-DOMAIN = 20 + (os.getpid() + 37) % 80
 NAMESPACE = f"/t4s_eval_{os.getpid()}"  # apart from other test processes on the domain
 METRICS = ("cIoU", "gIoU", "N-acc", "T-acc", "Acc@0.5")
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory) -> Path:
+def tiny_model(tiny_model_factory) -> Path:
     import torch
 
-    from text4seg_ros.model.tiny import build_tiny_model
-
     torch.set_num_threads(1)
-    return build_tiny_model("llava", tmp_path_factory.mktemp("model") / "llava")
+    return tiny_model_factory("llava")
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +85,7 @@ def test_full_blackswan_bag_through_the_cli(swan: Path, tiny_model: Path, tmp_pa
 
 
 def test_through_node_matches_direct(subset_bag: Path, tiny_model: Path, tmp_path: Path,
-                                     monkeypatch) -> None:  # fmt: skip
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(DOMAIN))
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+                                     ros_domain) -> None:  # fmt: skip
     direct = run_eval(subset_bag, tmp_path / "direct", model=tiny_model, progress=False,
                       echo=None)  # fmt: skip
     node = run_eval(
@@ -112,9 +107,7 @@ def test_through_node_matches_direct(subset_bag: Path, tiny_model: Path, tmp_pat
 
 
 def test_through_node_reports_a_model_that_does_not_load(subset_bag: Path, tmp_path: Path,
-                                                         monkeypatch, capsys) -> None:  # fmt: skip
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(DOMAIN))
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+                                                         ros_domain, capsys) -> None:  # fmt: skip
     rc = main([
         "eval", str(subset_bag), "--model", str(tmp_path / "no_model"), "--through-node",
         "--out", str(tmp_path / "r"), "--no-progress", "--namespace", NAMESPACE,

@@ -19,6 +19,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
+from helpers import DOMAIN_ID  # noqa: E402
 from PIL import Image  # noqa: E402
 from rclpy.context import Context  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
@@ -30,7 +31,6 @@ from text4seg_ros.bag import messages as m  # noqa: E402
 from text4seg_ros.bag.play import BagPlayer, parse_remaps, ros_message_class  # noqa: E402
 from text4seg_ros.bag.record import make_goals, record_images  # noqa: E402
 
-DOMAIN = 20 + os.getpid() % 80
 PREFIX = f"/t4s_play_{os.getpid()}"
 REMAP = {t: PREFIX + t for t in (m.IMAGE_TOPIC, m.GOALS_TOPIC, m.GROUND_TRUTH_TOPIC)}
 FRAMES, RATE_HZ = 6, 20.0
@@ -66,7 +66,7 @@ class Ros:
 
     def __init__(self) -> None:
         self.context = Context()
-        rclpy.init(context=self.context, domain_id=DOMAIN)
+        rclpy.init(context=self.context, domain_id=DOMAIN_ID)
         self.listener = rclpy.create_node("listener", context=self.context)
         self.player_node = rclpy.create_node("player", context=self.context)
         self.player_exec = SingleThreadedExecutor(context=self.context)
@@ -198,7 +198,11 @@ def test_cli_play_subprocess(ros: Ros, bag: Path) -> None:
     ros.listen(REMAP[m.GOALS_TOPIC], m.GOAL_TYPE, durable=True)
     ros.listen(REMAP[m.GROUND_TRUTH_TOPIC], m.SEGMENTATION_ARRAY_TYPE, durable=True)
     remaps = [arg for src, dst in REMAP.items() for arg in ("--remap", f"{src}:={dst}")]
-    env = {**os.environ, "ROS_DOMAIN_ID": str(DOMAIN), "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST"}
+    env = {
+        **os.environ,
+        "ROS_DOMAIN_ID": str(DOMAIN_ID),
+        "ROS_AUTOMATIC_DISCOVERY_RANGE": "LOCALHOST",
+    }
     done = subprocess.run(
         [sys.executable, "-m", "text4seg_ros.bag.cli", "play", str(bag), "--rate", "4", *remaps],
         env=env, capture_output=True, text=True, timeout=60,

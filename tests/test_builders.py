@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import read_mask_png
 from PIL import Image
 
 from text4seg_ros.descriptors import decode_labels, labels_to_grid, mask_to_grid, parse_rrle
@@ -93,7 +94,7 @@ def test_ann_masks_match_the_derived_pngs(coco: CocoInstances, tiny16: Path) -> 
     for pair in index:
         for inst in pair["instances"]:
             ours = coco.ann_mask(inst["ann_id"])
-            derived = np.asarray(Image.open(tiny16 / inst["mask"])) > 0
+            derived = read_mask_png(tiny16 / inst["mask"], threshold=0)
             assert ours.shape == derived.shape
             ious.append(mask_iou(ours, derived))
     assert len(ious) == 197

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import read_mask_png
 from PIL import Image
 
 from text4seg_ros.cli import (
@@ -26,10 +26,6 @@ from text4seg_ros.descriptors import decode_mask, encode_mask, mask_to_box
 from text4seg_ros.model.types import Goal, GoalResult, Timings
 from text4seg_ros.overlay import PALETTE, TINT_ALPHA, render_overlay, result_layer
 from text4seg_ros.prompts import Task
-
-DATA = Path(
-    os.environ.get("TEXT4SEG_DATA", Path(__file__).resolve().parents[1].parent / "shared" / "data")
-)
 
 
 @pytest.fixture()
@@ -303,16 +299,13 @@ def test_write_result_open_vocab_label_map_and_instances(tmp_path) -> None:
     assert np.array_equal(over[2, 2], PALETTE[0]) and np.array_equal(over[12, 10], PALETTE[1])
 
 
-@pytest.mark.skipif(
-    not (DATA / "davis_blackswan").is_dir(), reason=f"real data not found at {DATA}"
-)
-def test_writers_on_real_frame(tmp_path) -> None:
-    frames = sorted((DATA / "davis_blackswan").rglob("*.jpg"))
-    masks = sorted((DATA / "davis_blackswan").rglob("*.png"))
+def test_writers_on_real_frame(tmp_path, data_dir) -> None:
+    frames = sorted((data_dir / "davis_blackswan").rglob("*.jpg"))
+    masks = sorted((data_dir / "davis_blackswan").rglob("*.png"))
     if not frames or not masks:
-        pytest.skip(f"no jpg/png pairs under {DATA / 'davis_blackswan'}")
+        pytest.skip(f"no jpg/png pairs under {data_dir / 'davis_blackswan'}")
     image = read_image(frames[0])
-    mask = np.asarray(Image.open(masks[0]).convert("L")) > 127
+    mask = read_mask_png(masks[0])
     assert mask.shape == image.shape[:2]
     coarse = decode_mask(encode_mask(mask, "black swan"), "black swan", mask.shape)
     paths = write_result(tmp_path, 0, image, _result(coarse, "black swan"))
@@ -324,10 +317,8 @@ def test_writers_on_real_frame(tmp_path) -> None:
 
 
 @pytest.fixture(scope="module")
-def tiny_llava(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from text4seg_ros.model.tiny import build_tiny_model
-
-    return build_tiny_model("llava", tmp_path_factory.mktemp("llava") / "tiny", grid=4)
+def tiny_llava(tiny_model_factory) -> Path:
+    return tiny_model_factory("llava", grid=4)
 
 
 def test_end_to_end_writes_valid_results(tiny_llava, image_file, tmp_path, capsys) -> None:

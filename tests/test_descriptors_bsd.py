@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import read_mask_png
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from PIL import Image
 
 from text4seg_ros.descriptors import RepairKind, labels_to_grid, mask_to_box
 from text4seg_ros.descriptors.bsd import (
@@ -143,7 +143,7 @@ def test_bsd_beats_isd_on_real_coco_instances(data_dir) -> None:
     # SPEC 3: a perfect 16 x 16 B-SD reaches gIoU ~0.86 on COCO instances where I-SD gets ~0.32.
     ious = []
     for path in sorted((data_dir / "coco_tiny16" / "masks_derived").glob("*.png"))[:60]:
-        mask = np.asarray(Image.open(path)) > 127
+        mask = read_mask_png(path)
         decoded = decode_instances(encode_instance(mask, "thing", 16), ["thing"], mask.shape, 16)[
             0
         ].mask

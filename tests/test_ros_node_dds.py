@@ -45,10 +45,8 @@ FQN = f"{NS}/perception_node"
 
 
 @pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-    from text4seg_ros.model.tiny import build_tiny_model
-
-    return build_tiny_model("llava", tmp_path_factory.mktemp("tiny") / "llava", grid=GRID)
+def tiny_model(tiny_model_factory):
+    return tiny_model_factory("llava", grid=GRID)
 
 
 class Rig:

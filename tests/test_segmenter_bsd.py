@@ -12,7 +12,6 @@ from text4seg_ros.metrics import mask_to_box
 from text4seg_ros.model import segmenter as segmenter_module
 from text4seg_ros.model.answers import plan_goal, read_answer
 from text4seg_ros.model.segmenter import MAX_INSTANCES, Segmenter
-from text4seg_ros.model.tiny import build_tiny_model
 from text4seg_ros.model.types import Goal
 from text4seg_ros.prompts import Task
 from text4seg_ros.refine import RefinerConfig, SamRefiner, load_refiner
@@ -39,10 +38,10 @@ class BoxRecorder:
 
 
 @pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
+def model_dir(tiny_model_factory):
     # seed 3: the random LLaVA writes instances whose grid leaves part of its box empty, so the
     # decoded box and the coarse mask's tight box differ
-    return build_tiny_model("llava", tmp_path_factory.mktemp("llava"), seed=3)
+    return tiny_model_factory("llava", seed=3)
 
 
 @pytest.fixture(scope="module")
