@@ -104,11 +104,7 @@ def test_describe_and_save_mask(tmp_path: Path) -> None:
 
 
 @pytest.mark.ros
-def test_no_node_is_a_clear_error_with_status_1(monkeypatch, capsys) -> None:
-    from ros_harness import DOMAIN_ID
-
-    monkeypatch.setenv("ROS_DOMAIN_ID", str(DOMAIN_ID))
-    monkeypatch.setenv("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+def test_no_node_is_a_clear_error_with_status_1(ros_domain, capsys) -> None:
     assert main(["cup", "--namespace", "/nobody_here", "--timeout", "1"]) == 1
     err = capsys.readouterr().err
     assert "no perception node on /nobody_here/goals" in err and "--namespace" in err
@@ -118,10 +114,8 @@ def test_no_node_is_a_clear_error_with_status_1(monkeypatch, capsys) -> None:
 
 
 @pytest.fixture(scope="module")
-def rig(tmp_path_factory):
-    from text4seg_ros.model.tiny import build_tiny_model
-
-    model = build_tiny_model("llava", tmp_path_factory.mktemp("tiny") / "llava", grid=GRID)
+def rig(tiny_model_factory, tmp_path_factory):
+    model = tiny_model_factory("llava", grid=GRID)
     params = {"model_path": model, "grid": GRID, "image_qos_reliability": "reliable"}
     log = tmp_path_factory.mktemp("log") / "node.log"
     node = NodeProcess(node_command(NS, params, {}), log)
@@ -183,16 +177,17 @@ def test_1_inactive_node_times_out_naming_its_state(rig) -> None:
 @pytest.mark.ros
 def test_2_standing_goal_prints_each_answer_saves_masks_and_cancels(rig, tmp_path) -> None:
     node, client, segs, camera = rig
-    assert client.transition(FQN, "activate"), node.log()[-3000:]
-    assert wait_for(lambda: camera.get_subscription_count() > 0, 10)
-    with Camera(camera):
+    assert client.state(FQN) == "inactive"
+    with Camera(camera):  # --activate: the client activates the node through change_state
         out = _goal_cli(
-            "the red mug", "--namespace", NS, "--standing", "--frames", "2",
+            "the red mug", "--namespace", NS, "--standing", "--frames", "2", "--activate",
             "--id", "mug", "--save-masks", str(tmp_path), "--timeout", "60",
         )  # fmt: skip
     assert out.returncode == 0, out.stdout + out.stderr + node.log()[-3000:]
+    assert client.state(FQN) == "active"
     lines = out.stdout.splitlines()
-    assert lines[0] == "sent standing goal 'mug' (res): the red mug"
+    assert lines[0] == f"{FQN} is active"
+    assert lines[1] == "sent standing goal 'mug' (res): the red mug"
     answers = [LINE.match(line) for line in lines if line.startswith("frame ")]
     assert len(answers) == 2 and all(answers), lines
     published = {
@@ -214,6 +209,13 @@ def test_2_standing_goal_prints_each_answer_saves_masks_and_cancels(rig, tmp_pat
     assert wait_for(
         lambda: client.call(ListGoals, f"{FQN}/list_goals", ListGoals.Request()).goals == [], 10
     )
+
+
+@pytest.mark.ros
+def test_activate_without_such_node_is_a_clear_error(ros_domain, capsys) -> None:
+    argv = ["cup", "--activate", "--namespace", "/nobody_here", "--timeout", "1"]
+    assert main(argv) == 1
+    assert "no lifecycle node /nobody_here/perception_node" in capsys.readouterr().err
 
 
 @pytest.mark.ros

@@ -5,6 +5,7 @@ The first thing to try after ``ros2 launch text4seg_ros perception.launch.py``::
     text4seg-goal "the red mug"                              # one-shot: the next frame's answer
     text4seg-goal "the red mug" --standing --frames 10       # ten frames, then cancel the goal
     text4seg-goal "cups" --task gres --namespace /arm_camera --save-masks masks/
+    text4seg-goal "the red mug" --activate   # a node started without autostart: activate it
 
 It publishes a ``text4seg_msgs/Goal`` on ``<namespace>/goals`` and prints, for every
 ``SegmentationArray`` on ``<namespace>/segmentations`` that answers it, one line per answer:
@@ -75,6 +76,16 @@ def build_parser() -> argparse.ArgumentParser:
         help="seconds to wait for the node to be discovered, and then for each answer (30)",
     )
     p.add_argument("--save-masks", type=Path, default=None, help="write each mask as PNG here")
+    p.add_argument(
+        "--activate",
+        action="store_true",
+        help="first bring the node to active through its lifecycle services (configure, "
+        "activate), for a node started without autostart or ros2 lifecycle",
+    )
+    p.add_argument(
+        "--node", default="perception_node", help="the node's name, for --activate (default: "
+        "perception_node)",
+    )  # fmt: skip
     p.add_argument("--keep", action="store_true", help="do not cancel a standing goal on exit")
     return p
 
@@ -188,6 +199,42 @@ class GoalClient:
             self._cond.wait_for(lambda: len(self._answers) > index, timeout)
             return self._answers[index] if len(self._answers) > index else None
 
+    def activate(self, fqn: str, timeout: float) -> str:
+        """Drive node ``fqn`` to ``active`` (configure, then activate, as needed) through its
+        lifecycle services; its final state label. RuntimeError saying what failed."""
+        from lifecycle_msgs.msg import Transition
+        from lifecycle_msgs.srv import ChangeState, GetState
+
+        get = self.node.create_client(GetState, f"{fqn}/get_state")
+        change = self.node.create_client(ChangeState, f"{fqn}/change_state")
+        try:
+            if not get.wait_for_service(timeout_sec=timeout):
+                raise RuntimeError(f"no lifecycle node {fqn} (no {fqn}/get_state service)")
+            for _ in range(3):  # unconfigured -> inactive -> active
+                state = _call(get, GetState.Request(), timeout)
+                if state is None:
+                    raise RuntimeError(f"{fqn}/get_state did not answer within {timeout:g} s")
+                label = state.current_state.label
+                if label == "active":
+                    return label
+                steps = {"unconfigured": "configure", "inactive": "activate"}
+                if label not in steps:
+                    raise RuntimeError(f"{fqn} is {label!r}; cannot activate it from there")
+                req = ChangeState.Request()
+                req.transition.id = (
+                    Transition.TRANSITION_CONFIGURE
+                    if label == "unconfigured"
+                    else Transition.TRANSITION_ACTIVATE
+                )
+                # configure loads the model: minutes for a 7B model on a slow disk
+                done = _call(change, req, max(timeout, 600.0))
+                if done is None or not done.success:
+                    raise RuntimeError(f"{fqn} refused {steps[label]} (see the node's log)")
+            return label
+        finally:
+            self.node.destroy_client(get)
+            self.node.destroy_client(change)
+
     def node_states(self, timeout: float = 3.0) -> list[str]:
         """``<node>: <lifecycle state>`` for every node publishing the segmentations topic."""
         from lifecycle_msgs.srv import GetState
@@ -227,8 +274,8 @@ def _call(client: Any, request: Any, timeout: float) -> Any:
 def _timeout_message(client: GoalClient, timeout: float, received: int) -> str:
     states = client.node_states()
     why = (
-        "; the node must be active (ros2 lifecycle set <node> activate, or launch with "
-        "autostart) and receive camera frames (check its /diagnostics: frames_received)"
+        "; the node must be active (--activate, ros2 lifecycle set <node> activate, or launch "
+        "with autostart) and receive camera frames (check its /diagnostics: frames_received)"
     )
     where = ", ".join(states) or "no node publishes " + client.segs_topic
     return (
@@ -249,6 +296,14 @@ def run(args: argparse.Namespace) -> int:
     wanted = args.frames if args.standing else 1
     client = GoalClient(args.namespace, goal.id)
     try:
+        if args.activate:
+            fqn = topic(args.namespace, args.node)
+            try:
+                client.activate(fqn, args.timeout)
+            except RuntimeError as exc:
+                print(f"{PROG}: {exc}", file=sys.stderr)
+                return 1
+            print(f"{fqn} is active", flush=True)
         if not client.wait_for_node(args.timeout):
             print(
                 f"{PROG}: no perception node on {client.goals_topic} / {client.segs_topic} "
