@@ -117,6 +117,26 @@ def test_a_deliberate_violation_fails(
     assert detail in out.stdout, out.stdout
 
 
+def test_every_module_of_the_package_is_in_a_layer() -> None:
+    """A new module must be placed: in the core contract (ROS-free) or among the front ends."""
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    contracts = {c["id"]: c for c in config["contracts"]}
+    core = set(contracts["core-ros-free"]["source_modules"])
+    front_ends = set(contracts["core-ros-free"]["forbidden_modules"])
+    top = {
+        f"text4seg_ros.{p.stem if p.is_file() else p.name}"
+        for p in (REPO / "text4seg_ros").iterdir()
+        if (p.suffix == ".py" and p.stem != "__init__") or (p / "__init__.py").is_file()
+    }
+    unplaced = sorted(top - core - front_ends)
+    assert not unplaced, (
+        f"{unplaced}: add to source_modules (core, ROS-free) or forbidden_modules (front ends) "
+        "of the core-ros-free contract in pyproject.toml"
+    )
+
+
 def test_make_lint_runs_the_contracts() -> None:
     makefile = (REPO / "Makefile").read_text()
     lint = makefile.split("\nlint:", 1)[1].split("\n\n", 1)[0]
