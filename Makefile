@@ -17,7 +17,7 @@ RUN_ENV = AMENT_PREFIX_PATH=$(ABS_VENV) ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST 
 	TORCH_EXTENSIONS_DIR=$(abspath build/torch_extensions) HF_HUB_OFFLINE=1 \
 	TRANSFORMERS_OFFLINE=1 PATH=$(ABS_VENV)/bin:$$PATH
 
-.PHONY: all setup test lint format bench train-tiny clean distclean
+.PHONY: all setup test lint format docs bench train-tiny clean distclean
 
 all: test
 
@@ -48,6 +48,10 @@ format: setup
 
 test: setup lint
 	$(RUN_ENV) $(PY) -m pytest $(PYTEST_ARGS)
+
+# Rebuild the generated tables of README.md and docs/ (from bench/results/*.json and the code).
+docs: setup
+	$(RUN_ENV) $(PY) tools/gen_docs_tables.py
 
 # Benchmarks on the real data in ../shared/data (JSON in bench/results/; README tables come from
 # them). SAM refinement needs weights by path: python bench/refine_sam.py --sam PATH.

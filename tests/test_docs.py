@@ -1,0 +1,103 @@
+"""docs/ and README.md stay true: generated tables current, links resolve, examples run."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+DOCS = sorted((REPO / "docs").glob("*.md"))
+PAGES = DOCS  # README.md joins once it is rewritten from these pages
+LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
+
+
+def _gen():
+    spec = importlib.util.spec_from_file_location(
+        "gen_docs_tables", REPO / "tools" / "gen_docs_tables.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_committed_tables_are_what_make_docs_writes() -> None:
+    out = subprocess.run(
+        [sys.executable, str(REPO / "tools" / "gen_docs_tables.py"), "--check"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+
+
+def test_tables_are_built_from_the_json(tmp_path: Path) -> None:
+    gen = _gen()
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "bench" / "results", results)
+    oracle = json.loads((results / "oracle.json").read_text())
+    oracle["results"]["coco_tiny16"]["16"]["isd_center"]["cIoU"] = 0.123456
+    (results / "oracle.json").write_text(json.dumps(oracle))
+    text = "x\n<!-- table:oracle -->\nstale\n<!-- /table:oracle -->\ny\n"
+    new, names = gen.rewrite(text, results)
+    assert names == ["oracle"] and "stale" not in new
+    assert "| coco_tiny16 | 16 | 0.123 / " in new and new.startswith("x\n") and new.endswith("y\n")
+    # a committed page with a hand-edited figure is stale
+    page = (REPO / "docs" / "descriptors.md").read_text()
+    assert gen.rewrite(page, results)[0] != page
+    assert gen.rewrite(page)[0] == page
+    # no result file: the table says which script writes it
+    (results / "oracle.json").unlink()
+    assert "run `python bench/oracle.py`" in gen.render("oracle", results)
+
+
+def test_every_table_marker_is_known_and_every_docs_table_of_figures_is_generated() -> None:
+    gen = _gen()
+    for path in PAGES:
+        text = path.read_text()
+        for name in re.findall(r"<!-- table:([a-z0-9_]+) -->", text):
+            assert name in gen.TABLES, f"{path.name}: unknown table {name}"
+        # outside the markers, no table row may carry a decimal figure (typed by hand)
+        outside = gen.MARKER.sub("", text)
+        outside = re.sub(r"```.*?```", "", outside, flags=re.S)
+        rows = [line for line in outside.splitlines() if line.startswith("|")]
+        typed = [r for r in rows if re.search(r"\|\s*[-\d.]*\d\.\d+\s*(x|s|ms|%)?\s*\|", r)]
+        assert not typed, f"{path.name}: figures typed by hand in a table: {typed[:3]}"
+
+
+def _anchors(path: Path) -> set[str]:
+    """GitHub's heading anchors of a Markdown file."""
+    out = set()
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    for line in text.splitlines():
+        if line.startswith("#"):
+            title = line.lstrip("#").strip().lower()
+            out.add(re.sub(r"\s", "-", re.sub(r"[^\w\s-]", "", title)))
+    return out
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: p.name)
+def test_local_links_resolve(path: Path) -> None:
+    text = re.sub(r"```.*?```", "", path.read_text(), flags=re.S)
+    for target in LINK.findall(text):
+        if re.match(r"[a-z]+://", target) or target.startswith("mailto:"):
+            continue
+        file_part, _, anchor = target.partition("#")
+        dest = (path.parent / file_part).resolve() if file_part else path
+        assert dest.exists(), f"{path.name}: link to missing {target}"
+        if anchor and dest.suffix == ".md":
+            assert anchor in _anchors(dest), f"{path.name}: no heading #{anchor} in {dest.name}"
+
+
+def test_the_descriptor_examples_run() -> None:
+    text = (REPO / "docs" / "descriptors.md").read_text()
+    blocks = re.findall(r"```python\n(.*?)```", text, flags=re.S)
+    assert blocks
+    for block in blocks:
+        exec(compile(block, "docs/descriptors.md", "exec"), {})  # noqa: S102  our own docs

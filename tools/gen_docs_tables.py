@@ -1,0 +1,289 @@
+"""Write every generated table of README.md and docs/*.md (``make docs``).
+
+A table lives between two marker comments in a Markdown file::
+
+    <!-- table:oracle -->
+    ... generated, do not edit ...
+    <!-- /table:oracle -->
+
+and is rebuilt from its source: a benchmark's JSON in ``bench/results/`` (figures are never
+typed by hand) or the code itself (the node's parameters from ``text4seg_ros/ros/params.py``).
+``--check`` writes nothing and exits 1 naming each table that differs from what this script
+writes (tests/test_docs.py runs it). A table whose JSON is absent says which script makes it.
+
+To add a table: write a function ``(results_dir) -> str`` returning Markdown lines, add it to
+:data:`TABLES`, and put the two markers where it belongs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+RESULTS = REPO / "bench" / "results"
+MARKER = re.compile(
+    r"(<!-- table:(?P<name>[a-z0-9_]+) -->\n)(?P<body>.*?)(<!-- /table:(?P=name) -->)", re.S
+)
+
+
+class MissingResult(Exception):
+    """The JSON a table is built from does not exist (yet)."""
+
+
+def _load(results: Path, name: str, script: str) -> dict[str, Any]:
+    path = results / name
+    if not path.is_file():
+        raise MissingResult(
+            f"_No results yet: run `python {script}` (writes bench/results/{name})._"
+        )
+    return json.loads(path.read_text())
+
+
+def _f(value: float, digits: int = 3) -> str:
+    return f"{value:.{digits}f}"
+
+
+def _row(cells: list[str]) -> str:
+    return "| " + " | ".join(cells) + " |"
+
+
+def table_oracle(results: Path) -> str:
+    """Perfect descriptors: I-SD (centre / area sampling) against B-SD, per data set and G."""
+    d = _load(results, "oracle.json", "bench/oracle.py")
+    lines = [
+        _row(
+            [
+                "data",
+                "G",
+                "I-SD centre cIoU / gIoU / chars",
+                "I-SD area cIoU / gIoU",
+                "B-SD cIoU / gIoU / chars",
+                "B-SD bricks chars",
+            ]
+        ),
+        _row(["---"] * 6),
+    ]
+    for data, per_grid in d["results"].items():
+        for grid in d["grids"]:
+            r = per_grid[str(grid)]
+            c, a, b, k = r["isd_center"], r["isd_area"], r["bsd"], r["bsd_bricks"]
+            lines.append(
+                _row(
+                    [
+                        data,
+                        str(grid),
+                        f"{_f(c['cIoU'])} / {_f(c['gIoU'])} / {c['chars']:.0f}",
+                        f"{_f(a['cIoU'])} / {_f(a['gIoU'])}",
+                        f"{_f(b['cIoU'])} / {_f(b['gIoU'])} / {b['chars']:.0f}",
+                        f"{k['chars']:.0f}",
+                    ]
+                )
+            )
+    return "\n".join(lines)
+
+
+def _steps_rows(d: dict[str, Any]) -> list[str]:
+    lines = [
+        _row(
+            [
+                "data",
+                "form",
+                "goals",
+                "tokens/goal",
+                "steps/goal, jump-forward",
+                "ratio",
+                "steps/goal, + drafts",
+                "ratio",
+            ]
+        ),
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    groups = [(name, per) for name, per in d["datasets"].items()] + [("all", d["totals"])]
+    for name, per in groups:
+        for form, label in (("rrle", "R-RLE"), ("bsd", "B-SD")):
+            r = per[form]
+            lines.append(
+                _row(
+                    [
+                        name,
+                        label,
+                        str(r["goals"]),
+                        f"{r['tokens_per_goal']:.1f}",
+                        f"{r['steps_per_goal_jump_forward_only']:.1f}",
+                        f"{r['ratio_jump_forward_only']:.2f}x",
+                        f"{r['steps_per_goal']:.1f}",
+                        f"{r['ratio']:.2f}x",
+                    ]
+                )
+            )
+    return lines
+
+
+def table_decode_steps(results: Path) -> str:
+    """Answer tokens against sequential model calls, Qwen2-shaped byte-level BPE."""
+    return "\n".join(_steps_rows(_load(results, "decode_steps.json", "bench/decode_steps.py")))
+
+
+def table_decode_steps_sentencepiece(results: Path) -> str:
+    """The same with a Llama-2-shaped SentencePiece tokenizer."""
+    d = _load(results, "decode_steps_sentencepiece.json", "bench/decode_steps_sentencepiece.py")
+    return "\n".join(_steps_rows(d))
+
+
+def table_batch_decode(results: Path) -> str:
+    """Batched decoding: the old fixed batch, the shrinking batch, single calls."""
+    d = _load(results, "batch_decode.json", "bench/batch_decode.py")
+    lines = [
+        _row(
+            [
+                "batch",
+                "model",
+                "kept (before)",
+                "shrinking",
+                "singles",
+                "kept / shrinking",
+                "rows fed, kept -> shrinking",
+                "same tokens",
+            ]
+        ),
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for s in d["scenarios"].values():
+        lines.append(
+            _row(
+                [
+                    s["batch"],
+                    s["model"],
+                    f"{s['kept']['seconds']:.2f} s",
+                    f"{s['shrink']['seconds']:.2f} s",
+                    f"{s['singles']['seconds']:.2f} s",
+                    f"{s['kept_over_shrink_time']:.1f}x",
+                    f"{s['kept']['rows_fed']} -> {s['shrink']['rows_fed']}",
+                    "yes" if s["identical_tokens"] else "**no**",
+                ]
+            )
+        )
+    return "\n".join(lines)
+
+
+def table_bench_machines(results: Path) -> str:
+    """Where each result file was measured (from its own ``machine`` record)."""
+    lines = [_row(["result file", "machine", "seconds"]), _row(["---"] * 3)]
+    for path in sorted(results.glob("*.json")):
+        d = json.loads(path.read_text())
+        m = d.get("machine", {}) if isinstance(d, dict) else {}
+        where = ", ".join(f"{k} {v}" for k, v in m.items()) if isinstance(m, dict) else str(m)
+        secs = d.get("seconds") if isinstance(d, dict) else None
+        secs_text = f"{secs:.1f}" if isinstance(secs, (int, float)) else ""
+        lines.append(_row([f"`{path.name}`", where or "not recorded", secs_text]))
+    return "\n".join(lines)
+
+
+def _default_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return "`true`" if value else "`false`"
+    if isinstance(value, str):
+        return f'`"{value}"`' if value == "" else f"`{value}`"
+    return f"`{value}`"
+
+
+def table_node_params(results: Path) -> str:
+    """The node's parameters, from text4seg_ros/ros/params.py (defaults, ranges, live)."""
+    from dataclasses import fields
+
+    sys.path.insert(0, str(REPO))
+    from text4seg_ros.ros.params import SPECS, NodeConfig
+
+    defaults = {f.name: f.default for f in fields(NodeConfig)}
+    lines = [_row(["parameter", "default", "live", "meaning"]), _row(["---"] * 4)]
+    for name, spec in SPECS.items():
+        allowed = ""
+        if spec.choices:
+            allowed = " (" + " \\| ".join(spec.choices) + ")"
+        elif spec.int_range:
+            allowed = f" ({spec.int_range[0]}..{spec.int_range[1]})"
+        elif spec.float_range:
+            allowed = f" ({spec.float_range[0]:g}..{spec.float_range[1]:g})"
+        meaning = spec.description.replace("|", "\\|") + allowed
+        live = "yes" if spec.live else ""
+        lines.append(_row([f"`{name}`", _default_text(defaults.get(name, "")), live, meaning]))
+    return "\n".join(lines)
+
+
+TABLES: dict[str, Callable[[Path], str]] = {
+    "oracle": table_oracle,
+    "decode_steps": table_decode_steps,
+    "decode_steps_sentencepiece": table_decode_steps_sentencepiece,
+    "batch_decode": table_batch_decode,
+    "bench_machines": table_bench_machines,
+    "node_params": table_node_params,
+}
+
+
+def render(name: str, results: Path = RESULTS) -> str:
+    """The Markdown of table ``name`` (ending in a newline)."""
+    if name not in TABLES:
+        raise KeyError(f"unknown table {name!r}; known: {', '.join(TABLES)}")
+    try:
+        body = TABLES[name](results)
+    except MissingResult as exc:
+        body = str(exc)
+    return body.rstrip("\n") + "\n"
+
+
+def rewrite(text: str, results: Path = RESULTS) -> tuple[str, list[str]]:
+    """``text`` with every marked table rebuilt, and the names of the tables found."""
+    names: list[str] = []
+
+    def sub(m: re.Match) -> str:
+        names.append(m.group("name"))
+        if m.group("name") not in TABLES:
+            return m.group(0)  # reported by main()
+        return m.group(1) + render(m.group("name"), results) + m.group(4)
+
+    return MARKER.sub(sub, text), names
+
+
+def doc_files(root: Path = REPO) -> list[Path]:
+    """README.md and every Markdown file under docs/."""
+    return [root / "README.md", *sorted((root / "docs").glob("**/*.md"))]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--check", action="store_true", help="write nothing; exit 1 if stale")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="bench results folder")
+    args = ap.parse_args(argv)
+    stale = []
+    for path in doc_files():
+        if not path.is_file():
+            continue
+        text = path.read_text()
+        new, names = rewrite(text, args.results)
+        for name in names:
+            if name not in TABLES:
+                print(f"{path.relative_to(REPO)}: unknown table {name!r}", file=sys.stderr)
+                return 2
+        if new != text:
+            stale.append(str(path.relative_to(REPO)))
+            if not args.check:
+                path.write_text(new)
+    if args.check and stale:
+        print(
+            "generated tables out of date in: " + ", ".join(stale) + " (run `make docs`)",
+            file=sys.stderr,
+        )
+        return 1
+    verb = "would rewrite" if args.check else "rewrote"
+    print(f"{verb} {len(stale)} file(s)" if stale else "tables up to date")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
