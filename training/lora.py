@@ -56,8 +56,12 @@ def load_base(
     dtype: torch.dtype = torch.float32,
     backbone: str | None = None,
     adapter: str | Path | None = None,
+    max_tiles: int | None = None,
 ) -> tuple[PreTrainedModel, Any, Backbone]:
     """Load ``(model, processor, backbone)`` exactly as the Segmenter does (any layout of
-    :func:`text4seg_ros.model.loading.load_pretrained`; ``adapter`` merged in when given)."""
-    loaded = load_pretrained(path, backbone=backbone, adapter=adapter, dtype=dtype)
+    :func:`text4seg_ros.model.loading.load_pretrained`; ``adapter`` merged in when given;
+    ``max_tiles``: InternVL tiles, recorded with the processor the run saves)."""
+    loaded = load_pretrained(
+        path, backbone=backbone, adapter=adapter, dtype=dtype, max_tiles=max_tiles
+    )
     return loaded.model, loaded.processor, loaded.backbone

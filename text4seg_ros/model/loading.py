@@ -130,7 +130,11 @@ def is_llava_original(config: dict[str, Any]) -> bool:
 
 
 def _load_hf(
-    path: Path, backbone: Backbone | None, dtype: torch.dtype, trust_remote_code: bool
+    path: Path,
+    backbone: Backbone | None,
+    dtype: torch.dtype,
+    trust_remote_code: bool,
+    max_tiles: int | None = None,
 ) -> tuple[PreTrainedModel, Any, Backbone]:
     config = read_config(path)
     if backbone is None:
@@ -149,7 +153,7 @@ def _load_hf(
     model = backbone.model_class.from_pretrained(
         str(path), dtype=dtype, trust_remote_code=trust_remote_code
     )
-    return model, load_processor(path, backbone.name), backbone
+    return model, load_processor(path, backbone.name, max_tiles), backbone
 
 
 def attach_adapter(model: PreTrainedModel, adapter: Path, merge: bool) -> PreTrainedModel:
@@ -180,6 +184,7 @@ def load_pretrained(
     device: str | torch.device = "cpu",
     dtype: str | torch.dtype = torch.float32,
     trust_remote_code: bool = False,
+    max_tiles: int | None = None,
 ) -> LoadedModel:
     """Load model + processor from ``path`` (layout detected, see module doc), in eval mode.
 
@@ -188,7 +193,8 @@ def load_pretrained(
     ``vision_tower``: the CLIP vision tower directory for the original LLaVA layout (default:
     the config's ``mm_vision_tower`` when that is a local directory). ``dtype``: ``float32``,
     ``float16`` or ``bfloat16``. ``device``: see :func:`check_device` (ValueError when this
-    torch cannot use it).
+    torch cannot use it). ``max_tiles``: InternVL image tiles (None: as recorded with the
+    processor, else 1; see :func:`.processors.configure_processor`).
     """
     path = Path(path).expanduser()
     dtype = as_dtype(dtype)
@@ -215,7 +221,7 @@ def load_pretrained(
         model, processor = load_llava_original(path, vision_tower, dtype)
         chosen, layout = get_backbone("llava"), "llava_original"
     else:
-        model, processor, chosen = _load_hf(path, chosen, dtype, trust_remote_code)
+        model, processor, chosen = _load_hf(path, chosen, dtype, trust_remote_code, max_tiles)
         layout = "hf"
     if adapter is not None:
         adapter = Path(adapter).expanduser()
@@ -225,6 +231,6 @@ def load_pretrained(
             (adapter / n).is_file() for n in PROCESSOR_FILES
         ):
             processor_path = adapter  # training saved its own processor (e.g. added tokens)
-            processor = load_processor(processor_path, chosen.name)
+            processor = load_processor(processor_path, chosen.name, max_tiles)
     model = model.to(device=device, dtype=dtype).eval()
     return LoadedModel(model, processor, chosen, path, layout, adapter)
