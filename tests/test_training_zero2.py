@@ -24,7 +24,7 @@ from text4seg_ros.model.segmenter import Segmenter
 from text4seg_ros.model.tiny import build_tiny_model
 from text4seg_ros.model.types import Goal
 from text4seg_ros.prompts import Task
-from training.data.sample import read_jsonl, write_jsonl
+from training.data.sample import ChatSample, read_jsonl, write_jsonl
 from training.data.synthetic import build_synthetic
 from training.dataset import ChatDataset, Collator, load_image
 from training.evaluate import evaluate
@@ -59,7 +59,10 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """Build data and a tiny LLaVA, train 8 steps (checkpoint at 4 and 8), resume to 10."""
     root = tmp_path_factory.mktemp("zero2")
     data = root / "syn.jsonl"
-    write_jsonl(build_synthetic(root, n_images=24, seed=0, size=(32, 32), grid=16), data)
+    samples = list(build_synthetic(root, n_images=24, seed=0, size=(32, 32), grid=16))
+    # One sample over max_length: dropped (and counted) before sampling, never a crash.
+    long = ChatSample(**{**samples[0].__dict__, "id": "too-long", "question": "x " * 3000})
+    write_jsonl([*samples, long], data)
     base = build_tiny_model("llava", root / "base")
     out = root / "run"
     args = ["--model", str(base), "--data", str(data), "--output_dir", str(out),
@@ -92,6 +95,18 @@ def test_loss_falls_under_zero2_on_two_ranks(run: dict) -> None:
     assert (step8 / "zero_pp_rank_0_mp_rank_00_optim_states.pt").is_file()
     assert (step8 / "zero_pp_rank_1_mp_rank_00_optim_states.pt").is_file()
     assert "world 2 x micro 2 x accum 2 = 8/step" in run["first"].stdout
+    assert "dropped 1 of " in run["first"].stdout and "(first: too-long)" in run["first"].stdout
+    assert recipe["dropped_over_max_length"] == 1
+
+
+def test_checkpoints_hold_trainable_weights_only_and_rotate(run: dict) -> None:
+    ckpt = run["out"] / "checkpoints"
+    # save_steps 4, save_total_limit 2 (default): step4 was deleted once step10 was saved.
+    assert sorted(p.name for p in ckpt.glob("step*")) == ["step10", "step8"]
+    states = torch.load(ckpt / "step8" / "mp_rank_00_model_states.pt", weights_only=False)
+    names = list(states["module"])
+    assert names and all("lora_" in n for n in names), names[:5]
+    assert not states.get("frozen_param_fragments")
 
 
 def test_training_resumes_from_the_latest_checkpoint(run: dict) -> None:
@@ -99,6 +114,7 @@ def test_training_resumes_from_the_latest_checkpoint(run: dict) -> None:
     steps = [r["step"] for r in _log(run["out"])]
     assert steps == [2, 4, 6, 8, 10]  # continued, not restarted
     assert (run["out"] / "checkpoints" / "step10").is_dir()
+    assert "dropped 1 of " in run["second"].stdout  # the same sample, again before sampling
 
 
 @pytest.fixture(scope="module")

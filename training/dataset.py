@@ -97,8 +97,42 @@ def encode_sample(
     return out
 
 
+def image_size(sample: ChatSample) -> tuple[int, int]:
+    """``(width, height)`` of the sample's image after its crop (reads the header only)."""
+    if sample.crop is not None:
+        x1, y1, x2, y2 = sample.crop
+        return x2 - x1, y2 - y1
+    with Image.open(sample.image) as im:
+        return im.size
+
+
+def sample_lengths(samples: Sequence[ChatSample], backbone: Backbone, processor: Any) -> list[int]:
+    """Token count of each sample as :func:`encode_sample` builds it, without decoding images.
+
+    The prefix length depends on the image size alone (each backbone's processor resizes,
+    tiles or pads by size), so it is measured once per distinct size on a blank image; the
+    suffixes are tokenised in one batch.
+    """
+    prefix_text = backbone.prompt_prefix()
+    prefix_len: dict[tuple[int, int], int] = {}
+    sizes = [image_size(s) for s in samples]
+    for size in set(sizes):
+        blank = Image.new("RGB", size)
+        ids = processor(images=[blank], text=[prefix_text], return_tensors="pt")["input_ids"]
+        prefix_len[size] = int(ids.shape[1])
+    texts = [backbone.prompt_suffix(s.question, s.answer) + backbone.turn_end for s in samples]
+    suffixes = processor.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
+    return [prefix_len[size] + len(ids) for size, ids in zip(sizes, suffixes)]
+
+
 class ChatDataset(Dataset):
-    """Samples of one or more JSONL files, encoded on access (in data-loader workers)."""
+    """Samples of one or more JSONL files, encoded on access (in data-loader workers).
+
+    Samples longer than ``max_length`` tokens are dropped here, before any sampler sees them:
+    their ids are in :attr:`dropped` (the trainer logs the count). The choice depends only on
+    the data and the processor, so every rank and every resumed run drops the same samples and
+    the data order stays the same.
+    """
 
     def __init__(
         self,
@@ -109,9 +143,17 @@ class ChatDataset(Dataset):
     ) -> None:
         if isinstance(paths, str):
             paths = [paths]
-        self.samples: list[ChatSample] = [s for p in paths for s in read_jsonl(p)]
-        if not self.samples:
+        samples: list[ChatSample] = [s for p in paths for s in read_jsonl(p)]
+        if not samples:
             raise ValueError(f"no samples in {list(paths)}")
+        lengths = sample_lengths(samples, backbone, processor)
+        self.samples = [s for s, n in zip(samples, lengths) if n <= max_length]
+        self.dropped: list[str] = [s.id for s, n in zip(samples, lengths) if n > max_length]
+        if not self.samples:
+            raise ValueError(
+                f"all {len(samples)} samples are longer than max_length {max_length} tokens "
+                f"(shortest {min(lengths)}): raise --max_length"
+            )
         self.backbone = backbone
         self.processor = processor
         self.max_length = max_length

@@ -10,8 +10,10 @@ twice. Gradient accumulation is derived once: ``global_batch / (world x per_devi
 
 Output layout (``output_dir``)::
 
-    checkpoints/step<N>/   DeepSpeed checkpoint (LoRA weights, ZeRO-2 optimizer partitions,
-                           scheduler, data position): ``--resume`` continues from ``latest``
+    checkpoints/step<N>/   DeepSpeed checkpoint (trainable weights only, ZeRO-2 optimizer
+                           partitions, scheduler, data position), the newest
+                           ``save_total_limit`` kept: ``--resume`` continues from ``latest``
+                           (decided by rank 0, see training.checkpoints)
     adapter/               the final peft adapter + processor (input of training.merge)
     model/                 instead of adapter/ with --tune full: the whole trained model
     log.jsonl              one line per logged step: step, loss, lr, samples_s, tokens_s
@@ -27,6 +29,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -37,10 +40,11 @@ import torch.distributed as dist
 from peft import get_peft_model
 from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
-from transformers import HfArgumentParser, get_linear_schedule_with_warmup
+from transformers import HfArgumentParser, PreTrainedModel, get_linear_schedule_with_warmup
 
 from text4seg_ros.model.processors import save_processor
 
+from . import checkpoints
 from .dataset import ChatDataset, Collator
 from .lora import load_base, lora_config
 from .recipe import Recipe
@@ -63,16 +67,53 @@ def epoch_indices(
     return order[done_steps * per_step : steps_per_epoch * per_step]
 
 
-def resolve_precision(precision: str) -> str:
-    """``fp32`` on CPU; on GPU ``bf16`` when supported else ``fp16`` (``auto``), or as given."""
-    allowed = ("auto", "bf16", "fp16", "fp32")
-    if precision not in allowed:
-        raise ValueError(f"precision must be one of {allowed}, got {precision!r}")
-    if not torch.cuda.is_available():
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+
+
+def choose_precision(precision: str, capability: tuple[int, int] | None) -> str:
+    """The training precision for a device of CUDA compute ``capability`` (None: no GPU).
+
+    ``fp32`` without a GPU. ``auto``: ``bf16`` from compute capability 8.0 (Ampere) on, else
+    ``fp16``: V100 (7.0) and T4 (7.5) have no bf16 tensor cores, and recent torch reports bf16
+    as supported there (``torch.cuda.is_bf16_supported`` emulates it), several times slower.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if capability is None:
         return "fp32"
     if precision == "auto":
-        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "bf16" if tuple(capability) >= (8, 0) else "fp16"
+    if precision == "bf16" and tuple(capability) < (8, 0):
+        warnings.warn(
+            f"bf16 on compute capability {capability[0]}.{capability[1]} is emulated (slow); "
+            "--precision auto picks fp16 there",
+            stacklevel=2,
+        )
     return precision
+
+
+def resolve_precision(precision: str) -> str:
+    """:func:`choose_precision` for this process's GPU (``fp32`` on CPU)."""
+    capability = torch.cuda.get_device_capability() if torch.cuda.is_available() else None
+    return choose_precision(precision, capability)
+
+
+def prepare_model(model: PreTrainedModel, gradient_checkpointing: bool) -> PreTrainedModel:
+    """Switch the KV cache off everywhere and enable activation checkpointing (in place).
+
+    The language model reads ``text_config.use_cache``, not the top-level flag, so both are
+    cleared (else every training forward builds a KV cache it throws away). Checkpointing is
+    non-reentrant: it needs no ``enable_input_require_grads`` hook with a frozen embedding.
+    """
+    model.config.use_cache = False
+    model.config.get_text_config().use_cache = False
+    if gradient_checkpointing:
+        kwargs = {"use_reentrant": False}
+        if hasattr(model, "activation_checkpointing_enable"):  # transformers >= 5.2x
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:  # the GPU image's transformers 5.17
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    return model
 
 
 def deepspeed_config(recipe: Recipe, world_size: int, precision: str) -> dict[str, Any]:
@@ -94,6 +135,9 @@ def deepspeed_config(recipe: Recipe, world_size: int, precision: str) -> dict[st
         section = config.setdefault(name, {})
         if section.get("enabled", "auto") == "auto":
             section["enabled"] = precision == name
+    if not recipe.shared_output:
+        # Each node keeps its own checkpoint copy (model states written by every local rank 0).
+        config.setdefault("checkpoint", {})["use_node_local_storage"] = True
     if config.get("zero_optimization", {}).get("stage") != 2:
         raise ValueError(f"{path}: the recipe uses ZeRO stage 2")
     return config
@@ -160,11 +204,10 @@ def train(recipe: Recipe) -> Path:
     out = Path(recipe.output_dir)
     ckpt_dir = out / "checkpoints"
 
-    model, processor, backbone = load_base(Path(recipe.model).resolve(), dtype)
-    model.config.use_cache = False
-    if recipe.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.enable_input_require_grads()
+    model, processor, backbone = load_base(
+        Path(recipe.model).resolve(), dtype, max_tiles=recipe.max_tiles
+    )
+    prepare_model(model, recipe.gradient_checkpointing)
     if recipe.tune == "lora":
         model = get_peft_model(
             model, lora_config(backbone.name, recipe.lora_r, recipe.lora_alpha, recipe.lora_dropout)
@@ -178,6 +221,13 @@ def train(recipe: Recipe) -> Path:
     n_total = sum(p.numel() for p in model.parameters())
 
     dataset = ChatDataset(recipe.data, backbone, processor, recipe.max_length)
+    if main and dataset.dropped:
+        # Dropped before the sampler sees them, identically on every rank and every resume.
+        print(
+            f"[train] dropped {len(dataset.dropped)} of {len(dataset.samples)} samples longer "
+            f"than max_length {recipe.max_length} tokens (first: {', '.join(dataset.dropped[:5])})",
+            flush=True,
+        )
     accum = recipe.accumulation(world)
     sampler = DistributedSampler(
         dataset, num_replicas=world, rank=rank, shuffle=True, seed=recipe.seed, drop_last=True
@@ -207,9 +257,9 @@ def train(recipe: Recipe) -> Path:
     )
 
     step = 0
-    if recipe.resume and (ckpt_dir / "latest").exists():
-        _, client = engine.load_checkpoint(str(ckpt_dir))
-        step = int(client["step"])
+    tag = checkpoints.decide_resume(ckpt_dir, recipe.resume)
+    if tag is not None:
+        step = checkpoints.load(engine, ckpt_dir, tag)
     if main:
         out.mkdir(parents=True, exist_ok=True)
         resolved = {
@@ -223,6 +273,8 @@ def train(recipe: Recipe) -> Path:
             "backbone": backbone.name,
             "trainable_params": n_trainable,
             "total_params": n_total,
+            "samples": len(dataset),
+            "dropped_over_max_length": len(dataset.dropped),
         }
         (out / "recipe.json").write_text(json.dumps(resolved, indent=2))
         print(
@@ -291,9 +343,8 @@ def train(recipe: Recipe) -> Path:
                 window_loss, window_micro, window_tokens = 0.0, 0, 0
                 window_start, window_steps = time.perf_counter(), 0
             if (recipe.save_steps and step % recipe.save_steps == 0) or step == total:
-                engine.save_checkpoint(
-                    str(ckpt_dir), tag=f"step{step}", client_state={"step": step}
-                )
+                local_main = int(os.environ.get("LOCAL_RANK", "0")) == 0
+                checkpoints.save(engine, ckpt_dir, step, recipe.save_total_limit, local_main)
             if step >= total:
                 break
     bar.close()
