@@ -36,7 +36,10 @@ def merge_adapter(
     """Fold the LoRA factors of ``adapter`` into ``base`` and save the result in ``out``.
 
     ``base`` defaults to the base recorded in the adapter config (the ``--model`` of training).
-    Returns ``out``.
+    The base is loaded and the LoRA product added in float32, then the sum is cast to ``dtype``
+    once: merging in bf16 would round the base weights and the delta separately (and the delta
+    ``B @ A * scale`` itself in bf16), a second rounding on every merged weight. A 7B model needs
+    about 28 GB of host memory for this. Returns ``out``.
     """
     adapter, out = Path(adapter), Path(out)
     if not (adapter / "adapter_config.json").exists():
@@ -47,7 +50,9 @@ def merge_adapter(
         raise ValueError(
             f"base model {base} not found: pass --base (the directory training started from)"
         )
-    merged, processor, backbone = load_base(base, dtype, adapter=adapter)
+    merged, processor, backbone = load_base(base, torch.float32, adapter=adapter)
+    merged = merged.to(dtype)
+    merged.config.dtype = dtype
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out))
     save_processor(processor, out, backbone.name)
