@@ -8,18 +8,24 @@
 # bf16 where the GPU has it, global batch 128). This script only says how many GPUs and how many
 # samples fit on one (PER_DEVICE_BATCH); training/train.py derives the gradient accumulation
 # once: 128 = NGPUS x PER_DEVICE_BATCH x accumulation (8 x 16 x 1 by default; use 8 x 4 x 4 on
-# smaller GPUs). Extra arguments override recipe fields (python -m training.train --help).
+# smaller GPUs). Extra arguments override recipe fields (python -m training.train --help);
+# paths among them are read from the repository root, so give those absolute.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-MODEL=${1:?usage: train_8gpu.sh BASE_MODEL DATA.jsonl[,MORE.jsonl] OUTPUT_DIR [recipe overrides]}
+# Relative paths the user gives are read from where the script was started, so make them
+# absolute before changing to the repository root.
+abspath() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s' "$PWD/$1" ;; esac; }
+MODEL=$(abspath "${1:?usage: train_8gpu.sh BASE_MODEL DATA.jsonl[,MORE.jsonl] OUTPUT_DIR [overrides]}")
 DATA=${2:?data JSONL (comma-separated list)}
-OUT=${3:?output directory}
+OUT=$(abspath "${3:?output directory}")
 shift 3
+IFS=, read -ra DATA_FILES <<<"$DATA"
+for i in "${!DATA_FILES[@]}"; do DATA_FILES[i]=$(abspath "${DATA_FILES[i]}"); done
+PY=${PY:-python}
+case "$PY" in */*) PY=$(abspath "$PY") ;; esac
+cd "$(dirname "$0")/../.."
 NGPUS=${NGPUS:-8}
 PER_DEVICE_BATCH=${PER_DEVICE_BATCH:-16}
-PY=${PY:-python}
-IFS=, read -ra FILES <<<"$DATA"
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/build/torch_extensions}
 exec "$PY" -m torch.distributed.run --standalone --nproc_per_node="$NGPUS" -m training.train \
-  --model "$MODEL" --data "${FILES[@]}" --output_dir "$OUT" \
+  --model "$MODEL" --data "${DATA_FILES[@]}" --output_dir "$OUT" \
   --per_device_batch "$PER_DEVICE_BATCH" "$@"

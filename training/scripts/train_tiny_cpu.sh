@@ -9,9 +9,13 @@
 # steps, a higher learning rate for random weights); the rest is the recipe of
 # training/recipe.py. The last line printed is the evaluation (descriptor validity, IoU).
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-DATA_DIR=${TEXT4SEG_DATA:-$(cd .. && pwd)/shared/data}/coco_tiny16
-OUT=${OUT:-build/train_tiny}
+# Relative paths the user gives are read from where the script was started, so make them
+# absolute before changing to the repository root.
+abspath() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s' "$PWD/$1" ;; esac; }
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+DATA_DIR=$(abspath "${TEXT4SEG_DATA:-$(cd "$REPO/.." && pwd)/shared/data}")/coco_tiny16
+OUT=$(abspath "${OUT:-$REPO/build/train_tiny}")
+cd "$REPO"
 PY=${PY:-.venv/bin/python}
 STEPS=${STEPS:-20}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/build/torch_extensions}

@@ -9,13 +9,21 @@
 # LAUNCHER=training/scripts/train_multinode.sh runs both stages over a hostfile instead.
 # Result: OUTPUT_DIR/stage2_merged, loadable by Segmenter.from_pretrained.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
-MODEL=${1:?usage: two_stage.sh BASE_MODEL RES.jsonl[,MORE] GRES.jsonl OUTPUT_DIR}
+# Relative paths the user gives are read from where the script was started, so make them
+# absolute before changing to the repository root.
+abspath() { case "$1" in /*) printf '%s' "$1" ;; *) printf '%s' "$PWD/$1" ;; esac; }
+MODEL=$(abspath "${1:?usage: two_stage.sh BASE_MODEL RES.jsonl[,MORE] GRES.jsonl OUTPUT_DIR}")
 RES=${2:?RefCOCO-series JSONL}
-GRES=${3:?gRefCOCO JSONL}
-OUT=${4:?output directory}
-LAUNCHER=${LAUNCHER:-training/scripts/train_8gpu.sh}
+GRES=$(abspath "${3:?gRefCOCO JSONL}")
+OUT=$(abspath "${4:?output directory}")
+IFS=, read -ra RES_FILES <<<"$RES"
+for i in "${!RES_FILES[@]}"; do RES_FILES[i]=$(abspath "${RES_FILES[i]}"); done
+RES=$(IFS=,; printf '%s' "${RES_FILES[*]}")
+REPO=$(cd "$(dirname "$0")/../.." && pwd)
+LAUNCHER=$(abspath "${LAUNCHER:-$REPO/training/scripts/train_8gpu.sh}")
 PY=${PY:-python}
+case "$PY" in */*) PY=$(abspath "$PY") ;; esac
+cd "$REPO"
 DTYPE=${MERGE_DTYPE:-bf16}
 
 "$LAUNCHER" "$MODEL" "$RES" "$OUT/stage1" --epochs 5
