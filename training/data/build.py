@@ -29,7 +29,7 @@ from .coco import CocoInstances, build_class_queries
 from .instances import build_instances
 from .refer import REFER_DATASETS, build_refer, load_refs
 from .sample import write_jsonl
-from .semantic import build_open_vocab, pair_folders
+from .semantic import PRESETS, build_open_vocab, pair_folders
 from .synthetic import build_synthetic
 from .tabletop import GOAL_KINDS
 from .tabletop_samples import build_tabletop
@@ -67,8 +67,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("semantic", help="open vocabulary from label-map PNGs")
     p.add_argument("--images", required=True, type=Path)
     p.add_argument("--labels", required=True, type=Path, help="folder of NAME.png label maps")
-    p.add_argument("--classes", required=True, type=Path, help="JSON list: value -> name|null")
-    p.add_argument("--ignore", default="", help="comma list of ignored values, e.g. 255")
+    p.add_argument(
+        "--classes",
+        required=True,
+        help="JSON list (value -> name|null), or a preset: " + ", ".join(PRESETS),
+    )
+    p.add_argument("--ignore", default=None, help="comma list of ignored values, e.g. 255")
     p.add_argument("--dataset", default="ade20k")
     p.add_argument("--image-ext", default=".jpg")
     p.add_argument("--samples-per-image", type=int, default=1)
@@ -150,8 +154,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             args.out.parent, args.n_images, args.seed, (args.size, args.size), **kw
         )
     elif args.source == "semantic":
-        names = json.loads(args.classes.read_text(encoding="utf-8"))
-        ignore = [int(v) for v in args.ignore.split(",") if v.strip()]
+        if args.classes in PRESETS:
+            names, ignore = PRESETS[args.classes]
+        else:
+            names, ignore = json.loads(Path(args.classes).read_text(encoding="utf-8")), ()
+        if args.ignore is not None:
+            ignore = [int(v) for v in args.ignore.split(",") if v.strip()]
         pairs = pair_folders(args.images, args.labels, args.image_ext)
         samples = build_open_vocab(
             pairs,

@@ -4,8 +4,10 @@ A label map is an ``(H, W)`` integer image; pixel value ``v`` means class ``name
 ``None`` entry (or a value in ``ignore``) means background (``others``). The two public layouts:
 
 * ADE20K (ADEChallengeData2016): 0 = "other", 1..150 the classes: ``names = [None, "wall", ...]``.
-* COCO-Stuff (stuffthingmaps): 0..181 the classes, 255 unlabeled: ``names = ["person", ...]``,
-  ``ignore = (255,)``.
+* COCO-Stuff (stuffthingmaps): pixel value = COCO-Stuff class id - 1, so 0..181 index the
+  182-entry id list (91 thing ids, 11 of them never annotated, then 91 stuff classes), 255 is
+  unlabeled: ``names = COCO_STUFF_NAMES``, ``ignore = (255,)`` (:data:`PRESETS` ``coco-stuff``).
+  A list of the 171 used names alone would shift every class after ``street sign`` (id 12).
 
 Each sample takes a random square crop (side = the short image side; the crop box is stored in
 the sample and applied when the image is loaded), samples the label map to a G x G grid, and
@@ -33,6 +35,54 @@ from text4seg_ros.prompts import (
 )
 
 from .sample import ChatSample, clean_label
+
+# COCO thing ids 1..91 (index = id - 1); None where COCO defines an id but annotates nothing
+# (12 street sign, 26 hat, 29 shoe, 30 eye glasses, 45 plate, 66 mirror, 68 window, 69 desk,
+# 71 door, 83 blender, 91 hair brush): never in a label map, and kept out of the vocabulary so
+# they are never offered as distractors.
+_COCO_THINGS: tuple[str | None, ...] = (
+    "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", None, "stop sign", "parking meter", "bench", "bird", "cat",
+    "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", None, "backpack",
+    "umbrella", None, None, "handbag", "tie", "suitcase", "frisbee", "skis", "snowboard",
+    "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", None, "wine glass", "cup", "fork", "knife", "spoon", "bowl",
+    "banana", "apple", "sandwich", "orange", "broccoli", "carrot", "hot dog", "pizza", "donut",
+    "cake", "chair", "couch", "potted plant", "bed", None, "dining table", None, None, "toilet",
+    None, "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
+    "toaster", "sink", "refrigerator", None, "book", "clock", "vase", "scissors", "teddy bear",
+    "hair drier", "toothbrush", None,
+)  # fmt: skip
+# COCO-Stuff stuff ids 92..182, official names (labels.txt of cocostuff).
+_COCO_STUFF: tuple[str, ...] = (
+    "banner", "blanket", "branch", "bridge", "building-other", "bush", "cabinet", "cage",
+    "cardboard", "carpet", "ceiling-other", "ceiling-tile", "cloth", "clothes", "clouds",
+    "counter", "cupboard", "curtain", "desk-stuff", "dirt", "door-stuff", "fence",
+    "floor-marble", "floor-other", "floor-stone", "floor-tile", "floor-wood", "flower", "fog",
+    "food-other", "fruit", "furniture-other", "grass", "gravel", "ground-other", "hill",
+    "house", "leaves", "light", "mat", "metal", "mirror-stuff", "moss", "mountain", "mud",
+    "napkin", "net", "paper", "pavement", "pillow", "plant-other", "plastic", "platform",
+    "playingfield", "railing", "railroad", "river", "road", "rock", "roof", "rug", "salad",
+    "sand", "sea", "shelf", "sky-other", "skyscraper", "snow", "solid-other", "stairs", "stone",
+    "straw", "structural-other", "table", "tent", "textile-other", "towel", "tree", "vegetable",
+    "wall-brick", "wall-concrete", "wall-other", "wall-panel", "wall-stone", "wall-tile",
+    "wall-wood", "water-other", "waterdrops", "window-blind", "window-other", "wood",
+)  # fmt: skip
+
+
+def _readable(name: str) -> str:
+    """A COCO-Stuff stuff name as words: ``sky-other`` -> ``sky``, ``wall-brick`` -> ``wall
+    brick`` (the ``-other``/``-stuff`` suffixes only tell the class apart from a thing)."""
+    return name.removesuffix("-other").removesuffix("-stuff").replace("-", " ")
+
+
+COCO_STUFF_NAMES: tuple[str | None, ...] = _COCO_THINGS + tuple(_readable(n) for n in _COCO_STUFF)
+"""Pixel value of a COCO-Stuff ``stuffthingmaps`` PNG -> class name (182 entries, None unused)."""
+
+PRESETS: dict[str, tuple[tuple[str | None, ...], tuple[int, ...]]] = {
+    "coco-stuff": (COCO_STUFF_NAMES, (255,)),
+}
+"""Named label-map layouts: ``name -> (names, ignored values)``."""
 
 
 def square_crop(
