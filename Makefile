@@ -17,7 +17,7 @@ RUN_ENV = AMENT_PREFIX_PATH=$(ABS_VENV) ROS_AUTOMATIC_DISCOVERY_RANGE=LOCALHOST 
 	TORCH_EXTENSIONS_DIR=$(abspath build/torch_extensions) HF_HUB_OFFLINE=1 \
 	TRANSFORMERS_OFFLINE=1 PATH=$(ABS_VENV)/bin:$$PATH
 
-.PHONY: all setup test lint format docs bench train-tiny clean distclean
+.PHONY: all setup test lint format docs bench train-tiny demo clean distclean
 
 all: test
 
@@ -65,6 +65,12 @@ bench: setup
 # CPU ranks, merge it and answer goals with the Segmenter (about a minute).
 train-tiny: setup
 	$(RUN_ENV) bash training/scripts/train_tiny_cpu.sh
+
+# The whole product on recorded data (docs/demo.md): held-out tabletop scenes and the DAVIS
+# blackswan frames (../shared/data) recorded to bags and replayed into perception_node, started
+# with the shipped demo model (models/demo) and config/perception.yaml; demo_out/report.md.
+demo: setup
+	$(RUN_ENV) $(PY) -m text4seg_ros.demo --out demo_out
 
 clean:
 	rm -rf build .pytest_cache .ruff_cache .hypothesis
