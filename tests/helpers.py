@@ -2,12 +2,16 @@
 
 * :data:`DOMAIN_ID`: this test process's ROS domain (every DDS test of the process uses it and
   keeps apart from the others by namespace or topic prefix);
-* :func:`read_mask_png`: a mask PNG (mono8 or RGB, 0 / 255 or any nonzero) as ``(H, W)`` bool.
+* :func:`read_mask_png`: a mask PNG (mono8 or RGB, 0 / 255 or any nonzero) as ``(H, W)`` bool;
+* :func:`shell_blocks`, :func:`shell_commands`: the ```bash blocks of a Markdown file and their
+  commands (README and docs tests).
 """
 
 from __future__ import annotations
 
 import os
+import re
+import shlex
 from pathlib import Path
 
 import numpy as np
@@ -22,3 +26,20 @@ def read_mask_png(path: str | Path, threshold: int = 127) -> np.ndarray:
     """``(H, W)`` bool: pixels above ``threshold`` after conversion to grey (``L``)."""
     with Image.open(path) as img:
         return np.asarray(img.convert("L")) > threshold
+
+
+def shell_blocks(path: str | Path) -> list[str]:
+    """The bodies of the ```bash blocks of a Markdown file, in order."""
+    return re.findall(r"```bash\n(.*?)```", Path(path).read_text(), flags=re.S)
+
+
+def shell_commands(block: str) -> list[list[str]]:
+    """Logical commands of a shell block: continuation lines joined, comments and blanks dropped,
+    each split into words as the shell would (quotes removed)."""
+    joined = re.sub(r"\\\n", " ", block)
+    out = []
+    for line in joined.splitlines():
+        words = shlex.split(line, comments=True)
+        if words:
+            out.append(words)
+    return out

@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from helpers import shell_blocks, shell_commands
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = sorted((REPO / "docs").glob("*.md"))
@@ -101,3 +102,61 @@ def test_the_descriptor_examples_run() -> None:
     assert blocks
     for block in blocks:
         exec(compile(block, "docs/descriptors.md", "exec"), {})  # noqa: S102  our own docs
+
+
+def _make_targets() -> set[str]:
+    return set(re.findall(r"^([a-zA-Z][\w-]*):", (REPO / "Makefile").read_text(), flags=re.M))
+
+
+_HELP: dict[tuple[str, ...], str] = {}
+
+
+def _help_text(argv: tuple[str, ...]) -> str:
+    if argv not in _HELP:
+        out = subprocess.run(
+            [*argv, "--help"], capture_output=True, text=True, timeout=180, cwd=REPO
+        )
+        assert out.returncode == 0, f"{' '.join(argv)} --help: {out.stderr[-1500:]}"
+        _HELP[argv] = out.stdout
+    return _HELP[argv]
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: p.name)
+def test_python_module_commands_take_the_flags_shown(path: Path) -> None:
+    """``python -m MODULE [SUBCOMMAND] --flag ...``: every flag is in the module's --help."""
+    for block in shell_blocks(path):
+        for words in shell_commands(block.replace("[", " ").replace("]", " ")):
+            if words[:2] != ["python", "-m"]:
+                continue
+            module, rest = words[2], words[3:]
+            sub = tuple(rest[:1]) if rest and not rest[0].startswith("-") else ()
+            text = _help_text((sys.executable, "-m", module, *sub))
+            for flag in (w.split("=", 1)[0] for w in rest if w.startswith("--")):
+                assert flag in text, f"{path.name}: python -m {module} {' '.join(sub)}: no {flag}"
+
+
+@pytest.mark.parametrize("path", PAGES, ids=lambda p: p.name)
+def test_commands_name_installed_programs_make_targets_and_files(path: Path) -> None:
+    """Usage lines may have [optional] parts; the programs, targets and repository files they
+    name must exist."""
+    scripts = {p.name for p in Path(sys.executable).parent.iterdir()}
+    for block in shell_blocks(path):
+        for words in shell_commands(block.replace("[", " ").replace("]", " ")):
+            while words and re.match(r"^[A-Za-z_]\w*=", words[0]):
+                words = words[1:]  # NAME=value prefixes
+            if not words:
+                continue
+            prog = words[0]
+            if prog.startswith("text4seg-") or prog == "perception_node":
+                assert prog in scripts, f"{path.name}: {prog} is not installed"
+            elif prog == "make":
+                assert set(words[1:]) <= _make_targets(), f"{path.name}: {words}"
+            elif prog.startswith(("training/", "tools/")):
+                assert (REPO / prog).is_file(), f"{path.name}: no script {prog}"
+            else:
+                known = shutil.which(prog) or prog in scripts
+                assert known or prog in ("ros2", "export"), f"{path.name}: unknown program {prog}"
+            for w in words:
+                value = w.split(":=", 1)[-1].split("=", 1)[-1]
+                if value.startswith(("config/", "launch/", "bench/", "training/configs/")):
+                    assert (REPO / value).exists(), f"{path.name}: {value} does not exist"
