@@ -38,6 +38,7 @@ import numpy as np
 import torch
 
 from ..descriptors.grammar import TokenGrammar
+from .cancel import StopCheck, check_stop
 from .drafts import draft_text
 from .step import DecodeStep, select_cache
 
@@ -200,6 +201,7 @@ def constrained_generate(
     pad_token_id: int = 0,
     device: torch.device | str | None = None,
     shrink: bool = True,
+    should_stop: StopCheck | None = None,
 ) -> list[GenerationResult]:
     """Decode one descriptor per goal, batched, under each goal's grammar.
 
@@ -211,6 +213,8 @@ def constrained_generate(
     finite) cuts a goal, which is then ``complete=False``. ``shrink=False`` keeps finished goals
     in the batch (fed pads, masked) and never cuts cache slots: the slower behaviour of engines
     whose cache cannot be sliced, kept for comparison (results are the same).
+    ``should_stop`` (no arguments) is called before every model call; when it returns true the
+    decode raises :class:`~.cancel.DecodeCancelled` (see :mod:`.cancel`).
     """
     if len(grammars) != len(suffix_ids) or not grammars:
         raise ValueError(
@@ -232,6 +236,7 @@ def constrained_generate(
         _finish_or_draft(b, g, states[b], results[b], blocks, max_draft_tokens, max_new_tokens)
     batch.shrink(blocks)
     while any(blocks):
+        check_stop(should_stop)  # once per step: a cancelled decode ends before the next call
         logits, offset = batch.forward(blocks)
         queries, plans = [], []
         for b, g in enumerate(grammars):

@@ -25,13 +25,14 @@ from __future__ import annotations
 import time
 import warnings
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from ..decoding import constrained_generate
+from ..decoding import StopCheck, constrained_generate
 from ..descriptors import SEG_OPEN
 from ..descriptors.grammar import TokenCodec, bsd_grammar, rrle_grammar
 from ..prompts import Task
@@ -55,6 +56,22 @@ ENGINES: tuple[str, ...] = ("torch",)
 # its longest answer, and a random or unsure model may write every instance it is allowed. Our
 # training data holds at most 20 instances per answer (training/data/instances.py).
 MAX_INSTANCES = 32
+
+
+@dataclass(frozen=True)
+class PreparedGoal:
+    """A goal made ready to decode once (:meth:`Segmenter.prepare`): its plan, its grammar and
+    its prompt suffix token ids. A standing goal is prepared when admitted and reused on every
+    frame; the Segmenter that prepared it must decode it (same tokenizer, grid, descriptor)."""
+
+    plan: GoalPlan
+    grammar: Any
+    suffix: tuple[int, ...]
+
+    @property
+    def goal(self) -> Goal:
+        """The goal as prepared."""
+        return self.plan.goal
 
 
 def _load_refiner(
@@ -245,6 +262,14 @@ class Segmenter:
             raise TypeError(f"goals must be a sequence of Goal, got {type(goals).__name__}")
         return [plan_goal(g, i, self.descriptor) for i, g in enumerate(goals)]
 
+    def prepare(self, goal: Goal, index: int = 0) -> PreparedGoal:
+        """Plan ``goal``, build its grammar and tokenize its prompt suffix, once.
+
+        TypeError/ValueError (naming the goal, ``index`` in a batch) when the goal is invalid
+        or its grammar cannot be built (e.g. a label the tokenizer cannot write)."""
+        plan = plan_goal(goal, index, self.descriptor)
+        return PreparedGoal(plan, self.grammar(plan), tuple(self.suffix_ids(plan)))
+
     def suffix_ids(self, plan: GoalPlan) -> list[int]:
         """Token ids of a goal's prompt suffix (question, assistant start, answer sentence up to
         its newline; the grammar writes the rest of the answer start, see :class:`GoalPlan`)."""
@@ -283,12 +308,23 @@ class Segmenter:
         fed = self.suffix_ids(plan) + list(tokens)  # B-SD: EOS is the turn end's first token
         return self.training_ids(plan, descriptor)[: len(fed)] == fed
 
-    def segment(self, goals: Sequence[Goal]) -> list[GoalResult]:
+    def segment(
+        self, goals: Sequence[Goal | PreparedGoal], should_stop: StopCheck | None = None
+    ) -> list[GoalResult]:
         """Answer every goal against the current frame in one batch; one result per goal.
 
-        Raises RuntimeError before :meth:`set_image`, TypeError/ValueError for invalid goals.
+        ``goals``: :class:`Goal` or :class:`PreparedGoal` (prepared once, e.g. when a standing
+        goal is admitted; plain goals are prepared here). ``should_stop``: called before every
+        model call of the decode; when it returns true the decode raises
+        :class:`~text4seg_ros.decoding.DecodeCancelled`. Raises RuntimeError before
+        :meth:`set_image`, TypeError/ValueError for invalid goals.
         """
-        plans = self.plan(goals)
+        if isinstance(goals, (Goal, PreparedGoal)) or not isinstance(goals, Sequence):
+            raise TypeError(f"goals must be a sequence of Goal, got {type(goals).__name__}")
+        ready = [
+            g if isinstance(g, PreparedGoal) else self.prepare(g, i) for i, g in enumerate(goals)
+        ]
+        plans = [r.plan for r in ready]
         if self._prefix is None:
             raise RuntimeError("segment() called before set_image(): no frame is encoded")
         if not plans:
@@ -297,14 +333,15 @@ class Segmenter:
         prefix = self._prefix
         outputs = constrained_generate(
             self._step,
-            [self.grammar(p) for p in plans],
-            [self.suffix_ids(p) for p in plans],
+            [r.grammar for r in ready],
+            [list(r.suffix) for r in ready],
             prefix_cache=prefix.cache(len(plans)),
             prefix_len=prefix.length,
             max_new_tokens=self.max_new_tokens,
             max_draft_tokens=self.max_draft_tokens,
             pad_token_id=self.pad_token_id,
             device=self.model.device,
+            should_stop=should_stop,
         )
         decode_s = time.perf_counter() - start
         results, answers = [], []
