@@ -18,13 +18,20 @@ from text4seg_ros.model.types import Goal, GoalResult, Timings
 from text4seg_ros.prompts import Task
 
 
+class ThreadKiller(BaseException):
+    """Not an Exception: nothing in the worker catches it, so its thread ends."""
+
+
 class ColourSegmenter:
     """SegmenterLike: the target of every goal is where ``image[..., 0] > 127``.
 
     Goals whose text contains ``fail`` raise RuntimeError at ``segment`` (to test error
-    handling); :meth:`plan` refuses texts containing ``forbidden`` as the real Segmenter refuses
-    invalid goals. ``calls``
-    records ``(frame_id, goal ids)`` per ``segment`` call; ``frames`` the images set.
+    handling); ``die`` raises :class:`ThreadKiller`, a ``BaseException`` (to test the node's
+    watchdog on a dead inference thread). :meth:`prepare` refuses texts containing
+    ``forbidden`` as the real Segmenter refuses goals it cannot prepare. ``calls`` records the
+    goal ids per ``segment`` call; ``frames`` the images set. While ``gate`` is closed,
+    ``segment`` waits, checking ``should_stop`` like the real decode loop does once per step
+    (``honour_stop = False``: a model call that ignores it, like a stuck kernel).
     """
 
     def __init__(self, delay_s: float = 0.0) -> None:
@@ -35,6 +42,8 @@ class ColourSegmenter:
         self.frames: list[np.ndarray] = []
         self.calls: list[list[str]] = []
         self.lock = threading.Lock()
+        self.honour_stop = True
+        self.prepared: list[str] = []
 
     def set_image(self, image: np.ndarray) -> None:
         assert image.ndim == 3 and image.shape[2] == 3 and image.dtype == np.uint8, image.shape
@@ -42,19 +51,25 @@ class ColourSegmenter:
         with self.lock:
             self.frames.append(image)
 
-    def plan(self, goals: Sequence[Goal]) -> list[Goal]:
-        for goal in goals:
-            if "forbidden" in goal.text:
-                raise ValueError(f"goal {goal.id!r}: the model refuses {goal.text!r}")
-        return list(goals)
+    def prepare(self, goal: Goal) -> Goal:
+        if "forbidden" in goal.text:
+            raise ValueError(f"goal {goal.id!r}: the model refuses {goal.text!r}")
+        self.prepared.append(goal.text)
+        return goal
 
-    def segment(self, goals: Sequence[Goal]) -> list[GoalResult]:
+    def segment(self, goals: Sequence[Goal], should_stop=None) -> list[GoalResult]:
         assert self.image is not None, "set_image first"
         if any("fail" in g.text for g in goals):
             raise RuntimeError("model failure requested by the goal text")
+        if any("die" in g.text for g in goals):
+            raise ThreadKiller("the inference thread is ended by the goal text")
         self.entered.set()
         if self.gate is not None:
-            assert self.gate.wait(30), "gate never opened"
+            end = time.monotonic() + 30
+            while not self.gate.wait(0.01):
+                if self.honour_stop and should_stop is not None and should_stop():
+                    raise InterruptedError("decode stopped at a step (should_stop)")
+                assert time.monotonic() < end, "gate never opened"
         time.sleep(self.delay_s)
         with self.lock:
             self.calls.append([g.id for g in goals])

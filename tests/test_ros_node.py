@@ -170,14 +170,21 @@ def test_bad_input_is_rejected_and_counted_and_the_node_stays_up(harness):
     h.images.publish(good)  # still answering
     assert wait_for(lambda: len(h.segs) == 1, 10)
     assert h.segs[0].header == good.header
-    # a model error is counted, logged, and the node carries on
+    # a goal whose decoding fails gets an error result; the frame's other goal is answered
     h.goals.publish(Goal(id="boom", text="fail now", standing=False))
     assert wait_for(lambda: len(h.list_goals()) == 2, 5)
     h.images.publish(frame(red_square(), 5))
-    assert wait_for(lambda: h.diag("inference_errors") == "1", 10)
-    assert [g.id for g in h.list_goals()] == ["ok"]  # the failing one-shot was dropped, logged
-    h.images.publish(frame(red_square(), 6))
     assert wait_for(lambda: len(h.segs) == 2, 10)
+    ok, boom = h.segs[1].segmentations
+    assert (ok.goal_id, ok.error, ok.empty) == ("ok", "", False)
+    assert boom.goal_id == "boom" and boom.empty and boom.score == 0.0
+    assert boom.error == "RuntimeError: model failure requested by the goal text"
+    assert wait_for(lambda: h.diag("goal_errors") == "1", 10)
+    assert h.diag("inference_errors") == "0"
+    assert [g.id for g in h.list_goals()] == ["ok"]  # the failed one-shot retired: it was answered
+    h.images.publish(frame(red_square(), 6))
+    assert wait_for(lambda: len(h.segs) == 3, 10)
+    assert [s.goal_id for s in h.segs[2].segmentations] == ["ok"]
     assert h.client.state(h.fqn) == "active"
 
 
@@ -288,10 +295,10 @@ def test_parameters_are_validated_when_set_and_live_ones_apply(harness):
 
 def test_diagnostics_period_set_before_configure_applies_on_configure(harness):
     h = harness()  # the default period: 1 s
-    assert h.node._diag_timer.timer_period_ns == 1_000_000_000
+    assert h.node.health.timer.timer_period_ns == 1_000_000_000
     h.node.set_parameters([rclpy.parameter.Parameter("diagnostics_period_s", value=0.1)])
     h.start()
-    assert h.node._diag_timer.timer_period_ns == 100_000_000
+    assert h.node.health.timer.timer_period_ns == 100_000_000
     n = len(h.diags)
     time.sleep(1.0)
     assert len(h.diags) - n >= 5, "about ten /diagnostics messages a second"

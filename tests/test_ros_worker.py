@@ -6,9 +6,9 @@ import threading
 import time
 
 import numpy as np
-from ros_fakes import ColourSegmenter
+from ros_fakes import ColourSegmenter, ThreadKiller
 
-from text4seg_ros.model.types import Goal
+from text4seg_ros.model.types import Goal, GoalResult
 from text4seg_ros.ros.goals import GoalBook
 from text4seg_ros.ros.worker import Frame, InferenceWorker, LatestFrame
 
@@ -80,7 +80,8 @@ def test_frames_without_goals_are_skipped_and_errors_do_not_stop_the_thread():
     book.add(Goal("please fail", id="bad"), standing=False)
     worker.submit(make_frame(1))
     assert rec.done.wait(5)
-    assert rec.errors and "failure requested" in str(rec.errors[0][1])
+    (header, ids, outcomes, _) = rec.results.pop()  # the goal's failure is its outcome
+    assert ids == ["bad"] and "failure requested" in str(outcomes[0]) and rec.errors == []
     rec.done.clear()
     book.clear()
     book.add(Goal("red", id="ok"), standing=True)
@@ -133,3 +134,115 @@ def test_frames_are_decoded_on_the_worker_only_when_taken_and_bad_ones_rejected(
         time.sleep(0.01)
     assert [r[0] for r in rec.results] == [0, 5, 10]
     assert worker.stop(timeout=5)
+
+
+def wait(predicate, timeout: float = 5.0) -> bool:
+    end = time.monotonic() + timeout
+    while not predicate() and time.monotonic() < end:
+        time.sleep(0.01)
+    return bool(predicate())
+
+
+def test_a_failing_goal_fails_alone_and_the_others_of_its_frame_are_answered():
+    model = ColourSegmenter()
+    book = GoalBook()
+    for gid, text in (("a", "red"), ("bad", "fail here"), ("c", "red too")):
+        book.add(Goal(text, id=gid), standing=False)
+    rec = Recorder()
+    worker = InferenceWorker(model, book, rec.on_result, rec.on_error)
+    worker.start()
+    worker.submit(make_frame(0))
+    assert rec.done.wait(5)
+    (_, ids, outcomes, _) = rec.results[0]
+    assert ids == ["a", "bad", "c"]
+    assert isinstance(outcomes[0], GoalResult) and isinstance(outcomes[2], GoalResult)
+    assert isinstance(outcomes[1], RuntimeError) and rec.errors == []
+    assert model.calls == [["a"], ["c"]], "after the batch raised, each goal alone"
+    assert worker.stop()
+
+
+def test_idle_frames_are_never_converted():
+    model = ColourSegmenter()
+    book = GoalBook()
+    decoded, skipped = [], []
+
+    def lazy(seq: int) -> Frame:
+        return Frame(None, seq, time.monotonic(), decode=lambda: decoded.append(seq) or 1 / 0)
+
+    worker = InferenceWorker(model, book, Recorder().on_result, Recorder().on_error,
+                             on_skip=skipped.append)  # fmt: skip
+    worker.start()
+    for seq in range(3):
+        worker.submit(lazy(seq))
+        assert wait(lambda s=seq: len(skipped) == s + 1)
+    assert decoded == [] and model.frames == []
+    assert worker.stop()
+
+
+def test_callbacks_that_raise_never_end_the_thread():
+    model = ColourSegmenter()
+    book = GoalBook()
+    book.add(Goal("red", id="r"), standing=True)
+    calls = []
+
+    def bad_result(*args):
+        calls.append("result")
+        raise RuntimeError("publisher gone")
+
+    def bad_error(*args):
+        calls.append("error")
+        raise ValueError("logging failed too")
+
+    worker = InferenceWorker(model, book, bad_result, bad_error,
+                             on_skip=lambda f: 1 / 0)  # fmt: skip
+    worker.start()
+    for seq in range(3):
+        worker.submit(make_frame(seq))
+        assert wait(lambda s=seq: calls.count("error") == s + 1)
+    book.clear()
+    worker.submit(make_frame(9))  # skipped: on_skip raises
+    assert wait(lambda: worker.callback_errors == 4)
+    assert worker.alive() and calls == ["result", "error"] * 3
+    assert worker.stop()
+
+
+def test_stop_and_cancel_end_a_decode_at_its_next_step():
+    model = ColourSegmenter()
+    model.gate = threading.Event()  # never opened: the decode "runs" until stopped
+    book = GoalBook()
+    book.add(Goal("red", id="r"), standing=True)
+    rec, cancelled = Recorder(), []
+    worker = InferenceWorker(model, book, rec.on_result, rec.on_error,
+                             on_cancel=cancelled.append)  # fmt: skip
+    worker.start()
+    worker.submit(make_frame(0))
+    assert model.entered.wait(5)
+    assert wait(lambda: worker.busy_s() > 0.1)
+    worker.cancel_current()  # the watchdog's cancel: this frame only
+    assert wait(lambda: [f.header for f in cancelled] == [0])
+    assert worker.alive() and worker.busy_s() == 0.0
+    model.entered.clear()
+    worker.submit(make_frame(1))
+    assert model.entered.wait(5)
+    start = time.monotonic()
+    assert worker.stop(timeout=1.0)
+    assert time.monotonic() - start < 1.0
+    assert [f.header for f in cancelled] == [0, 1] and rec.results == rec.errors == []
+
+
+def test_a_thread_ended_by_a_base_exception_shows_as_not_alive():
+    model = ColourSegmenter()
+    book = GoalBook()
+    book.add(Goal("die now", id="d"), standing=True)
+    worker = InferenceWorker(model, book, Recorder().on_result, Recorder().on_error)
+    worker.start()
+    assert worker.alive()
+    import threading as _t
+
+    hook, _t.excepthook = _t.excepthook, lambda args: None  # keep pytest's output clean
+    try:
+        worker.submit(make_frame(0))
+        assert wait(lambda: not worker.alive())
+    finally:
+        _t.excepthook = hook
+    assert isinstance(ThreadKiller("x"), BaseException)

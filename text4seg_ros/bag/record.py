@@ -129,6 +129,7 @@ def ground_truth_segmentation(goal: Goal, mask: np.ndarray, hdr: Any) -> Any:
         repairs=0,
         model_steps=0,
         latency_s=0.0,
+        error="",
     )
 
 

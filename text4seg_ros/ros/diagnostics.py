@@ -6,8 +6,17 @@ Keys of the one ``DiagnosticStatus`` (name ``<node name>: perception``), all val
 * ``frames_received``, ``frames_processed``, ``frames_dropped`` (replaced in the node's
   mailbox before inference), ``frames_missed`` (published by the camera but replaced in the DDS
   queue before the callback took them: gaps in the publication sequence numbers),
-  ``frames_skipped`` (no goal active), ``images_rejected``, ``goals_rejected``,
-  ``goals_active``, ``goals_answered``, ``inference_errors``
+  ``frames_skipped`` (no goal active; such frames are never converted), ``frames_cancelled``
+  (a decode stopped by deactivate or the stuck-inference watchdog), ``images_rejected``,
+  ``goals_accepted``, ``goals_rejected``, ``goals_cancelled``, ``goals_active``,
+  ``goals_answered``, ``goal_errors`` (goals that failed alone on a frame and got an error
+  result), ``inference_errors`` (frames that failed as a whole), ``worker_restarts`` (dead
+  inference thread restarted), ``callback_errors`` (exceptions caught out of executor callbacks)
+* every frame received is accounted for: ``frames_received`` = ``frames_processed`` +
+  ``frames_dropped`` + ``frames_skipped`` + ``frames_cancelled`` + ``images_rejected`` +
+  ``inference_errors`` (+ the frame in flight)
+* ``worker_alive``, ``worker_busy_s``: the inference thread's liveness and how long it has been
+  on its current frame
 * ``rate_hz``: processed frames per second over the last ``window`` frames
 * ``latency_mean_s``, ``latency_p50_s``, ``latency_p95_s``, ``latency_max_s``: frame arrival to
   results ready (measured before publishing, as ``Segmentation.latency_s``), over the same window
@@ -18,8 +27,9 @@ Keys of the one ``DiagnosticStatus`` (name ``<node name>: perception``), all val
   activated, whichever is latest); ``image_stalls``: times the camera went silent for more
   than ``image_stall_warn_s`` while a publisher was matched (see :class:`ImageFlowMonitor`)
 
-Level: OK; WARN while no model is loaded, after new inference errors, or while the camera is
-silent with a publisher matched; ERROR when the model failed to load.
+Level: OK; WARN while no model is loaded, after new inference or goal errors, or while the
+camera is silent with a publisher matched; ERROR when the model failed to load, or the inference
+thread died or is stuck (the node passes ``error``).
 """
 
 from __future__ import annotations
@@ -53,11 +63,17 @@ class NodeStats:
         "frames_dropped",
         "frames_missed",
         "frames_skipped",
+        "frames_cancelled",
         "images_rejected",
+        "goals_accepted",
         "goals_rejected",
+        "goals_cancelled",
         "goals_answered",
+        "goal_errors",
         "inference_errors",
         "image_stalls",
+        "worker_restarts",
+        "callback_errors",
     )
 
     def __init__(self, window: int = 100) -> None:
@@ -114,22 +130,25 @@ class NodeStats:
         goals_active: int,
         extra: Mapping[str, float | int | str] | None = None,
         warning: str = "",
+        error: str = "",
     ) -> DiagnosticStatus:
         """The node's ``DiagnosticStatus`` (see the module docstring for keys and levels).
 
         ``extra`` adds key/value pairs; a non-empty ``warning`` makes a loaded, error-free
-        node report WARN with that message.
+        node report WARN with that message, a non-empty ``error`` ERROR.
         """
         values = self.values()
         values = {
             "state": state, "model": model, "goals_active": goals_active, **values,
             **(extra or {}),
         }  # fmt: skip
-        errors = int(values["inference_errors"])
+        errors = int(values["inference_errors"]) + int(values["goal_errors"])
         new_errors = errors > self._errors_at_last_report
         self._errors_at_last_report = errors
         if model.startswith("failed"):
             level, message = DiagnosticStatus.ERROR, f"model {model}"
+        elif error:
+            level, message = DiagnosticStatus.ERROR, error
         elif model != "loaded":
             level, message = DiagnosticStatus.WARN, f"model {model}"
         elif new_errors:

@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from typing import Any
 
 # The validation is the core's (text4seg_ros.goals), shared with the CLI and the bag tools;
 # re-exported here under the names the node has always used.
@@ -29,11 +30,13 @@ from ..model.types import Goal
 
 @dataclass(frozen=True)
 class ActiveGoal:
-    """A validated goal as held by the node."""
+    """A validated goal as held by the node; ``prepared``: what the segmenter's ``prepare``
+    made of it when it was admitted (grammar and prompt, built once), or None."""
 
     goal: Goal
     standing: bool
     received: float = field(default_factory=time.monotonic)  # time.monotonic() seconds
+    prepared: Any = field(default=None, compare=False, repr=False)
 
 
 class GoalBook:
@@ -45,7 +48,7 @@ class GoalBook:
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
-    def add(self, goal: Goal, standing: bool) -> ActiveGoal:
+    def add(self, goal: Goal, standing: bool, prepared: Any = None) -> ActiveGoal:
         """Add ``goal`` (replacing an active goal with the same id); return it with its id.
 
         An empty id gets a fresh ``gN``. Raises :class:`GoalError` when ``max_goals`` goals are
@@ -61,7 +64,9 @@ class GoalBook:
                     "cancel or clear goals first"
                 )
             entry = ActiveGoal(
-                Goal(text=goal.text, task=goal.task, id=goal_id, classes=goal.classes), standing
+                Goal(text=goal.text, task=goal.task, id=goal_id, classes=goal.classes),
+                standing,
+                prepared=prepared,
             )
             self._goals.pop(goal_id, None)  # a replaced goal moves to the end
             self._goals[goal_id] = entry

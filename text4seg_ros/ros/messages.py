@@ -43,6 +43,7 @@ class Answer:
     descriptor: str
     repairs: int
     model_steps: int
+    error: str = ""  # non-empty: this goal failed on this frame (mask empty, no box)
 
 
 def _clean(mask: np.ndarray, box: tuple | None, min_pixels: int) -> tuple[np.ndarray, tuple | None]:
@@ -106,6 +107,17 @@ def answers(entry: ActiveGoal, result: GoalResult, min_pixels: int = 0) -> list[
     return out
 
 
+def error_answer(entry: ActiveGoal, reason: str, shape: tuple[int, int]) -> Answer:
+    """The error result of a goal that failed alone on a frame: empty ``shape`` mask, no box,
+    score 0, ``error`` = ``reason``."""
+    goal = entry.goal
+    labels = ["others", *goal.classes] if goal.task is Task.OPEN_VOCAB else ["others", goal.text]
+    return Answer(
+        goal.id, goal.text, goal.task.value, 0, goal.text, labels,
+        np.zeros(shape, dtype=bool), None, None, 0.0, "", 0, 0, error=reason,
+    )  # fmt: skip
+
+
 def mono8(mask: np.ndarray, label_map: np.ndarray | None = None) -> np.ndarray:
     """``(H, W)`` uint8: 255 where ``mask``, or the class indices of ``label_map`` (<= 255)."""
     if label_map is not None:
@@ -131,6 +143,7 @@ def segmentation_array(
         seg.repairs = a.repairs
         seg.model_steps = max(a.model_steps, 0)
         seg.latency_s = float(latency_s)
+        seg.error = a.error
         out.segmentations.append(seg)
     return out
 

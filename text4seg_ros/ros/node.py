@@ -16,41 +16,49 @@ Topics (relative names; remap and namespace them at launch):
   separate nodes).
 
 Inference runs on its own thread (:mod:`.worker`), which also converts the frames it takes
-(frames replaced by newer ones are never converted); callbacks only enqueue.
+(frames replaced by newer ones, and frames taken while no goal is active, are never converted);
+callbacks only enqueue. The /diagnostics timer watches that thread: a dead one is reported as
+ERROR and restarted, a stuck one (a frame running longer than ``inference_timeout_s``) is
+reported as ERROR and its decode cancelled. Results are published by :mod:`.publishing`.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import rclpy
-from diagnostic_msgs.msg import DiagnosticArray
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
-from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
+from rclpy.lifecycle import LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, ReliabilityPolicy
-from sensor_msgs.msg import CompressedImage, Image
-from std_msgs.msg import String
-from std_srvs.srv import Trigger
-from text4seg_msgs.msg import Goal as GoalMsg
-from text4seg_msgs.msg import SegmentationArray
-from text4seg_msgs.srv import ListGoals
-from vision_msgs.msg import Detection2DArray
 
 from ..model.types import GoalResult, SegmenterLike
-from . import messages
-from .diagnostics import ImageFlowMonitor, NodeStats
-from .goals import ActiveGoal, GoalBook, GoalError, validate_goal
-from .image import ImageError, compressed_to_rgb, image_to_rgb
+from .camera_input import CameraInput
+from .diagnostics import NodeStats
+from .goal_inputs import TEXT_GOAL_ID, GoalInputs
+from .goals import ActiveGoal, GoalBook
+from .health import Health
+from .image import ImageError
+from .lifecycle import GuardedLifecycleNode
 from .model_loader import free_memory, freeze_heap, load_segmenter
-from .params import DEFAULTS, LIVE, SPECS, NodeConfig, check_value, config_from_values
+from .params import (
+    LIVE,
+    SPECS,
+    NodeConfig,
+    check_value,
+    coerce_numbers,
+    config_from_values,
+    declare_all,
+)
+from .publishing import ResultPublisher
 from .worker import Frame, InferenceWorker
 
 SegmenterFactory = Callable[[NodeConfig], SegmenterLike]
-TEXT_GOAL_ID = "text"
+__all__ = ["TEXT_GOAL_ID", "PerceptionNode", "main"]
+STOP_TIMEOUT_S = 0.9  # deactivate waits this long for the inference thread, then detaches it
 _RELIABILITY = {
     "best_effort": ReliabilityPolicy.BEST_EFFORT,
     "reliable": ReliabilityPolicy.RELIABLE,
@@ -61,7 +69,7 @@ def _qos(depth: int, reliability: str) -> QoSProfile:
     return QoSProfile(depth=depth, reliability=_RELIABILITY[reliability])
 
 
-class PerceptionNode(LifecycleNode):
+class PerceptionNode(GuardedLifecycleNode):
     """Lifecycle shell around a Segmenter; ``segmenter_factory`` replaces the model loader."""
 
     def __init__(
@@ -71,8 +79,11 @@ class PerceptionNode(LifecycleNode):
         **kwargs,
     ) -> None:
         super().__init__(node_name, **kwargs)
-        for name, spec in SPECS.items():
-            self.declare_parameter(name, DEFAULTS[name], spec.descriptor(name))
+        # bad overrides (wrong kind, out of range) make configure fail, not the constructor
+        self._param_errors = declare_all(self)
+        for error in self._param_errors.values():
+            self.get_logger().error(f"{error}; configure will fail until it is set correctly")
+        self.add_pre_set_parameters_callback(coerce_numbers)
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.segmenter_factory = segmenter_factory
         self.config = NodeConfig()
@@ -80,19 +91,21 @@ class PerceptionNode(LifecycleNode):
         self.goals = GoalBook(self.config.max_goals)
         self.segmenter: SegmenterLike | None = None
         self.worker: InferenceWorker | None = None
+        self._detached: InferenceWorker | None = None  # stopped late; may still be running
         self.model_state = "unloaded"
         self.lifecycle_label = "unconfigured"
-        self._pubs: dict[str, object] = {}
+        self._outputs: ResultPublisher | None = None
         self._configured_entities: list = []
-        self._image_sub = None
-        self.image_flow = ImageFlowMonitor()
-        self._last_seq: int | None = None
         self._log_times: dict[str, float] = {}
+        self.goal_inputs = GoalInputs(
+            self, self.goals, self.stats, self._reject,
+            lambda: self.segmenter, lambda: self.config.max_goal_chars,
+        )  # fmt: skip
         # /diagnostics runs in every state, so from construction on; on_configure restarts the
         # timer when the validated diagnostics_period_s differs (non-live: read on configure).
-        period = max(0.05, float(self.get_parameter("diagnostics_period_s").value))
-        self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self._diag_timer = self.create_timer(period, self.publish_diagnostics)
+        self.health = Health(self, float(self.get_parameter("diagnostics_period_s").value))
+        self.image_flow = self.health.image_flow
+        self.camera = CameraInput(self, self.stats, self.image_flow, lambda: self.worker)
 
     # ---------------------------------------------------------------- lifecycle transitions
 
@@ -105,6 +118,8 @@ class PerceptionNode(LifecycleNode):
         logged and in /diagnostics, when a parameter is invalid or the model does not load.
         """
         try:
+            if self._param_errors:
+                raise ValueError("; ".join(self._param_errors.values()))
             self.config = config_from_values(
                 {name: self.get_parameter(name).value for name in SPECS}
             )
@@ -113,7 +128,7 @@ class PerceptionNode(LifecycleNode):
             self.model_state = f"failed: {exc}"
             return TransitionCallbackReturn.FAILURE
         self.goals.max_goals = self.config.max_goals
-        self._set_diagnostics_period(self.config.diagnostics_period_s)
+        self.health.set_period(self.config.diagnostics_period_s)
         self.model_state = "loading"
         t0 = time.monotonic()
         try:
@@ -128,56 +143,33 @@ class PerceptionNode(LifecycleNode):
             f"model {self.config.model_path!r} loaded in {time.monotonic() - t0:.1f} s"
         )
         out_qos = _qos(self.config.output_qos_depth, self.config.output_qos_reliability)
-        for topic, kind in (
-            ("segmentations", SegmentationArray),
-            ("detections", Detection2DArray),
-            ("mask", Image),
-            ("overlay", Image),
-        ):
-            self._pubs[topic] = self.create_lifecycle_publisher(kind, topic, out_qos)
+        self._outputs = ResultPublisher(self, out_qos)
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
-        self._configured_entities = [
-            self.create_subscription(GoalMsg, "goals", self._on_goal, 10, event_callbacks=events),
-            self.create_subscription(
-                String, "goal_text", self._on_goal_text, 10, event_callbacks=events
-            ),
-            self.create_service(ListGoals, "~/list_goals", self._on_list_goals),
-            self.create_service(Trigger, "~/clear_goals", self._on_clear_goals),
-        ]
+        self._configured_entities = self.goal_inputs.create(events)
         self.lifecycle_label = "inactive"
         return super().on_configure(state)
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Start the inference thread, subscribe to the camera, enable the result publishers."""
-        self.worker = InferenceWorker(
-            self.segmenter,
-            self.goals,
-            self._on_result,
-            self._on_error,
-            on_skip=self._on_skip,
-            on_reject=self._on_bad_image,
-        )
-        self.worker.start()
-        self._last_seq = None
+        """Start the inference thread, subscribe to the camera, enable the result publishers.
+
+        FAILURE when the thread of an earlier activation is still stuck in the model."""
+        old = self._detached
+        if old is not None and not old.stop(timeout=2.0):
+            self.get_logger().error("activate failed: the previous inference thread still runs")
+            return TransitionCallbackReturn.FAILURE
+        self._detached = None
+        self.worker = self.start_worker()
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
         qos = _qos(self.config.image_qos_depth, self.config.image_qos_reliability)
-        if self.config.compressed:
-            self._image_sub = self.create_subscription(
-                CompressedImage, "image/compressed", self._on_compressed, qos,
-                event_callbacks=events,
-            )  # fmt: skip
-        else:
-            self._image_sub = self.create_subscription(
-                Image, "image", self._on_image, qos, event_callbacks=events
-            )
-        self.image_flow.start(time.monotonic())
+        self.camera.subscribe(self.config, qos, events)
         self.lifecycle_label = "active"
         return super().on_activate(state)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
-        """Unsubscribe the camera and stop the inference thread (after its current frame).
+        """Unsubscribe the camera and stop the inference thread; returns within about 1 s.
 
-        Goals stay; one-shot goals not yet answered are answered after the next activation.
+        An in-flight decode stops at its next model call (its frame is not answered). Goals
+        stay; one-shot goals not yet answered are answered after the next activation.
         """
         self._stop_inputs()
         self.lifecycle_label = "inactive"
@@ -203,14 +195,29 @@ class PerceptionNode(LifecycleNode):
         self.lifecycle_label = "unconfigured"
         return TransitionCallbackReturn.SUCCESS
 
+    def start_worker(self) -> InferenceWorker:
+        """A started inference thread over the current segmenter and goal book."""
+        worker = InferenceWorker(
+            self.segmenter,
+            self.goals,
+            self._on_result,
+            self._on_error,
+            on_skip=lambda frame: self.stats.add("frames_skipped"),
+            on_reject=self._on_bad_image,
+            on_cancel=lambda frame: self.stats.add("frames_cancelled"),
+        )
+        worker.start()
+        return worker
+
     def _stop_inputs(self) -> None:
-        if self._image_sub is not None:
-            self.destroy_subscription(self._image_sub)
-            self._image_sub = None
-        self.image_flow.stop()
+        self.camera.unsubscribe()
         if self.worker is not None:
-            if not self.worker.stop(timeout=30.0):
-                self.get_logger().warning("inference thread still busy after 30 s; detached")
+            if not self.worker.stop(timeout=STOP_TIMEOUT_S):
+                self.get_logger().warning(
+                    f"inference thread still busy after {STOP_TIMEOUT_S} s (inside a model "
+                    "call); detached: it ends after that call"
+                )
+                self._detached = self.worker
             self.worker = None
 
     def _release(self) -> None:
@@ -220,94 +227,15 @@ class PerceptionNode(LifecycleNode):
             else:
                 self.destroy_subscription(entity)
         self._configured_entities = []
-        for pub in self._pubs.values():
-            self.destroy_lifecycle_publisher(pub)
-        self._pubs = {}
+        if self._outputs is not None:
+            self._outputs.destroy()
+            self._outputs = None
         dropped = self.goals.clear()
         if dropped:
             self.get_logger().info(f"cleanup: {dropped} goals removed")
         self.segmenter = None
         free_memory()
         self.model_state = "unloaded"
-
-    # ---------------------------------------------------------------- inputs
-
-    def _on_image(self, msg: Image, info: dict) -> None:
-        self._count_missed(info)
-        self._enqueue(msg.header, lambda: image_to_rgb(msg, self.config.max_image_pixels))
-
-    def _on_compressed(self, msg: CompressedImage, info: dict) -> None:
-        self._count_missed(info)
-        self._enqueue(msg.header, lambda: compressed_to_rgb(msg, self.config.max_image_pixels))
-
-    def _count_missed(self, info: dict) -> None:
-        """Count frames that never reached the callback: gaps in the publication sequence.
-
-        With sensor-data QoS (best effort, depth 1) DDS replaces a frame not yet taken by a
-        newer one; those are dropped before the node sees them. Exact for one camera publisher;
-        a sequence going back (another publisher, a restarted camera) only resets the count.
-        """
-        seq = info.get("publication_sequence_number") if isinstance(info, dict) else None
-        if not seq:
-            return
-        last, self._last_seq = self._last_seq, seq
-        if last is not None and seq > last + 1:
-            self.stats.add("frames_missed", seq - last - 1)
-
-    def _enqueue(self, header, convert: Callable) -> None:
-        """Hand the frame to the worker; it converts it (``convert``) only if it takes it."""
-        received = time.monotonic()
-        self.image_flow.frame(received)
-        self.stats.add("frames_received")
-        worker = self.worker
-        if worker is None:
-            return
-        if worker.submit(Frame(None, header, received, decode=convert)):
-            self.stats.add("frames_dropped")
-
-    def _on_goal(self, msg: GoalMsg) -> None:
-        if msg.cancel:
-            if self.goals.cancel(msg.id.strip()):
-                self.get_logger().info(f"goal {msg.id.strip()!r} cancelled")
-            else:
-                self._reject("goals_rejected", f"cancel rejected: no active goal {msg.id!r}")
-            return
-        self._add_goal(msg.text, msg.task, msg.id, list(msg.classes), msg.standing)
-
-    def _on_goal_text(self, msg: String) -> None:
-        self._add_goal(msg.data, "res", TEXT_GOAL_ID, [], True)
-
-    def _add_goal(self, text: str, task: str, goal_id: str, classes: list, standing: bool) -> None:
-        try:
-            goal = validate_goal(text, task, goal_id, classes, self.config.max_goal_chars)
-            self._check_with_model(goal)
-            entry = self.goals.add(goal, standing)
-        except GoalError as exc:
-            self._reject("goals_rejected", f"goal {goal_id!r} rejected: {exc}")
-            return
-        kind = "standing" if standing else "one-shot"
-        g = entry.goal
-        self.get_logger().info(f"goal {g.id!r} accepted ({g.task.value}, {kind}): {g.text!r}")
-
-    def _check_with_model(self, goal) -> None:
-        """Let the Segmenter refuse a goal now (if it can plan goals), not on every frame."""
-        plan = getattr(self.segmenter, "plan", None)
-        if callable(plan):
-            try:
-                plan([goal])
-            except (TypeError, ValueError) as exc:
-                raise GoalError(str(exc)) from None
-
-    def _on_list_goals(self, request, response):
-        response.goals = [messages.goal_msg(entry) for entry in self.goals.snapshot()]
-        return response
-
-    def _on_clear_goals(self, request, response):
-        count = self.goals.clear()
-        response.success = True
-        response.message = f"cleared {count} goals"
-        self.get_logger().info(response.message)
-        return response
 
     def _on_incompatible_qos(self, event) -> None:
         self.get_logger().error(
@@ -316,8 +244,12 @@ class PerceptionNode(LifecycleNode):
         )
 
     def _reject(self, counter: str, reason: str) -> None:
-        """Count a rejection; log each distinct reason at most every 2 s (floods stay readable)."""
+        """Count a rejection (``counter``) and log it (:meth:`log_limited`)."""
         self.stats.reject(counter, reason)
+        self.log_limited(reason)
+
+    def log_limited(self, reason: str) -> None:
+        """Log a warning, each distinct text at most every 2 s (floods stay readable)."""
         now = time.monotonic()
         if now - self._log_times.get(reason, -1e9) >= 2.0:
             if len(self._log_times) > 256:
@@ -328,81 +260,36 @@ class PerceptionNode(LifecycleNode):
     # ---------------------------------------------------------------- outputs (worker thread)
 
     def _on_result(
-        self, frame: Frame, active: list[ActiveGoal], results: list[GoalResult], latency: float
+        self,
+        frame: Frame,
+        active: list[ActiveGoal],
+        outcomes: Sequence[GoalResult | Exception],
+        latency: float,
     ) -> None:
-        cfg = self.config
-        items = [
-            answer
-            for entry, result in zip(active, results)
-            for answer in messages.answers(entry, result, cfg.min_mask_pixels)
-        ]
-        header = frame.header
-        pubs = self._pubs
-        pubs["segmentations"].publish(messages.segmentation_array(header, items, latency))
-        pubs["detections"].publish(messages.detection_array(header, items, cfg.score_threshold))
-        shape = frame.rgb.shape[:2]
-        pubs["mask"].publish(messages.mask_image(header, items, shape, cfg.mask_mode))
-        if cfg.publish_overlay:
-            pubs["overlay"].publish(messages.overlay_image(header, frame.rgb, items))
-        self.goals.answered(active)
-        self.stats.add("goals_answered", len(active))
+        """Publish a frame's answers and error results; retire the one-shot goals among them."""
+        outputs = self._outputs
+        if outputs is None:
+            raise RuntimeError("results after cleanup: no publishers")
+        done = outputs.publish(frame.header, frame.rgb, active, outcomes, latency, self.config)
+        for entry, reason in done.failed:
+            self._reject("goal_errors", f"goal {entry.goal.id!r} failed on a frame: {reason}")
+        self.goals.answered(active)  # answered or failed themselves: both retire one-shots
+        self.stats.add("goals_answered", len(done.answered))
         self.stats.processed(latency)
 
     def _on_bad_image(self, frame: Frame, exc: Exception) -> None:
         detail = str(exc) if isinstance(exc, ImageError) else f"{type(exc).__name__}: {exc}"
         self._reject("images_rejected", f"image rejected: {detail}")
 
-    def _on_skip(self, frame: Frame) -> None:
-        self.stats.add("frames_skipped")
-
     def _on_error(self, frame: Frame, active: list[ActiveGoal], exc: BaseException) -> None:
-        self.stats.add("inference_errors")
-        retired = self.goals.answered(active)
-        names = ", ".join(repr(e.goal.id) for e in retired)
-        dropped = f"; one-shot goals {names} dropped" if retired else ""
-        self._reject("goals_rejected", f"inference failed: {type(exc).__name__}: {exc}{dropped}")
-
-    def _set_diagnostics_period(self, period_s: float) -> None:
-        """Restart the /diagnostics timer with ``period_s`` seconds (if it differs)."""
-        if self._diag_timer.timer_period_ns != round(period_s * 1e9):
-            self.destroy_timer(self._diag_timer)
-            self._diag_timer = self.create_timer(period_s, self.publish_diagnostics)
-
-    def _check_image_flow(self) -> str:
-        """Warn once per episode (logged, counted) when a matched camera sends no frame.
-
-        Returns the diagnostics warning while the camera stays silent, else ``""``.
-        """
-        sub, flow, now = self._image_sub, self.image_flow, time.monotonic()
-        if sub is None:
-            return ""
-        limit = self.config.image_stall_warn_s
-        if flow.check(now, sub.get_publisher_count(), limit):
-            self.stats.add("image_stalls")
-            self.get_logger().warning(flow.stall_log(sub.topic_name, limit))
-        return flow.warning(now)
-
-    def publish_diagnostics(self) -> None:
-        """Publish the node's ``DiagnosticArray`` on /diagnostics (timer callback)."""
-        warning = self._check_image_flow()
-        flow, now = self.image_flow, time.monotonic()
-        msg = self.stats.array(
-            self.get_clock().now().to_msg(),
-            name=f"{self.get_fully_qualified_name()}: perception",
-            hardware_id=self.config.device,
-            state=self.lifecycle_label,
-            model=self.model_state,
-            goals_active=len(self.goals),
-            extra={"image_publishers": flow.publishers, "image_silent_s": flow.silent_s(now)},
-            warning=warning,
-        )
-        self._diag_pub.publish(msg)
+        """A frame failed as a whole: counted and logged; its goals stay (none was answered)."""
+        self._reject("inference_errors", f"inference failed: {type(exc).__name__}: {exc}")
 
     # ---------------------------------------------------------------- parameters
 
     def _on_set_parameters(self, params) -> SetParametersResult:
         """Refuse invalid values; apply LIVE parameters at once, the rest on next configure."""
-        live = {}
+        live, later = {}, []
         for param in params:
             if param.name not in SPECS:
                 continue
@@ -412,10 +299,31 @@ class PerceptionNode(LifecycleNode):
                 return SetParametersResult(successful=False, reason=str(exc))
             if param.name in LIVE:
                 live[param.name] = value
+            else:
+                later.append(f"{param.name}={value!r}")
+        for param in params:  # a valid value replaces a refused override
+            self._param_errors.pop(param.name, None)
+        if later and self.lifecycle_label in ("inactive", "active"):
+            self.get_logger().info(
+                f"parameter {', '.join(later)} set; it takes effect at the next configure "
+                "(deactivate, cleanup, configure, activate)"
+            )
         if live:
             self.config = dataclasses.replace(self.config, **live)
             self.goals.max_goals = self.config.max_goals
         return SetParametersResult(successful=True)
+
+
+def spin(node: PerceptionNode, executor: SingleThreadedExecutor) -> None:
+    """Spin until shutdown; an exception out of any callback is logged, never ends the node."""
+    while rclpy.ok(context=executor.context):
+        try:
+            executor.spin_once(timeout_sec=0.5)
+        except (KeyboardInterrupt, ExternalShutdownException):
+            raise
+        except Exception as exc:  # noqa: BLE001  no message a client sends may end the process
+            node.stats.add("callback_errors")
+            node.get_logger().error(f"callback failed: {type(exc).__name__}: {exc}")
 
 
 def main(args: list[str] | None = None) -> None:
@@ -426,7 +334,7 @@ def main(args: list[str] | None = None) -> None:
         node = PerceptionNode()
         executor = SingleThreadedExecutor()
         executor.add_node(node)
-        executor.spin()
+        spin(node, executor)
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

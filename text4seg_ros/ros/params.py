@@ -6,7 +6,13 @@ types and raises ``ValueError`` naming the parameter and what is allowed; the no
 ``configure`` and from its set-parameters callback, so a bad value is refused when it is set.
 
 ``LIVE`` parameters take effect at once while the node runs; the others (model, QoS, topics)
-are read on ``configure`` / ``activate``.
+take effect at the next ``configure`` (the node logs that when one is set while configured).
+
+Integers are accepted for float parameters everywhere (``score_threshold: 0`` in a params file,
+``-p image_stall_warn_s:=2``, ``ros2 param set ... 0``): :func:`declare_all` coerces overrides
+before declaring, :func:`coerce_numbers` (a pre-set callback) values set later. An override of
+the wrong kind or out of range does not stop the process: :func:`declare_all` declares the
+default instead and returns the error, which makes ``configure`` fail with that message.
 """
 
 from __future__ import annotations
@@ -16,6 +22,8 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
+from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+from rclpy.parameter import Parameter
 
 from ..checks import DTYPE_NAMES
 from ..goals import GoalError, check_grid
@@ -56,6 +64,7 @@ class NodeConfig:
     mask_mode: str = "union"
     publish_overlay: bool = True
     diagnostics_period_s: float = 1.0
+    inference_timeout_s: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -176,6 +185,12 @@ SPECS: dict[str, ParamSpec] = {
     "diagnostics_period_s": ParamSpec(
         "Seconds between /diagnostics messages", float_range=(0.05, 60.0)
     ),
+    "inference_timeout_s": ParamSpec(
+        "Seconds one frame's inference may run before /diagnostics reports the inference thread"
+        " stuck (ERROR) and its decode is cancelled at the next model call",
+        float_range=(0.1, 3600.0),
+        live=True,
+    ),
 }
 LIVE = frozenset(name for name, spec in SPECS.items() if spec.live)
 DEFAULTS: dict[str, Any] = {f.name: f.default for f in fields(NodeConfig)}
@@ -215,3 +230,50 @@ def config_from_values(values: Mapping[str, Any]) -> NodeConfig:
     if checked["refiner"] == "sam" and not checked["refiner_path"]:
         raise ValueError("parameter refiner_path is required when refiner is 'sam'")
     return NodeConfig(**checked)
+
+
+def _as_float_parameter(param: Parameter) -> Parameter:
+    """``param`` as a DOUBLE parameter when it is an integer for a float parameter, else as is."""
+    spec_default = DEFAULTS.get(param.name)
+    value = param.value
+    if type(spec_default) is float and isinstance(value, int) and not isinstance(value, bool):
+        return Parameter(param.name, Parameter.Type.DOUBLE, float(value))
+    return param
+
+
+def coerce_numbers(params: list[Parameter]) -> list[Parameter]:
+    """Pre-set-parameters callback: integers for float parameters become floats."""
+    return [_as_float_parameter(p) for p in params]
+
+
+def declare_all(node: Any) -> dict[str, str]:
+    """Declare every parameter of :data:`SPECS` on ``node`` (an rclpy ``Node``).
+
+    Overrides (params file, ``-p``) that are integers for float parameters are coerced; an
+    override that fails :func:`check_value` (wrong kind, out of range, unknown choice) is not
+    applied: the default is declared and ``{name: error}`` returned for ``configure`` to report.
+    """
+    errors: dict[str, str] = {}
+    # rclpy (Jazzy) keeps -p / params-file values in this dict and raises at declare time for
+    # a wrong type or range; check them first so no override can end the process.
+    overrides = getattr(node, "_parameter_overrides", None)
+    if isinstance(overrides, dict):
+        for name in SPECS:
+            if name not in overrides:
+                continue
+            param = _as_float_parameter(overrides[name])
+            try:
+                check_value(name, param.value)
+            except ValueError as exc:
+                errors[name] = f"{exc} (from the parameter overrides; the default was declared)"
+                del overrides[name]
+            else:
+                overrides[name] = param
+    for name, spec in SPECS.items():
+        try:
+            node.declare_parameter(name, DEFAULTS[name], spec.descriptor(name))
+        except (InvalidParameterTypeException, InvalidParameterValueException) as exc:
+            errors[name] = f"parameter {name}: {exc} (the default was declared)"
+            desc = spec.descriptor(name)
+            node.declare_parameter(name, DEFAULTS[name], desc, ignore_override=True)
+    return errors
