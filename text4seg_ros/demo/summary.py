@@ -104,12 +104,16 @@ def write_summary(
     davis_note: str = "",
 ) -> str:
     """Write the demo's ``report.md`` to ``path``; returns its text."""
+    from ..model.meta import model_grid
+
     dec = tabletop.get("decoding") or {}
+    grid = model_grid(model) if Path(model).is_dir() else None
+    grid_text = f"grid {grid} from its `text4seg.json`" if grid else "no `text4seg.json`: grid 16"
     checkpoints = os.path.relpath(REPO / CHECKPOINTS_DOC, path.parent)
     lines = [
         "# `make demo`: text4seg_ros on recorded data",
         "",
-        f"- model: `{model}` (grid from its `text4seg.json`)",
+        f"- model: `{model}` ({grid_text})",
         f"- node parameters: `{params_file}` (the file the launch file uses)",
         f"- created: {tabletop.get('created', '')}",
         "- wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings_s.items()),
