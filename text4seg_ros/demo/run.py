@@ -140,7 +140,8 @@ def run(args: argparse.Namespace) -> dict:
     timings["scenes and bag"] = time.monotonic() - start
     _step(3, f"text4seg-bag eval --through-node (model {model}, params {params})")
     t = time.monotonic()
-    rc = bag_cli.main(_eval_argv(args, out / "tabletop.bag", out / "tabletop", model, params))
+    argv = _eval_argv(args, out / "tabletop.bag", out / "tabletop", model, params)
+    rc = bag_cli.main([*argv, "--montage", "12"])  # 12 tiles: the nine goal kinds show up
     report_path = out / "tabletop" / "report.json"
     if not report_path.is_file():
         raise RuntimeError(f"the tabletop evaluation wrote no report (exit status {rc})")
