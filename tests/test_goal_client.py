@@ -98,6 +98,9 @@ def test_describe_and_save_mask(tmp_path: Path) -> None:
     )  # fmt: skip
     assert " box none  pixels 0 " in describe(_seg(np.zeros((6, 7), bool)))
     assert " g:1/2 (res)" in describe(_seg(mask, instance=2))
+    failed = _seg(np.zeros((6, 7), bool))
+    failed.error = "decoding failed: boom"
+    assert describe(failed).endswith("'cup'  error: decoding failed: boom  latency 12.3 ms")
     path = save_mask(_seg(mask, instance=2), tmp_path / "m")
     assert path.name == "12_000000005_g-1_2.png"
     assert np.array_equal(np.asarray(PILImage.open(path)) == 255, mask)

@@ -10,7 +10,8 @@ The first thing to try after ``ros2 launch text4seg_ros perception.launch.py``::
 It publishes a ``text4seg_msgs/Goal`` on ``<namespace>/goals`` and prints, for every
 ``SegmentationArray`` on ``<namespace>/segmentations`` that answers it, one line per answer:
 the frame stamp, the box (pixel edges ``x1 y1 x2 y2``, ``x2``/``y2`` exclusive), the mask's
-pixel count, the score and the node's latency (frame received to result ready). A standing
+pixel count, the score and the node's latency (frame received to result ready), or the error
+of a goal that failed on that frame. A standing
 goal is cancelled on exit (``--keep`` leaves it). It joins the ROS domain of the environment
 (``ROS_DOMAIN_ID``).
 
@@ -104,17 +105,20 @@ def mask_pixels(seg: Any) -> np.ndarray:
 
 
 def describe(seg: Any) -> str:
-    """One line for one answer: stamp, goal, box, pixels, score, latency."""
+    """One line for one answer: stamp, goal, box, pixels, score, latency (or the goal's error)."""
     stamp = f"{seg.header.stamp.sec}.{seg.header.stamp.nanosec:09d}"
     what = seg.goal_id if seg.instance == 0 else f"{seg.goal_id}/{seg.instance}"
+    head = f"frame {stamp} {seg.header.frame_id or '-'}  {what} ({seg.task}) '{seg.label}'  "
+    if getattr(seg, "error", ""):
+        return f"{head}error: {seg.error}  latency {seg.latency_s * 1e3:.1f} ms"
     if seg.empty:
         box, pixels = "none", 0
     else:
         box = "[" + " ".join(f"{v:g}" for v in seg.box) + "]"
         pixels = int(np.count_nonzero(mask_pixels(seg)))
     return (
-        f"frame {stamp} {seg.header.frame_id or '-'}  {what} ({seg.task}) '{seg.label}'  "
-        f"box {box}  pixels {pixels}  score {seg.score:.3f}  latency {seg.latency_s * 1e3:.1f} ms"
+        f"{head}box {box}  pixels {pixels}  score {seg.score:.3f}  "
+        f"latency {seg.latency_s * 1e3:.1f} ms"
     )
 
 
