@@ -8,6 +8,9 @@ ABS_VENV = $(abspath $(VENV))
 DEPS_STAMP := $(VENV)/.stamp-deps
 MSGS_STAMP := $(VENV)/.stamp-msgs
 PKG_STAMP := $(VENV)/.stamp-pkg
+EXTRA_STAMP := $(VENV)/.stamp-ros2-extra
+# launch, launch_ros, ros2cli (no PyPI wheels): installed from here when it exists.
+ROS2_EXTRA ?= ../shared/ros2_extra
 MSG_SRCS := $(shell find msg -type f 2>/dev/null)
 PYTEST_ARGS ?=
 
@@ -36,7 +39,12 @@ $(PKG_STAMP): $(DEPS_STAMP) setup.py setup.cfg package.xml $(wildcard launch/*.p
 	$(PY) -m text4seg_ros.ros.install_layout $(VENV)
 	touch $@
 
-setup: $(DEPS_STAMP) $(MSGS_STAMP) $(PKG_STAMP)
+# Re-runs when ../shared/ros2_extra appears or changes (its wheels are prerequisites).
+$(EXTRA_STAMP): $(MSGS_STAMP) tools/install_ros2_extra.sh requirements/ros_extra.txt $(wildcard $(ROS2_EXTRA)/wheels/*.whl)
+	VENV=$(VENV) ROS2_EXTRA=$(ROS2_EXTRA) bash tools/install_ros2_extra.sh
+	touch $@
+
+setup: $(DEPS_STAMP) $(MSGS_STAMP) $(PKG_STAMP) $(EXTRA_STAMP)
 
 # ruff, then the import layering contracts in pyproject.toml (import-linter; docs/layering.md).
 lint: setup

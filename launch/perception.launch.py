@@ -11,7 +11,8 @@ goes to ``<image>/compressed``, what the node reads with ``compressed: true``), 
 ``use_sim_time``, ``autostart`` (configure then activate; false leaves the node unconfigured
 for ``ros2 lifecycle set``), ``dds_profile`` (Fast DDS XML profile for the node's process,
 default: the package's config/fastdds_large_frames.xml, or ``$FASTRTPS_DEFAULT_PROFILES_FILE``
-when that is set; empty: the environment is left as it is). The node runs as
+when that is set; ``none``, or empty from an including launch file: the environment is left
+as it is; ``ros2 launch`` refuses an empty ``name:=``). The node runs as
 ``lib/text4seg_ros/perception_node --ros-args -r __node:=perception_node -r __ns:=/NS
 --params-file FILE --params-file <launch_ros' file with model_path and use_sim_time>
 -r image:=TOPIC -r image/compressed:=TOPIC/compressed``, the equivalent of ``-p model_path:=...``.
@@ -85,7 +86,7 @@ def generate_launch_description() -> LaunchDescription:
             ),
             description=(
                 "Fast DDS XML profile for the node (large camera frames); run the camera "
-                "driver with the same profile; empty: leave the environment as it is"
+                "driver with the same profile; none: leave the environment as it is"
             ),
         ),
     ]
@@ -120,7 +121,8 @@ def node_and_transitions(context) -> list:
         output="screen",
     )
     profile = context.launch_configurations.get("dds_profile", "")
-    env = [SetEnvironmentVariable(PROFILES_VARIABLE, profile)] if profile else []
+    keep = profile.strip().lower() in ("", "none")  # `ros2 launch` cannot pass an empty value
+    env = [] if keep else [SetEnvironmentVariable(PROFILES_VARIABLE, profile)]
     autostart = IfCondition(LaunchConfiguration("autostart"))
     configure = EmitEvent(
         event=ChangeState(
