@@ -7,8 +7,8 @@ and/or box prompt) and scored against the real mask (cIoU, gIoU). Each image is 
 and all its goals are refined against the cached embedding (as the Segmenter does).
 
 SAM weights come by path (``--sam``: a Hugging Face SAM directory or ``sam_vit_*.pth``). Without
-one, ``--random vit_b|vit_l|vit_h`` builds a random-weight SAM of that size: its timings are
-real, its IoU numbers are meaningless (reported as such).
+one, ``--random vit_b|vit_l|vit_h`` (``tiny`` for dry runs) builds a random-weight SAM of that
+size: its timings are real, its IoU numbers are meaningless (reported as such).
 
 Usage: python bench/refine_sam.py (--sam PATH | --random vit_h) [--device cuda]
        [--dtype float32|bfloat16|float16] [--prompts points box] [--grid 16] [--limit N]
@@ -34,6 +34,7 @@ from common import real_masks, require_data, write_json
 
 # Encoder sizes of the released SAM models (width, depth, heads, global attention blocks).
 SAM_SIZES = {
+    "tiny": (32, 2, 2, [1]),  # the GPU check's CPU dry run
     "vit_b": (768, 12, 12, [2, 5, 8, 11]),
     "vit_l": (1024, 24, 16, [5, 11, 17, 23]),
     "vit_h": (1280, 32, 16, [7, 15, 23, 31]),
