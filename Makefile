@@ -69,6 +69,13 @@ bench: setup
 	$(RUN_ENV) $(PY) bench/decode_steps_sentencepiece.py
 	$(RUN_ENV) $(PY) bench/batch_decode.py
 
+# The GPU check (docs/gpu.md): on a CUDA machine the full run; GPU_CHECK_ARGS=--dry-run runs the
+# same code at tiny sizes on the CPU (tests/test_gpu_check.py does that in `make test`).
+# JSON in build/gpu_check/gpu_check.json.
+GPU_CHECK_ARGS ?=
+gpu-check: setup
+	PY=$(abspath $(PY)) bash tools/gpu_check.sh $(GPU_CHECK_ARGS)
+
 # Build a dataset from ../shared/data/coco_tiny16, train a tiny model under DeepSpeed ZeRO-2 on 2
 # CPU ranks, merge it and answer goals with the Segmenter (about a minute).
 train-tiny: setup
