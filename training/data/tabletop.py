@@ -81,11 +81,11 @@ GOAL_KINDS: tuple[str, ...] = (
 HELDOUT_BASE = 10_000_000
 # Large-object footprint (width, height) as a fraction of the image's short side.
 _FOOTPRINT: dict[str, tuple[float, float]] = {
-    "mug": (0.26, 0.26),
-    "block": (0.24, 0.24),
-    "ball": (0.24, 0.24),
-    "bottle": (0.15, 0.36),
-    "plate": (0.36, 0.2),
+    "mug": (0.34, 0.34),
+    "block": (0.32, 0.32),
+    "ball": (0.32, 0.32),
+    "bottle": (0.2, 0.46),
+    "plate": (0.46, 0.27),
 }
 
 
