@@ -64,3 +64,22 @@ def test_bad_arguments(tmp_path):
         build_tiny("llava", layers=0)
     with pytest.raises(ValueError, match="unknown backbone"):
         load_processor(tmp_path, "gpt")
+
+
+def test_llava_patch_sets_the_visual_token_grid_and_extra_texts_shorten_words(tmp_path):
+    model, processor = build_tiny("llava", image_size=64, patch=4)
+    assert model.config.vision_config.patch_size == 4
+    assert model.config.image_seq_length == 16 * 16  # one visual token per cell at G = 16
+    image = Image.fromarray(np.zeros((50, 70, 3), np.uint8))
+    batch = processor(images=[image], text=["USER: <image>\nhi"], return_tensors="pt")
+    assert int((batch["input_ids"] == model.config.image_token_id).sum()) == 256
+    with torch.no_grad():
+        assert model(**batch).logits.shape[1] == batch["input_ids"].shape[1]
+    word = " tabletoppers"
+    plain = build_tiny("llava")[1].tokenizer(word, add_special_tokens=False)["input_ids"]
+    tuned = build_tiny("llava", extra_texts=[word] * 50)[1].tokenizer
+    assert len(tuned(word, add_special_tokens=False)["input_ids"]) < len(plain)
+    with pytest.raises(ValueError, match="patch 5 must divide image_size 64"):
+        build_tiny("llava", image_size=64, patch=5)
+    with pytest.raises(ValueError, match="extra_texts is supported for llava only"):
+        build_tiny("qwen2_vl", extra_texts=["x"])

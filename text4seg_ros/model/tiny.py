@@ -16,6 +16,7 @@ Processors: see :mod:`text4seg_ros.model.processors` (no torchvision here, so re
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -73,6 +74,7 @@ def _check_sizes(backbone: str, sizes: dict[str, int]) -> dict[str, int]:
         "vision_heads": 2,
         "image_size": 32,  # pixels, square input the image processor resizes to
         "vocab_size": 512,
+        "patch": 0,  # vision patch side in pixels; 0 = the backbone's default for image_size
     }
     unknown = sorted(set(sizes) - set(defaults))
     if unknown:
@@ -81,8 +83,11 @@ def _check_sizes(backbone: str, sizes: dict[str, int]) -> dict[str, int]:
         )
     out = {**defaults, **sizes}
     for key, value in out.items():
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"size {key} must be an int >= 1, got {value!r}")
+        low = 0 if key == "patch" else 1
+        if isinstance(value, bool) or not isinstance(value, int) or value < low:
+            raise ValueError(f"size {key} must be an int >= {low}, got {value!r}")
+    if out["patch"] and out["image_size"] % out["patch"]:
+        raise ValueError(f"patch {out['patch']} must divide image_size {out['image_size']}")
     return out
 
 
@@ -98,7 +103,9 @@ def _text_kwargs(s: dict[str, int], vocab: int) -> dict[str, Any]:
     }
 
 
-def _build_llava(s: dict[str, int], seed: int, grid: int) -> tuple[Any, Any]:
+def _build_llava(
+    s: dict[str, int], seed: int, grid: int, extra_texts: Sequence[str] = ()
+) -> tuple[Any, Any]:
     tok = build_tokenizer(
         LLAVA_SPECIALS,
         LLAVA_CHAT_TEMPLATE,
@@ -107,8 +114,11 @@ def _build_llava(s: dict[str, int], seed: int, grid: int) -> tuple[Any, Any]:
         seed,
         grid,
         bos="<s>",
+        extra_texts=extra_texts,
     )
-    patch = 8 if s["image_size"] >= 32 else 4
+    # patch 8 by default; a grid-aligned tower (e.g. patch 4 on 64 px: 16 x 16 tokens for
+    # G = 16) gives every descriptor cell its own visual token.
+    patch = s["patch"] or (8 if s["image_size"] >= 32 else 4)
     vision = CLIPVisionConfig(
         hidden_size=s["vision_hidden"],
         intermediate_size=2 * s["vision_hidden"],
@@ -174,7 +184,7 @@ def _build_qwen(s: dict[str, int], seed: int, grid: int, v25: bool) -> tuple[Any
     }
     tok = build_tokenizer(QWEN_SPECIALS, QWEN_CHAT_TEMPLATE, named, s["vocab_size"], seed, grid)
     ids = {k: tok.convert_tokens_to_ids(v) for k, v in named.items()}
-    patch = 4 if s["image_size"] <= 32 else 8
+    patch = s["patch"] or (4 if s["image_size"] <= 32 else 8)
     head_dim = s["hidden"] // s["heads"]
     # mrope splits each rotary half into temporal / height / width sections.
     half = head_dim // 2
@@ -236,7 +246,7 @@ def _build_internvl(s: dict[str, int], seed: int, grid: int) -> tuple[Any, Any]:
     tok = build_tokenizer(
         INTERNVL_SPECIALS, INTERNVL_CHAT_TEMPLATE, named, s["vocab_size"], seed, grid
     )
-    patch = 4 if s["image_size"] <= 32 else 8
+    patch = s["patch"] or (4 if s["image_size"] <= 32 else 8)
     vision = {
         "hidden_size": s["vision_hidden"],
         "num_hidden_layers": s["vision_layers"],
@@ -273,18 +283,27 @@ def _build_internvl(s: dict[str, int], seed: int, grid: int) -> tuple[Any, Any]:
     return model, processor
 
 
-def build_tiny(backbone: str, grid: int = 16, seed: int = 0, **sizes: int) -> tuple[Any, Any]:
+def build_tiny(
+    backbone: str,
+    grid: int = 16,
+    seed: int = 0,
+    extra_texts: Sequence[str] = (),
+    **sizes: int,
+) -> tuple[Any, Any]:
     """Build ``(model, processor)`` of a tiny random ``backbone`` in memory (eval mode, float32).
 
     ``sizes`` override the defaults of the widths, depths and the input ``image_size``
-    (pixels); see :func:`build_tiny_model`.
+    (pixels); see :func:`build_tiny_model`. ``extra_texts`` (LLaVA only): more tokenizer
+    training lines, so a task's words become few tokens (e.g. the demo's vocabulary).
     """
     if backbone not in TINY_BACKBONES:
         raise ValueError(f"unknown backbone {backbone!r}; allowed: {', '.join(TINY_BACKBONES)}")
     s = _check_sizes(backbone, sizes)
     torch.manual_seed(seed)
+    if extra_texts and backbone != "llava":
+        raise ValueError(f"extra_texts is supported for llava only, not {backbone!r}")
     if backbone == "llava":
-        model, processor = _build_llava(s, seed, grid)
+        model, processor = _build_llava(s, seed, grid, extra_texts)
     elif backbone == "internvl":
         model, processor = _build_internvl(s, seed, grid)
     else:
@@ -293,7 +312,12 @@ def build_tiny(backbone: str, grid: int = 16, seed: int = 0, **sizes: int) -> tu
 
 
 def build_tiny_model(
-    backbone: str, out_dir: Path, grid: int = 16, seed: int = 0, **sizes: int
+    backbone: str,
+    out_dir: Path,
+    grid: int = 16,
+    seed: int = 0,
+    extra_texts: Sequence[str] = (),
+    **sizes: int,
 ) -> Path:
     """Build a tiny random ``backbone`` and save it as a local Hugging Face directory.
 
@@ -302,12 +326,14 @@ def build_tiny_model(
     tokenizer. ``sizes`` (all ints >= 1): ``hidden`` (64), ``layers`` (2), ``heads`` (4),
     ``kv_heads`` (2), ``intermediate`` (128), ``vision_hidden`` (32), ``vision_layers`` (2),
     ``vision_heads`` (2), ``image_size`` (32, square input in pixels), ``vocab_size`` (512,
-    an upper bound for the BPE). Writes config, safetensors weights, tokenizer and processor
-    into ``out_dir`` (created) and returns it. Reload with
+    an upper bound for the BPE), ``patch`` (0: 8 px for LLaVA at 32 px and more, else 4; the
+    vision patch side, must divide ``image_size``). ``extra_texts``: see :func:`build_tiny`.
+    Writes config, safetensors weights, tokenizer and processor into ``out_dir`` (created) and
+    returns it. Reload with
     :func:`text4seg_ros.model.loading.load_pretrained` or, for the processor alone,
     :func:`load_processor`.
     """
-    model, processor = build_tiny(backbone, grid=grid, seed=seed, **sizes)
+    model, processor = build_tiny(backbone, grid=grid, seed=seed, extra_texts=extra_texts, **sizes)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
