@@ -8,7 +8,12 @@ same split the Segmenter uses when it encodes the prefix once and decodes goals 
 
 Labels are ``-100`` on the prefix (including every image token) and on the question part of
 the suffix; the answer tokens (answer sentence, ``<seg>`` descriptor ``</seg>``, turn end) are
-the targets.
+the targets. With ``loss_on="free"`` only the descriptor tokens where the decoding grammar
+allows more than one token keep their labels (a run's first label token, its count digits, the
+separator that ends it; for B-SD also the box digits and the choice to end): every other answer
+token is forced at inference (the answer sentence is part of the prompt, the grammar writes the
+rest by jump-forward), so its loss teaches nothing the decoder uses (../shared/
+DEMO_MODEL_FACTS.md item 2: a model answering the prior scores a low average loss).
 """
 
 from __future__ import annotations
@@ -20,11 +25,16 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
+from text4seg_ros.descriptors import OTHERS, SEG_OPEN
+from text4seg_ros.descriptors.bsd import REF_OPEN
+from text4seg_ros.descriptors.grammar import TokenCodec, bsd_grammar, rrle_grammar
 from text4seg_ros.model.registry import Backbone
+from text4seg_ros.prompts import Task
 
 from .data.sample import ChatSample, read_jsonl
 
 IGNORE_INDEX = -100
+LOSS_ON: tuple[str, ...] = ("answer", "free")
 # Per-token processor outputs besides input_ids that must follow the ids through concatenation
 # and padding: (fill value for suffix tokens, fill value for padding).
 _TOKEN_FIELDS: dict[str, tuple[int, int]] = {
@@ -52,14 +62,74 @@ def _common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
     return n
 
 
+def _grammar(sample: ChatSample, codec: TokenCodec, eos: int) -> tuple[Any, str]:
+    """The decoding grammar of a sample's answer and the text before the descriptor's head."""
+    answer, label = sample.answer, sample.meta.get("label")
+    task = Task.parse(sample.task)
+    if task is Task.INSTANCES:
+        cut = answer.find(REF_OPEN)
+        cut = answer.rfind("\n", 0, cut if cut >= 0 else len(answer)) + 1
+        return bsd_grammar(codec, [label], eos, sample.grid, max_instances=32), answer[:cut]
+    names = [label]
+    if task is Task.OPEN_VOCAB:
+        names = list(sample.meta.get("classes") or [])
+        if not names:
+            raise ValueError(f"sample {sample.id}: loss_on='free' needs meta['classes']")
+    cut = answer.index(SEG_OPEN)
+    return rrle_grammar(codec, [OTHERS, *names], sample.grid, head=SEG_OPEN), answer[:cut]
+
+
+def free_positions(
+    sample: ChatSample, backbone: Backbone, tokenizer: Any, codec: TokenCodec | None = None
+) -> list[bool]:
+    """For each token of the sample's suffix (``prompt_suffix(question, answer) + turn_end``):
+    True where the answer's decoding grammar allows more than one token (a free choice).
+
+    ValueError when the sample has no ``meta["label"]`` (open vocabulary: ``meta["classes"]``)
+    or its descriptor does not follow the grammar.
+    """
+    if sample.task != Task.OPEN_VOCAB.value and not sample.meta.get("label"):
+        raise ValueError(f"sample {sample.id}: loss_on='free' needs meta['label']")
+    codec = codec or TokenCodec(tokenizer)
+    grammar, before = _grammar(sample, codec, int(tokenizer.eos_token_id))
+    fed = tokenizer(backbone.prompt_suffix(sample.question, before), add_special_tokens=False)
+    suffix = tokenizer(
+        backbone.prompt_suffix(sample.question, sample.answer) + backbone.turn_end,
+        add_special_tokens=False,
+    )["input_ids"]
+    n_fed = len(fed["input_ids"])
+    if suffix[:n_fed] != fed["input_ids"]:
+        raise ValueError(f"sample {sample.id}: the prompt/answer boundary tokenizes differently")
+    free = [False] * len(suffix)
+    state = grammar.start()
+    for i in range(n_fed, len(suffix)):
+        if grammar.is_done(state):
+            break
+        free[i] = len(grammar.allowed(state)) > 1
+        try:
+            state = grammar.advance(state, suffix[i])
+        except (KeyError, ValueError) as err:
+            raise ValueError(f"sample {sample.id}: answer leaves the grammar ({err})") from None
+    return free
+
+
 def encode_sample(
-    sample: ChatSample, backbone: Backbone, processor: Any, max_length: int = 2048
+    sample: ChatSample,
+    backbone: Backbone,
+    processor: Any,
+    max_length: int = 2048,
+    loss_on: str = "answer",
+    codec: TokenCodec | None = None,
 ) -> dict[str, torch.Tensor]:
     """One sample as tensors: ``input_ids``/``labels``/``attention_mask`` ``(L,)`` plus the
     processor's image tensors (batch dimension 1, e.g. ``pixel_values (1, 3, H, W)``).
 
+    ``loss_on``: ``"answer"`` (every answer token) or ``"free"`` (only the grammar's free
+    choices, see the module docstring; ``codec`` caches the tokenizer's grammar pieces).
     Raises ValueError when the sample is longer than ``max_length`` tokens.
     """
+    if loss_on not in LOSS_ON:
+        raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
     tokenizer = processor.tokenizer
     prefix = processor(
         images=[load_image(sample)], text=[backbone.prompt_prefix()], return_tensors="pt"
@@ -85,6 +155,9 @@ def encode_sample(
         )
     labels = input_ids.clone()
     labels[: n_prefix + n_question] = IGNORE_INDEX
+    if loss_on == "free":
+        keep = torch.tensor(free_positions(sample, backbone, tokenizer, codec), dtype=torch.bool)
+        labels[n_prefix:][~keep] = IGNORE_INDEX
     out: dict[str, torch.Tensor] = {"input_ids": input_ids, "labels": labels}
     for key, value in prefix.items():
         if key == "input_ids" or not isinstance(value, torch.Tensor):
@@ -140,6 +213,7 @@ class ChatDataset(Dataset):
         backbone: Backbone,
         processor: Any,
         max_length: int = 2048,
+        loss_on: str = "answer",
     ) -> None:
         if isinstance(paths, str):
             paths = [paths]
@@ -157,12 +231,23 @@ class ChatDataset(Dataset):
         self.backbone = backbone
         self.processor = processor
         self.max_length = max_length
+        if loss_on not in LOSS_ON:
+            raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
+        self.loss_on = loss_on
+        self.codec = TokenCodec(processor.tokenizer) if loss_on == "free" else None
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        return encode_sample(self.samples[index], self.backbone, self.processor, self.max_length)
+        return encode_sample(
+            self.samples[index],
+            self.backbone,
+            self.processor,
+            self.max_length,
+            self.loss_on,
+            self.codec,
+        )
 
 
 class Collator:

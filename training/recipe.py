@@ -69,6 +69,14 @@ class Recipe:
     max_tiles: int = field(
         default=1, metadata=_help("InternVL image tiles (1: one 448 x 448 tile, 256 tokens)")
     )
+    loss_on: str = field(
+        default="answer",
+        metadata={
+            "help": "answer (every answer token) or free (only where the descriptor grammar "
+            "allows more than one token; training/dataset.py)",
+            "choices": ["answer", "free"],
+        },
+    )
     num_workers: int = field(default=4, metadata=_help("data loader workers per rank"))
     seed: int = field(default=42, metadata=_help("data order, dropout, LoRA init"))
     log_steps: int = field(default=10, metadata=_help("log every N optimizer steps"))

@@ -220,7 +220,7 @@ def train(recipe: Recipe) -> Path:
     n_trainable = sum(p.numel() for p in trainable)
     n_total = sum(p.numel() for p in model.parameters())
 
-    dataset = ChatDataset(recipe.data, backbone, processor, recipe.max_length)
+    dataset = ChatDataset(recipe.data, backbone, processor, recipe.max_length, recipe.loss_on)
     if main and dataset.dropped:
         # Dropped before the sampler sees them, identically on every rank and every resume.
         print(
