@@ -5,6 +5,7 @@
 #
 #   make demo-model                       # about 60 minutes on 2 shared cores
 #   OUT=build/x DEST=build/x/final STEPS1=50 STEPS2=50 training/scripts/train_demo.sh  # smoke
+#   FROM_STAGE=2 training/scripts/train_demo.sh   # rerun stage 2 on OUT's data and stage 1
 #
 # Stage 1 (STEPS1 steps): scenes of 1 to 2 objects, mostly one-target goals, so the model first
 # learns where objects are. Stage 2 (STEPS2 steps, from stage 1's weights): scenes of 2 to 6
@@ -23,14 +24,17 @@ N2=${N2:-14000}
 STEPS1=${STEPS1:-550}
 STEPS2=${STEPS2:-2700}
 LR=${LR:-3e-3}
+FROM_STAGE=${FROM_STAGE:-1}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/build/torch_extensions}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
 TRAIN=(-m torch.distributed.run --nproc_per_node=2 --master_port="${MASTER_PORT:-29641}"
   -m training.train --tune full --lr "$LR" --global_batch 16 --per_device_batch 8
-  --num_workers 0 --log_steps 10 --save_steps 0 --max_length 2048)
+  --num_workers 0 --log_steps 10 --save_steps 0 --max_length 2048
+  --gradient_checkpointing false)  # a tiny model needs no activation recomputation
+start=$(date +%s)
+if [ "$FROM_STAGE" = 1 ]; then
 rm -rf "$OUT"
 mkdir -p "$OUT"
-start=$(date +%s)
 
 echo "== 1/6 base model: tiny random LLaVA, G = $GRID"
 "$PY" -m training.demo_base --out "$OUT/base" --grid "$GRID"
@@ -45,6 +49,8 @@ echo "== 3/6 stage 1: $STEPS1 steps"
 "$PY" "${TRAIN[@]}" --model "$OUT/base" --data "$OUT/stage1/train.jsonl" \
   --output_dir "$OUT/run1" --max_steps "$STEPS1"
 cp "$OUT/base/text4seg.json" "$OUT/run1/model/"
+fi
+rm -rf "$OUT/run2"
 echo "== 4/6 stage 2: $STEPS2 steps from stage 1"
 "$PY" "${TRAIN[@]}" --model "$OUT/run1/model" --data "$OUT/stage2/train.jsonl" \
   --output_dir "$OUT/run2" --max_steps "$STEPS2"
