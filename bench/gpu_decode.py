@@ -180,8 +180,8 @@ def run_generate(seg: Segmenter, frame: np.ndarray, cases: tuple) -> dict:
     _, _, suffixes, targets = cases
     tok, backbone, device = seg.tokenizer, seg.backbone, seg.model.device
     prefix_text = backbone.prompt_prefix()
+    # The prompt is re-tokenized whole, as generate users do; the oracle forces the answer.
     texts = [prefix_text + tok.decode(s) for s in suffixes]
-    # Check the decoded suffix re-encodes to the same ids (so the answers start alike).
     image = Image.fromarray(frame)
     sync(device)
     t0 = time.perf_counter()

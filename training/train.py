@@ -223,9 +223,10 @@ def train(recipe: Recipe) -> Path:
     dataset = ChatDataset(recipe.data, backbone, processor, recipe.max_length, recipe.loss_on)
     if main and dataset.dropped:
         # Dropped before the sampler sees them, identically on every rank and every resume.
+        n_read = len(dataset.samples) + len(dataset.dropped)
         print(
-            f"[train] dropped {len(dataset.dropped)} of {len(dataset.samples)} samples longer "
-            f"than max_length {recipe.max_length} tokens (first: {', '.join(dataset.dropped[:5])})",
+            f"[train] dropped {len(dataset.dropped)} of {n_read} samples longer than "
+            f"max_length {recipe.max_length} tokens (first: {', '.join(dataset.dropped[:5])})",
             flush=True,
         )
     accum = recipe.accumulation(world)
