@@ -91,8 +91,21 @@ def test_static_cache_step_gives_the_eager_tokens(backbone: str, tmp_path: Path)
         tokens = _decode(seg, engine.make_step(prefix), engine.cache(prefix, len(GOALS)))
         assert tokens == reference
     assert all(len(t) > 50 for t in reference)
-    # Blocks longer than the largest bucket ran with exact shapes; the rest in buckets.
-    assert any(b.block > 16 for b in engine.step.runners) or max(map(len, reference)) < 16
+    # Blocks longer than the largest bucket (16 here) ran with exact shapes, never kept.
+    assert engine.step.runners and all(b.block <= 16 for b in engine.step.runners)
+
+
+def test_only_bucket_shapes_are_captured(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    seg = _segmenter("llava", tmp_path)
+    prefix = seg._prefix
+    engine = StaticTorchEngine(seg.model, seg.backbone, capture=False, block_sizes=(1, 4, 16))
+    engine.step.capture = True  # as on a GPU; record what would be captured
+    tried: list = []
+    monkeypatch.setattr(engine.step, "_capture", lambda r, kv: tried.append(r.bucket))
+    _decode(seg, engine.make_step(prefix), engine.cache(prefix, len(GOALS)))
+    assert tried and all(b.block in (1, 4, 16) and b.rows in (1, 2, 4, 8) for b in tried)
+    assert all(b.length % 256 == 0 or b.length == engine.kv.capacity for b in tried)
+    assert engine.step.calls > len(set(tried))  # buckets were reused
 
 
 def test_without_cuda_the_engine_says_so_and_decodes_eagerly(

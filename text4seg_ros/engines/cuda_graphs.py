@@ -57,9 +57,9 @@ def kv_shape(model: torch.nn.Module) -> tuple[int, int, int]:
 class _Runner:
     """Static input/output buffers of one bucket and, once captured, its graph."""
 
-    def __init__(self, bucket: Bucket, device: torch.device) -> None:
+    def __init__(self, bucket: Bucket, device: torch.device, capturable: bool = True) -> None:
         b, t, n = bucket.rows, bucket.block, bucket.length
-        self.bucket = bucket
+        self.bucket, self.capturable = bucket, capturable
         self.ids = torch.zeros(b, t, dtype=torch.long, device=device)
         self.pos = torch.zeros(b, t, dtype=torch.long, device=device)
         self.mask = torch.ones(b, n, dtype=torch.long, device=device)
@@ -146,13 +146,14 @@ class StaticStep:
         if self.pool is None:
             self.pool = torch.cuda.graph_pool_handle()
         graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool):
+        # thread_local: CUDA work of other threads (a node's callbacks) does not break it.
+        with torch.cuda.graph(graph, pool=self.pool, capture_error_mode="thread_local"):
             r.hidden = self._body(r, kv)
         r.graph = graph
         self.captures += 1
 
     def _run(self, r: _Runner, kv: StaticKV) -> torch.Tensor:
-        if self.capture and r.graph is None:
+        if self.capture and r.capturable and r.graph is None:
             try:
                 self._capture(r, kv)
             except Exception as err:  # noqa: BLE001 (any capture failure means: run eager)
@@ -194,10 +195,12 @@ class StaticStep:
         if cache.generation != self.kv_id:  # graphs hold buffer addresses: drop stale ones
             self.runners.clear()
             self.kv_id = cache.generation
-        bucket = self._bucket(rows, block, cache)
-        r = self.runners.get(bucket)
+        bucket, bucketed = self._bucket(rows, block, cache)
+        r = self.runners.get(bucket) if bucketed else None
         if r is None:
-            r = self.runners[bucket] = _Runner(bucket, self.device)
+            r = _Runner(bucket, self.device, capturable=bucketed)
+            if bucketed:
+                self.runners[bucket] = r
         r.ids.zero_()
         r.ids[:rows, :block].copy_(input_ids)
         r.pos.zero_()
@@ -213,8 +216,9 @@ class StaticStep:
         flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, select.to(hidden.device))
         return self.head(flat).float(), cache
 
-    def _bucket(self, rows: int, block: int, cache: StaticKV) -> Bucket:
-        """The bucket of this call; grows the cache (dropping graphs) when it does not fit."""
+    def _bucket(self, rows: int, block: int, cache: StaticKV) -> tuple[Bucket, bool]:
+        """The bucket of this call and whether it is one (False: exact shapes, never captured);
+        grows the cache (dropping graphs) when the call does not fit."""
         args = (self.batch_sizes, self.block_sizes, self.length_step)
         bucket = choose_bucket(rows, block, cache.used, cache.capacity, *args)
         if bucket is None and rows <= self.batch_sizes[-1] and block <= self.block_sizes[-1]:
@@ -229,9 +233,8 @@ class StaticStep:
                 cache.grow(cache.used + block + EXTRA_SLOTS)
                 self.runners.clear()
                 self.kv_id = cache.generation
-            bucket = Bucket(rows, block, cache.used + block)
-            self.runners.pop(bucket, None)
-        return bucket
+            return Bucket(rows, block, cache.used + block), False
+        return bucket, True
 
     def select_cache(
         self, cache: StaticKV, rows: torch.Tensor | None, columns: torch.Tensor | None
