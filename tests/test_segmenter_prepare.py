@@ -86,3 +86,39 @@ def test_should_stop_ends_the_decode_before_the_next_model_call(segmenter):
         assert never[0].descriptor == segmenter.segment([GOALS[2]])[0].descriptor
     finally:
         segmenter._step = full.step
+
+
+def test_a_goal_failing_in_the_real_decoder_fails_alone_in_the_node_worker(segmenter):
+    """The node's worker with the real Segmenter: a prepared goal whose decode raises (here: an
+    empty prompt suffix, refused by the decoder) gets its exception as its outcome; the other
+    goals of the frame get the answers they get without it."""
+    import dataclasses
+    import threading
+    import time
+
+    from text4seg_ros.ros.goals import GoalBook
+    from text4seg_ros.ros.worker import Frame, InferenceWorker
+
+    book = GoalBook()
+    good_a, good_c = segmenter.prepare(GOALS[0]), segmenter.prepare(GOALS[2])
+    broken = dataclasses.replace(segmenter.prepare(GOALS[1]), suffix=())
+    for goal, prepared in zip(GOALS, (good_a, broken, good_c)):
+        book.add(goal, standing=False, prepared=prepared)
+    got, done = [], threading.Event()
+
+    def on_result(frame, active, outcomes, latency):
+        got.append(outcomes)
+        done.set()
+
+    worker = InferenceWorker(segmenter, book, on_result, lambda *a: got.append(a) or done.set())
+    worker.start()
+    try:
+        worker.submit(Frame(IMAGE, None, time.monotonic()))
+        assert done.wait(60)
+    finally:
+        assert worker.stop(timeout=5)
+    (outcomes,) = got
+    assert isinstance(outcomes[1], ValueError) and "suffix" in str(outcomes[1])
+    segmenter.set_image(IMAGE)
+    alone = segmenter.segment([good_a, good_c])
+    assert [o.descriptor for o in (outcomes[0], outcomes[2])] == [r.descriptor for r in alone]
