@@ -73,8 +73,11 @@ def main() -> None:
     p.add_argument("--arch", default="llava_1_5_7b")
     p.add_argument("--steps", type=int, default=3, help="optimizer steps (the first: warm-up)")
     p.add_argument("--dry-run", action="store_true", help="tiny LLaVA on CPU, batch 2")
+    p.add_argument("--precision", default=None, help="override the recipe's (auto)")
     args = p.parse_args()
     recipe = Recipe(model="random", data=["-"], output_dir="-")
+    if args.precision:
+        recipe.precision = args.precision
     batch = recipe.per_device_batch
     arch = args.arch
     if args.dry_run:
@@ -82,6 +85,8 @@ def main() -> None:
     os.environ.setdefault("MASTER_PORT", "29571")
     rank, world, device = init_distributed()
     precision = resolve_precision(recipe.precision)
+    if args.precision and device.type == "cpu":
+        precision = args.precision  # CPU checks of the bf16 path (resolve says fp32 on CPU)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[precision]
     recipe.per_device_batch, recipe.global_batch = batch, batch * world  # one micro-batch/step
     import deepspeed  # after init_distributed (CPU: the shm op patch)
