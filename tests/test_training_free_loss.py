@@ -92,3 +92,52 @@ def test_recipe_and_dataset_carry_loss_on(tmp_path: Path, samples: dict[str, Cha
     assert (item["labels"] != IGNORE_INDEX).sum() < (item["input_ids"].shape[0] // 4)
     with pytest.raises(ValueError, match="loss_on"):
         ChatDataset([str(path)], get_backbone("llava"), processor, loss_on="x")
+
+
+def test_fg_weight_weighs_the_rows_holding_a_target(samples: dict[str, ChatSample]) -> None:
+    from training.dataset import Collator, target_row_spans
+
+    text = "<seg>others *8\n others *3| red mug *2| others *3\n red mug *8\n</seg>"
+    spans = [text[a:b] for a, b in target_row_spans(text, ["red mug"])]
+    assert spans == [" others *3| red mug *2| others *3\n", " red mug *8\n"]
+    assert target_row_spans(text, []) == []
+    _, processor = build_tiny("llava", grid=8)
+    spec, tok = get_backbone("llava"), processor.tokenizer
+    for kind in ("res_attr", "gres_absent", "openvocab", "instances"):
+        sample = samples[kind]
+        plain = encode_sample(sample, spec, processor)
+        item = encode_sample(sample, spec, processor, fg_weight=4.0)
+        assert "loss_weights" not in plain and torch.equal(plain["labels"], item["labels"])
+        w, labelled = item["loss_weights"], item["labels"] != IGNORE_INDEX
+        assert (w[~labelled] == 0).all() and set(w[labelled].tolist()) <= {1.0, 4.0}
+        heavy = tok.decode(item["input_ids"][w == 4.0])
+        if kind == "gres_absent":
+            assert not (w == 4.0).any()  # no target: no row is weighted
+        else:
+            assert (w == 4.0).any() and "Sure" not in heavy and " *" in heavy
+    batch = Collator(tok.pad_token_id)([item, item])
+    assert batch["loss_weights"].shape == batch["labels"].shape
+
+
+def test_weighted_loss_matches_the_model_loss_at_weight_one() -> None:
+    from training.train import weighted_loss
+
+    torch.manual_seed(0)
+    logits = torch.randn(2, 7, 11)
+    labels = torch.randint(0, 11, (2, 7))
+    labels[:, :3] = IGNORE_INDEX
+    ones = torch.ones(2, 7)
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), ignore_index=IGNORE_INDEX
+    )
+    assert torch.allclose(weighted_loss(logits, labels, ones), ce)
+    heavy = ones.clone()
+    heavy[0, 5] = 3.0  # token 5 of row 0 counts three times
+    per = torch.nn.functional.cross_entropy(
+        logits[:, :-1].reshape(-1, 11), labels[:, 1:].reshape(-1), reduction="none",
+        ignore_index=IGNORE_INDEX,
+    ).reshape(2, 6)  # fmt: skip
+    mask = (labels[:, 1:] != IGNORE_INDEX).float()
+    w = mask.clone()
+    w[0, 4] = 3.0
+    assert torch.allclose(weighted_loss(logits, labels, heavy), (per * w).sum() / w.sum())

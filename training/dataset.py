@@ -14,10 +14,18 @@ separator that ends it; for B-SD also the box digits and the choice to end): eve
 token is forced at inference (the answer sentence is part of the prompt, the grammar writes the
 rest by jump-forward), so its loss teaches nothing the decoder uses (../shared/
 DEMO_MODEL_FACTS.md item 2: a model answering the prior scores a low average loss).
+
+``fg_weight`` (default 1: a plain mean) adds ``loss_weights`` ``(L,)``: ``fg_weight`` on the
+labelled tokens of every descriptor row that holds a target run (``LABEL *N`` with a label other
+than ``others``: the run, the count before it that places it, the row's end), 1 on the other
+labelled tokens, 0 where there is no label. Most rows are ``others *G``: a model decides each
+row's first run greedily, so under that prior a plain mean leaves "others" more likely than the
+target even where the model has found it; weighting the target rows moves that balance.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -113,6 +121,44 @@ def free_positions(
     return free
 
 
+def target_row_spans(text: str, labels: list[str]) -> list[tuple[int, int]]:
+    """Character spans ``[start, end)`` of the descriptor rows of ``text`` that hold a run of
+    one of ``labels`` (``LABEL *N``), each row up to and including its newline."""
+    if not labels:
+        return []
+    run = re.compile("(?:" + "|".join(re.escape(lab) for lab in labels) + r") \*\d")
+    spans, start = [], 0
+    for line in text.splitlines(keepends=True):
+        if run.search(line):
+            spans.append((start, start + len(line)))
+        start += len(line)
+    return spans
+
+
+def _fg_labels(sample: ChatSample) -> list[str]:
+    if sample.task == Task.OPEN_VOCAB.value:
+        return [c for c in sample.meta.get("classes") or [] if c != OTHERS]
+    label = sample.meta.get("label")
+    return [label] if label else []
+
+
+def loss_weights(
+    sample: ChatSample, backbone: Backbone, tokenizer: Any, n_suffix: int, fg_weight: float
+) -> torch.Tensor:
+    """``(n_suffix,)`` float weights of the suffix tokens: ``fg_weight`` on the tokens that
+    overlap a target row (:func:`target_row_spans`), else 1 (the caller zeroes unlabelled)."""
+    text = backbone.prompt_suffix(sample.question, sample.answer) + backbone.turn_end
+    enc = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    if len(enc["input_ids"]) != n_suffix:
+        raise ValueError(f"sample {sample.id}: suffix tokenizes differently with offsets")
+    spans = target_row_spans(text, _fg_labels(sample))
+    weights = torch.ones(n_suffix)
+    for i, (a, b) in enumerate(enc["offset_mapping"]):
+        if any(a < end and b > start for start, end in spans):
+            weights[i] = fg_weight
+    return weights
+
+
 def encode_sample(
     sample: ChatSample,
     backbone: Backbone,
@@ -120,12 +166,14 @@ def encode_sample(
     max_length: int = 2048,
     loss_on: str = "answer",
     codec: TokenCodec | None = None,
+    fg_weight: float = 1.0,
 ) -> dict[str, torch.Tensor]:
     """One sample as tensors: ``input_ids``/``labels``/``attention_mask`` ``(L,)`` plus the
     processor's image tensors (batch dimension 1, e.g. ``pixel_values (1, 3, H, W)``).
 
     ``loss_on``: ``"answer"`` (every answer token) or ``"free"`` (only the grammar's free
     choices, see the module docstring; ``codec`` caches the tokenizer's grammar pieces).
+    ``fg_weight != 1`` adds ``loss_weights`` ``(L,)`` (module docstring).
     Raises ValueError when the sample is longer than ``max_length`` tokens.
     """
     if loss_on not in LOSS_ON:
@@ -159,6 +207,10 @@ def encode_sample(
         keep = torch.tensor(free_positions(sample, backbone, tokenizer, codec), dtype=torch.bool)
         labels[n_prefix:][~keep] = IGNORE_INDEX
     out: dict[str, torch.Tensor] = {"input_ids": input_ids, "labels": labels}
+    if fg_weight != 1.0:
+        weights = torch.zeros(input_ids.shape[0])
+        weights[n_prefix:] = loss_weights(sample, backbone, tokenizer, len(suffix_ids), fg_weight)
+        out["loss_weights"] = weights * (labels != IGNORE_INDEX)
     for key, value in prefix.items():
         if key == "input_ids" or not isinstance(value, torch.Tensor):
             continue
@@ -214,6 +266,7 @@ class ChatDataset(Dataset):
         processor: Any,
         max_length: int = 2048,
         loss_on: str = "answer",
+        fg_weight: float = 1.0,
     ) -> None:
         if isinstance(paths, str):
             paths = [paths]
@@ -235,6 +288,9 @@ class ChatDataset(Dataset):
             raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
         self.loss_on = loss_on
         self.codec = TokenCodec(processor.tokenizer) if loss_on == "free" else None
+        if not fg_weight > 0:
+            raise ValueError(f"fg_weight must be > 0, got {fg_weight!r}")
+        self.fg_weight = float(fg_weight)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -247,6 +303,7 @@ class ChatDataset(Dataset):
             self.max_length,
             self.loss_on,
             self.codec,
+            self.fg_weight,
         )
 
 
@@ -267,6 +324,7 @@ class Collator:
         batch: dict[str, torch.Tensor] = {}
         pads = {"input_ids": self.pad_id, "labels": IGNORE_INDEX}
         pads.update({k: v[1] for k, v in _TOKEN_FIELDS.items()})
+        pads["loss_weights"] = 0
         for key in items[0]:
             values = [it[key] for it in items]
             if key in pads:

@@ -77,6 +77,13 @@ class Recipe:
             "choices": ["answer", "free"],
         },
     )
+    fg_weight: float = field(
+        default=1.0,
+        metadata=_help(
+            "loss weight of the answer tokens in descriptor rows holding a target (1: plain "
+            "mean; training/dataset.py)"
+        ),
+    )
     num_workers: int = field(default=4, metadata=_help("data loader workers per rank"))
     seed: int = field(default=42, metadata=_help("data order, dropout, LoRA init"))
     log_steps: int = field(default=10, metadata=_help("log every N optimizer steps"))

@@ -173,6 +173,23 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device, dtype: torc
     }
 
 
+def weighted_loss(
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
+) -> torch.Tensor:
+    """Next-token cross-entropy, weighted per target token: ``logits (B, L, V)``, ``labels``
+    and ``weights`` ``(B, L)`` aligned with the inputs (token ``t`` predicts ``labels[t + 1]``
+    with weight ``weights[t + 1]``); ``-100`` labels count 0. Equals the model's own loss when
+    every labelled token weighs 1."""
+    target, w = labels[:, 1:], weights[:, 1:].float() * (labels[:, 1:] != -100)
+    ce = torch.nn.functional.cross_entropy(
+        logits[:, :-1].float().reshape(-1, logits.shape[-1]),
+        target.reshape(-1),
+        ignore_index=-100,
+        reduction="none",
+    )
+    return (ce * w.reshape(-1)).sum() / w.sum().clamp_min(1e-8)
+
+
 def _all_mean(value: float, device: torch.device) -> float:
     t = torch.tensor([value], dtype=torch.float64, device=device)
     dist.all_reduce(t)
@@ -220,7 +237,9 @@ def train(recipe: Recipe) -> Path:
     n_trainable = sum(p.numel() for p in trainable)
     n_total = sum(p.numel() for p in model.parameters())
 
-    dataset = ChatDataset(recipe.data, backbone, processor, recipe.max_length, recipe.loss_on)
+    dataset = ChatDataset(
+        recipe.data, backbone, processor, recipe.max_length, recipe.loss_on, recipe.fg_weight
+    )
     if main and dataset.dropped:
         # Dropped before the sampler sees them, identically on every rank and every resume.
         n_read = len(dataset.samples) + len(dataset.dropped)
@@ -307,7 +326,14 @@ def train(recipe: Recipe) -> Path:
         )
         for batch in loader:
             window_tokens += int(batch["attention_mask"].sum())
-            loss = engine(**_to_device(batch, device, dtype)).loss
+            inputs = _to_device(batch, device, dtype)
+            weights = inputs.pop("loss_weights", None)
+            outputs = engine(**inputs)
+            loss = (
+                outputs.loss
+                if weights is None
+                else weighted_loss(outputs.logits, inputs["labels"], weights)
+            )
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
