@@ -249,3 +249,41 @@ def test_label_map_montage_tile_tints_predicted_classes_and_outlines_true_ones()
     assert np.array_equal(out[3, 0], first)  # the mug's border: its class colour
     assert np.array_equal(out[1, 1], (0.55 * first.astype(np.float32)).astype(np.uint8))
     assert not out[0, 8].any()  # others: the dimmed (black) frame
+
+
+def test_a_goal_the_node_failed_is_an_error_row_not_a_score(frames_bag) -> None:
+    with EvalBag(frames_bag) as bag:
+        scorer = Scorer(bag.goals)
+        frame = next(bag.frames())
+    answers = answers_for(frame)
+    answers["res_attr/0/0"].error = "RuntimeError: decode failed"
+    rows = scorer.add_frame(frame, answers, latency_s=0.1)
+    assert (rows[0].status, rows[0].error, rows[0].iou) == (
+        "error", "RuntimeError: decode failed", None,
+    )  # fmt: skip
+    assert rows[1].status == "ok" and "res_attr" not in scorer.per_kind
+
+
+def test_goal_sync_waits_for_each_frames_goals_and_notes_a_node_out_of_step() -> None:
+    from text4seg_ros.bag import messages as msgs
+    from text4seg_ros.bag.node_eval import GoalSync
+
+    class Node:
+        def __init__(self) -> None:
+            self.waits: list[set[str]] = []
+
+        def wait_goals(self, ids: set[str], timeout_s: float, exact: bool = False) -> None:
+            assert exact
+            self.waits.append(ids)
+            if ids == {"b"}:
+                raise TimeoutError("node lists goals ['a'], expected ['b']; log:\n...")
+
+    node = Node()
+    sync = GoalSync(node, [{"a"}, {"b"}], [set(), set()])
+    for topic in (msgs.GOALS_TOPIC, msgs.GOALS_TOPIC, msgs.IMAGE_TOPIC):
+        sync(topic, 0)
+    sync(msgs.GOALS_TOPIC, 0)
+    sync(msgs.IMAGE_TOPIC, 0)  # the node never lists "b": noted, the run goes on
+    sync(msgs.GOALS_TOPIC, 0)  # after the last frame: nothing to wait for
+    assert node.waits == [set(), {"a"}, set(), {"b"}]
+    assert sync.out_of_step == [(1, "node lists goals ['a'], expected ['b']")]

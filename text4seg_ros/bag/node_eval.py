@@ -179,6 +179,9 @@ class GoalSync:
 
     ``frame_goals[k]``: ids the bag's frame ``k`` answers; ``goals_before[k]``: ids active
     before frame ``k``'s new goal messages (see :class:`~text4seg_ros.bag.reader.EvalBag`).
+    When the node does not reach the expected goal set within ``timeout_s`` (say a one-shot goal
+    it kept after a frame-level error), the run goes on and :attr:`out_of_step` records the frame
+    and the reason: that frame's goals the node lacks count as ``missing``, not as a crash.
     """
 
     def __init__(
@@ -186,12 +189,19 @@ class GoalSync:
         node: NodeProcess,
         frame_goals: list[set[str]],
         goals_before: list[set[str]],
-        timeout_s: float = 30.0,
+        timeout_s: float = 15.0,
     ) -> None:
         self.node, self.frame_goals, self.goals_before = node, frame_goals, goals_before
         self.timeout_s = timeout_s
         self.frame = 0
+        self.out_of_step: list[tuple[int, str]] = []  # (frame index, what the node listed)
         self._goals_started = False
+
+    def _wait(self, ids: set[str]) -> None:
+        try:
+            self.node.wait_goals(ids, self.timeout_s, exact=True)
+        except TimeoutError as exc:
+            self.out_of_step.append((self.frame, str(exc).split("; log:")[0]))
 
     def __call__(self, topic: str, log_ns: int) -> None:
         if self.frame >= len(self.frame_goals):
@@ -199,10 +209,10 @@ class GoalSync:
         if topic == m.GOALS_TOPIC and not self._goals_started:
             # The previous frame's one-shot goals must be retired before new ones arrive, or
             # they would count against max_goals.
-            self.node.wait_goals(self.goals_before[self.frame], self.timeout_s, exact=True)
+            self._wait(self.goals_before[self.frame])
             self._goals_started = True
         elif topic == m.IMAGE_TOPIC:
-            self.node.wait_goals(self.frame_goals[self.frame], self.timeout_s, exact=True)
+            self._wait(self.frame_goals[self.frame])
             self.frame += 1
             self._goals_started = False
 
@@ -223,6 +233,7 @@ def _answers(array: Any) -> tuple[dict[str, Answer], float]:
             answers[str(seg.goal_id)] = Answer(
                 PackedMask.pack(m.image_to_mask(seg.mask)), float(seg.score),
                 int(seg.model_steps), int(seg.repairs), str(seg.descriptor), labels,
+                str(getattr(seg, "error", "")),
             )  # fmt: skip
     return answers, latency
 
@@ -310,4 +321,10 @@ def evaluate_through_node(
         "node_command": cmd,
         "node_log": str(log_path),
     }
+    if sync.out_of_step:
+        frames = sorted({k for k, _ in sync.out_of_step})
+        extra["notes"] = [
+            f"the node's goals were out of step with the bag at {len(frames)} frames "
+            f"(first {frames[:5]}): {sync.out_of_step[0][1]}"
+        ]
     return scorer, extra

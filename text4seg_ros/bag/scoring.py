@@ -49,6 +49,7 @@ class Answer:
     repairs: int = 0
     descriptor: str = ""
     label_map: np.ndarray | None = None
+    error: str = ""  # non-empty: the goal failed on this frame (the node's Segmentation.error)
 
 
 @dataclass
@@ -191,7 +192,10 @@ class Scorer:
                 gt_box = mask_to_box(truth != 0)
                 row.gt_empty, row.gt_box = gt_box is None, _box(gt_box)
             answer = None if answers is None else answers.get(goal.id)
-            if answer is None:
+            if answer is not None and answer.error:  # the goal failed alone on this frame
+                row.status, row.error = "error", answer.error
+                answer = None
+            elif answer is None:
                 row.status = (
                     ("error" if error else "dropped") if answers is None else status_if_absent
                 )
