@@ -114,7 +114,7 @@ def test_a_stuck_inference_shows_as_error_and_is_cancelled(harness):
     h.images.publish(frame(red_square(), 2))
     assert wait_for(lambda: len(h.segs) == 1, 10)
     assert wait_for(lambda: status(h).level == DiagnosticStatus.OK, 5), status(h).message
-    assert h.diag("worker_alive") == "True"
+    assert h.diag("worker_alive") == "True" and h.diag("worker_callback_errors") == "0"
 
 
 def test_a_dead_inference_thread_shows_as_error_and_is_restarted(harness):

@@ -16,7 +16,7 @@ Keys of the one ``DiagnosticStatus`` (name ``<node name>: perception``), all val
   ``frames_dropped`` + ``frames_skipped`` + ``frames_cancelled`` + ``images_rejected`` +
   ``inference_errors`` (+ the frame in flight)
 * ``worker_alive``, ``worker_busy_s``: the inference thread's liveness and how long it has been
-  on its current frame
+  on its current frame; ``worker_callback_errors``: exceptions its callbacks raised (caught)
 * ``rate_hz``: processed frames per second over the last ``window`` frames
 * ``latency_mean_s``, ``latency_p50_s``, ``latency_p95_s``, ``latency_max_s``: frame arrival to
   results ready (measured before publishing, as ``Segmentation.latency_s``), over the same window

@@ -89,6 +89,7 @@ class Health:
                 "image_silent_s": flow.silent_s(now),
                 "worker_alive": worker is not None and worker.alive(),
                 "worker_busy_s": worker.busy_s(now) if worker is not None else 0.0,
+                "worker_callback_errors": worker.callback_errors if worker is not None else 0,
             },
             warning=warning,
             error=error,
