@@ -135,3 +135,47 @@ def test_a_dead_inference_thread_shows_as_error_and_is_restarted(harness):
     assert [s.goal_id for s in h.segs[0].segmentations] == ["ok"]
     assert wait_for(lambda: status(h).level == DiagnosticStatus.OK, 5)
     assert h.client.state(h.fqn) == "active"
+
+
+def test_the_node_main_loop_survives_a_callback_that_raises():
+    """``node.spin`` (what ``perception_node`` runs): an exception out of any executor callback
+    is logged and counted in ``callback_errors``; the loop goes on serving the node."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+    from ros_fakes import ColourSegmenter
+    from ros_harness import DOMAIN_ID
+
+    from text4seg_ros.ros.node import PerceptionNode, spin
+
+    ctx = Context()
+    rclpy.init(context=ctx, domain_id=DOMAIN_ID)
+    node = PerceptionNode(
+        segmenter_factory=lambda cfg: ColourSegmenter(), context=ctx, namespace="/spin_raise"
+    )
+    ticks = []
+
+    def bad_timer() -> None:
+        ticks.append(1)
+        raise RuntimeError("a callback bug")
+
+    node.create_timer(0.05, bad_timer)
+    executor = SingleThreadedExecutor(context=ctx)
+    executor.add_node(node)
+
+    def run() -> None:
+        try:
+            spin(node, executor)
+        except ExternalShutdownException:  # main() ends on it too
+            pass
+
+    loop = threading.Thread(target=run, daemon=True)
+    loop.start()
+    try:
+        assert wait_for(lambda: node.stats.counts["callback_errors"] >= 5, 10)
+        assert loop.is_alive() and len(ticks) >= 5
+    finally:
+        rclpy.shutdown(context=ctx)
+        loop.join(5)
+        node.destroy_node()
+    assert not loop.is_alive(), "the loop ends when the context shuts down"
