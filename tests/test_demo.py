@@ -127,6 +127,11 @@ def test_demo_report_names_the_bars_and_says_real_images_need_real_weights(tmp_p
     link = text.split("see [docs/checkpoints.md](")[1].split(")")[0]
     assert (tmp_path / link).resolve() == (REPO / "docs" / "checkpoints.md").resolve()
     assert (REPO / "docs" / "checkpoints.md").is_file()
+    other = write_summary(
+        tmp_path / "r3.md", fake_report(0.7, 0.9), davis, model="published", params_file="p",
+        timings_s={}, shipped=False,
+    )  # fmt: skip
+    assert "never seen a swan" not in other and "docs/checkpoints.md" in other
     skipped = write_summary(
         tmp_path / "r2.md", fake_report(0.7, 0.9), None, model="m", params_file="p",
         timings_s={}, davis_note="Skipped (--no-davis).",
@@ -192,7 +197,7 @@ def test_make_demo_end_to_end(tmp_path: Path, data_dir: Path) -> None:
     davis = json.loads((out / "davis" / "report.json").read_text())
     assert davis["answered_pairs"] == davis["pairs_in_bag"] > 0
     text = (out / "report.md").read_text()
-    assert "### The bars of issue 8" in text and "needs real weights" in text
+    assert "### The bars of issue 8" in text and "docs/checkpoints.md" in text
     assert "| kind | task | pairs | answered |" in done.stdout
     if model == shipped_model():
-        assert report["pairs_in_bag"] >= 300
+        assert report["pairs_in_bag"] >= 300 and "needs real weights" in text

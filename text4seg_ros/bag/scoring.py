@@ -288,7 +288,7 @@ class Scorer:
             "goals": [{"id": g.id, "text": g.text, "task": g.task.value} for g in self.goals],
             "answered_pairs": answered,
             "failed_pairs": len(self.rows) - answered,
-            "scored_pairs": self.mask_metrics.queries,
+            "scored_pairs": sum(r.iou is not None for r in self.rows),
             "dropped_frames": self.dropped_frames,
             **_metrics(self.mask_metrics, self.rec),
             "latency_s": percentiles(self.frame_latencies),
@@ -370,8 +370,9 @@ def _box(box: tuple[int, int, int, int] | None) -> list[int] | None:
 
 def _metrics(masks: MaskMetrics, rec: RecAccuracy) -> dict[str, float]:
     values = masks.compute()
-    # cIoU of no query at all is undefined, not 0: say so instead of reporting a fake zero.
-    ciou = values["cIoU"] if masks.queries else math.nan
+    # cIoU without any target or predicted pixel (no query, or only empty targets answered
+    # empty) is undefined, not 0: say so instead of reporting a fake zero.
+    ciou = values["cIoU"] if masks.union else math.nan
     return {
         "cIoU": ciou,
         "gIoU": values["gIoU"],

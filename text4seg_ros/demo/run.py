@@ -28,7 +28,7 @@ from pathlib import Path
 
 from ..bag import cli as bag_cli
 from ..bag.report import per_kind_table
-from ..model.meta import REPO, resolve_model
+from ..model.meta import REPO, default_model_dir, resolve_model
 from .scenes import GOALS_FILE, write_heldout_scenes
 from .summary import bars_table, write_summary
 
@@ -103,6 +103,14 @@ def davis_subset(davis: Path, out: Path, count: int) -> Path:
     return out
 
 
+def _is_shipped(model: Path) -> bool:
+    """True when ``model`` is the shipped demo model."""
+    try:
+        return model.resolve() == default_model_dir().resolve()
+    except FileNotFoundError:
+        return False
+
+
 def _eval_argv(
     args: argparse.Namespace, bag: Path, out: Path, model: Path, params: Path
 ) -> list[str]:
@@ -175,7 +183,7 @@ def run(args: argparse.Namespace) -> dict:
     timings["total"] = time.monotonic() - start
     write_summary(
         out / "report.md", tabletop, davis, model=str(model), params_file=str(params),
-        timings_s=timings, davis_note=note,
+        timings_s=timings, davis_note=note, shipped=_is_shipped(model),
     )  # fmt: skip
     print("\nPer goal kind (held-out tabletop scenes, through the node):\n")
     print(per_kind_table(tabletop))

@@ -102,8 +102,10 @@ def write_summary(
     params_file: str,
     timings_s: dict[str, float],
     davis_note: str = "",
+    shipped: bool = True,
 ) -> str:
-    """Write the demo's ``report.md`` to ``path``; returns its text."""
+    """Write the demo's ``report.md`` to ``path``; returns its text. ``shipped``: ``model`` is
+    the shipped demo model (trained on tabletop scenes only; the DAVIS part says so)."""
     from ..model.meta import model_grid
 
     dec = tabletop.get("decoding") or {}
@@ -152,13 +154,17 @@ def write_summary(
     if davis is None:
         lines += [davis_note or "Not run.", ""]
     else:
-        lines += [
+        caveat = (
             "**Quality on real images needs real weights.** The demo model was trained only on "
             "synthetic tabletop scenes; it has never seen a swan or a pond, so its masks here "
-            "say nothing about what Text4Seg does on camera images. This run shows the "
-            "real-camera path: 854 x 480 frames recorded to a bag, played to the node over DDS, "
-            "answered and scored against DAVIS ground truth. To run a published Text4Seg "
-            f"checkpoint instead, see [{CHECKPOINTS_DOC}]({checkpoints}).",
+            "say nothing about what Text4Seg does on camera images."
+            if shipped
+            else "Quality on real images depends on the weights: this run used the model above."
+        )
+        lines += [
+            f"{caveat} This run shows the real-camera path: 854 x 480 frames recorded to a bag, "
+            "played to the node over DDS, answered and scored against DAVIS ground truth. To run "
+            f"a published Text4Seg checkpoint, see [{CHECKPOINTS_DOC}]({checkpoints}).",
             "",
             f"Goal: {', '.join(repr(g['text']) for g in davis.get('goals', []))}. "
             f"Details: [davis/report.md](davis/report.md).",
