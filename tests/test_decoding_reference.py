@@ -6,7 +6,8 @@ position handling and KV cache): one token per model call, greedy, with the goal
 far (the grammar state is recomputed from the start at every call). It shares nothing with
 :func:`constrained_generate` but the grammar and the prompt text: no prefix cache, no step
 adapter, no jump-forward, no drafts, no batching. ``constrained_generate`` must give exactly its
-tokens (and the same probabilities) with drafts on and off, batched and one goal at a time.
+tokens (and the same probabilities) with drafts on and off, batched and one goal at a time, and
+``Segmenter.segment`` (the node's path) must report their descriptor, score and model steps.
 
 Random weights make the grammar overrule the model at most free choices (its favourite token is
 not allowed), which is the case the HF-``generate`` comparison of ``test_decoding.py`` (a
@@ -154,8 +155,11 @@ def check_backbone(backbone: str, seed: int) -> tuple[int, int, int, int]:
         "single, drafts": [_ours(seg, image, [g], 64)[0] for g in GOALS],
         "single, no drafts": [_ours(seg, image, [g], 0)[0] for g in GOALS],
     }
+    seg.set_image(image)
+    answered = seg.segment(GOALS)  # the path the node takes: prepared goals, one batch
+    eos = seg.tokenizer.eos_token_id
     free = overruled = 0
-    for goal, (tokens, mask) in zip(GOALS, reference):
+    for goal, (tokens, mask), result in zip(GOALS, reference, answered):
         where = f"{backbone} seed {seed} goal {goal.id}"
         # the chosen token at each free choice, in order: replay the grammar over the tokens
         grammar = seg.grammar(seg.plan([goal])[0])
@@ -171,6 +175,13 @@ def check_backbone(backbone: str, seed: int) -> tuple[int, int, int, int]:
             assert res.tokens == tokens, f"{where}, {name}: tokens differ from the reference"
             assert res.complete, f"{where}, {name}"
             np.testing.assert_allclose(res.chosen_probs, probs, rtol=1e-5, atol=1e-7, err_msg=where)
+        # Segmenter.segment reads the same tokens: its descriptor ends with their text after
+        # the answer start the grammar wrote, its score is the mean chosen probability.
+        plan = seg.plan([goal])[0]
+        text = seg.codec.decode(tokens[:-1] if tokens[-1:] == [eos] else tokens)
+        assert text.startswith(plan.head) and result.descriptor.endswith(text[len(plan.head) :])
+        assert result.score == pytest.approx(float(np.mean(probs)) if probs else 1.0, rel=1e-5)
+        assert result.model_steps == runs["batched, drafts"][GOALS.index(goal)].forward_calls
         free += len(chosen)
         overruled += mask.overruled
     drafted = sum(r.drafted for r in runs["batched, drafts"])
