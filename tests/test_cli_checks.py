@@ -123,11 +123,15 @@ def test_float_image_is_refused_with_a_clear_message(files, tmp_path, capsys, no
     assert "floating-point pixels" in err and "radiance.tiff" in err
 
 
-def test_image_larger_than_the_nodes_limit_is_refused(tmp_path, monkeypatch):
+def test_image_larger_than_the_limit_is_refused(files, tmp_path, capsys, no_loading):
+    _, model = files
     path = tmp_path / "big.png"
     Image.fromarray(np.zeros((30, 40, 3), np.uint8)).save(path)
     with pytest.raises(UserError, match="exceeds max_image_pixels 1000"):
         read_image(path, max_pixels=1000)
+    argv = [str(path), "cup", "--model", str(model), "--max-image-pixels", "1000"]
+    assert "exceeds max_image_pixels 1000" in _one_line_exit_2(capsys, argv)
+    assert cli.build_parser().parse_args([str(path), "cup"]).max_image_pixels == 3840 * 2160
 
 
 def test_cuda_device_without_cuda_is_one_line_exit_2(files, capsys, no_loading):

@@ -4,7 +4,8 @@ Usage::
 
     text4seg-segment IMAGE "goal" ["goal" ...] [--model DIR] [--backbone NAME]
         [--task res|gres|rec|open_vocab|instances|reason] [--classes a,b,...] [--grid G]
-        [--refiner PATH] [--refine-prompt points|box] [--out DIR] [--device cpu]
+        [--max-image-pixels N] [--refiner PATH] [--refine-prompt points|box] [--out DIR]
+        [--device cpu]
         [--dtype float32|bfloat16|float16] [--descriptor isd|bsd] [--adapter DIR]
         [--vision-tower DIR]
 
@@ -91,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
             f"descriptor grid size G, {GRID_RANGE[0]}..{GRID_RANGE[1]} (default: the model's, "
             "from its text4seg.json, else 16)"
         ),
+    )
+    p.add_argument(
+        "--max-image-pixels",
+        type=int,
+        default=DEFAULT_MAX_PIXELS,
+        help=f"largest image accepted, width x height (default {DEFAULT_MAX_PIXELS}: 4K, the "
+        "node's max_image_pixels)",
     )
     p.add_argument("--refiner", type=Path, default=None, help="SAM directory or sam_vit_*.pth")
     p.add_argument(
@@ -329,7 +337,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Path]]:
         except GoalError as exc:
             raise UserError(f"--grid: {exc}") from exc
     goals = make_goals(args.goals, args.task, parse_classes(args.classes), args.descriptor)
-    image = read_image(args.image)
+    image = read_image(args.image, args.max_image_pixels)
     _check_device(args.device)
     try:
         args.model = resolve_model(args.model)
