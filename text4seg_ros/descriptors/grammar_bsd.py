@@ -1,4 +1,8 @@
-"""Token-level grammar of box-wise descriptors (B-SD); see :mod:`.grammar` and :mod:`.bsd`."""
+"""Token-level grammar of box-wise descriptors (B-SD); see :mod:`.grammar` and :mod:`.bsd`.
+
+A B-SD state holds the box coordinates written so far (each bounds the next), so new boxes make
+new states; the core's caches are bounded for that reason (:mod:`.grammar_core`).
+"""
 
 from __future__ import annotations
 
@@ -18,11 +22,12 @@ from .bsd import (
     check_brick_grid,
 )
 from .geometry import check_grid_size
-from .grammar import END, Option, TokenCodec, TokenGrammar, _BodyMixin, _check_labels
+from .grammar_codec import TokenCodec
+from .grammar_core import END, BodyMixin, Option, TokenGrammar, check_labels
 from .rrle import OTHERS, SEG_CLOSE, SEG_OPEN, encode_grid
 
 
-class BSDGrammar(_BodyMixin, TokenGrammar):
+class BSDGrammar(BodyMixin, TokenGrammar):
     """B-SD instances (see :mod:`.bsd`): ``<ref>..</ref><box>[..]</box><seg>..</seg>`` joined by
     ``"\\n"``, at most ``max_instances``, ended by ``eos_token_id`` (an empty list is just EOS).
 
@@ -45,7 +50,7 @@ class BSDGrammar(_BodyMixin, TokenGrammar):
         if not isinstance(head, str):
             raise TypeError(f"head must be a str, got {type(head).__name__}")
         self.head = head
-        self.labels = [n for n in _check_labels(labels, "label") if n != OTHERS]
+        self.labels = [n for n in check_labels(labels, "label") if n != OTHERS]
         if not self.labels:
             raise ValueError(f"labels must name at least one class besides {OTHERS!r}")
         if not isinstance(eos_token_id, int) or eos_token_id < 0:
