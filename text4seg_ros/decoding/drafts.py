@@ -6,6 +6,12 @@ of the row above, and every later row as a copy of the current one, then ``</seg
 feeds the draft with the tokens it must write anyway and keeps the longest prefix the model
 itself would have chosen (greedy verification), so drafts change the number of forward calls,
 never the output.
+
+Incremental (:class:`DraftTracker`): the decoder feeds each goal's tokens as they are written;
+the tracker keeps only the current line's tokens and what the finished lines left behind (rows
+done, the last row's cells, the open body's label names), so a draft costs the same at the
+first row as at the last, whatever the answer's length. Tokens of finished lines are never
+decoded again. :func:`draft_text` is the same prediction for a whole text at once.
 """
 
 from __future__ import annotations
@@ -13,8 +19,8 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ..descriptors.grammar import BSDGrammar, RRLEGrammar, TokenGrammar
-from ..descriptors.rrle import ROW_SEP, RUN_SEP, SEG_CLOSE, SEG_OPEN
+from ..descriptors.grammar import BSDGrammar, RRLEGrammar, TokenGrammar, Walk
+from ..descriptors.rrle import RUN_SEP, SEG_CLOSE, SEG_OPEN
 
 _REF = re.compile(r"<ref>(.*?)</ref>")
 
@@ -33,29 +39,39 @@ def _cells(runs: list[tuple[int, int]]) -> list[int]:
     return [lab for lab, n in runs for _ in range(n)]
 
 
-def predict_body(body: str, names: Sequence[str], grid: int) -> str | None:
-    """Predicted rest of an R-RLE body (ending with ``"\\n</seg>"``) after the text ``body``.
+def _row_text(row: Sequence[int], names: Sequence[str]) -> str:
+    """One grid row as R-RLE runs (``"cup *3| others *13"``), as the encoder writes it."""
+    runs, start = [], 0
+    for i in range(1, len(row) + 1):
+        if i == len(row) or row[i] != row[start]:
+            runs.append(f"{names[row[start]]} *{i - start}")
+            start = i
+    return RUN_SEP.join(runs)
 
-    ``body`` is what has been generated since ``<seg>``. Returns None when the text cannot be
-    continued by a row copy (e.g. a partial label that matches no name).
+
+def _line_prefix(index: int) -> str:
+    """Text before a body row's runs: rows after the first start with ``ROW_SEP``'s space."""
+    return " " if index else ""
+
+
+def predict_rest(
+    done: int, above: list[int] | None, partial: str, names: Sequence[str], grid: int
+) -> str | None:
+    """Predicted rest of an R-RLE body (ending with ``"\\n</seg>"``).
+
+    ``done``: body rows finished so far; ``above``: the cells of the last of them (None when
+    none); ``partial``: the text of the current row so far (after its newline). Returns None when
+    the text cannot be continued by a row copy (e.g. a partial label that matches no name).
     """
-    index = {n: i for i, n in enumerate(names)}
-    *done, partial = body.split("\n")
-    rows = []
-    for line in done:
-        runs = _parse_runs(line, index)
-        if runs is None or sum(n for _, n in runs) != grid:
-            return None
-        rows.append(_cells(runs))
-    if len(rows) >= grid:
+    if done >= grid:
         return None
+    index = {n: i for i, n in enumerate(names)}
     *closed, last = partial.split("|") if partial.strip() else [""]
     runs = _parse_runs("|".join(closed), index) if closed else []
     if runs is None:
         return None
     cells = _cells(runs)
     col = len(cells)
-    above = rows[-1] if rows else None
     label_text, star, digits = last.strip().partition(" *")
     if star:
         if label_text not in index:
@@ -77,45 +93,193 @@ def predict_body(body: str, names: Sequence[str], grid: int) -> str | None:
         return None
     run = min(fits, key=lambda v: (abs(v - run), v))
     row = cells + [label] * run + pred[col + run :]
-    rows += [row] * (grid - len(rows))
-    text = _rle(rows, names) + SEG_CLOSE
-    return text[len(body) :] if text.startswith(body) else None
+    line = _line_prefix(done) + _row_text(row, names)
+    if not line.startswith(partial):
+        return None
+    copies = grid - done - 1
+    return line[len(partial) :] + ("\n " + _row_text(row, names)) * copies + "\n" + SEG_CLOSE
 
 
-def _rle(rows: list[list[int]], names: Sequence[str]) -> str:
-    """:func:`~text4seg_ros.descriptors.rrle.encode_grid` for lists (no numpy per row: faster
-    for the small grids drafted on every model call)."""
-    out = []
-    for row in rows:
-        runs, start = [], 0
-        for i in range(1, len(row) + 1):
-            if i == len(row) or row[i] != row[start]:
-                runs.append(f"{names[row[start]]} *{i - start}")
-                start = i
-        out.append(RUN_SEP.join(runs))
-    return ROW_SEP.join(out) + "\n"
+def predict_body(body: str, names: Sequence[str], grid: int) -> str | None:
+    """Predicted rest of an R-RLE body (ending with ``"\\n</seg>"``) after the text ``body``
+    (what has been generated since ``<seg>``); None when no row copy continues it."""
+    *lines, partial = body.split("\n")
+    done, above = _Rows(names, grid), None
+    for line in lines:
+        above = done.add(line)
+        if above is None:
+            return None
+    return predict_rest(done.count, above, partial, names, grid)
+
+
+class _Rows:
+    """Finished body rows: their count and the last one's cells (each checked to re-encode as
+    written: a row the encoder would write differently cannot be continued by a copy)."""
+
+    def __init__(self, names: Sequence[str], grid: int) -> None:
+        self.names, self.grid = names, grid
+        self.index = {n: i for i, n in enumerate(names)}
+        self.count = 0
+        self.last: list[int] | None = None
+
+    def add(self, line: str) -> list[int] | None:
+        runs = _parse_runs(line, self.index)
+        cells = _cells(runs) if runs is not None else []
+        if runs is None or len(cells) != self.grid:
+            return None
+        if line != _line_prefix(self.count) + _row_text(cells, self.names):
+            return None
+        self.count += 1
+        self.last = cells
+        return cells
+
+
+class DraftTracker:
+    """One goal's generated text, kept line by line, and the row-copy draft from where it is.
+
+    :meth:`feed` the tokens as they are written (forced, chosen and accepted draft tokens);
+    :meth:`draft` gives the draft text from there, and :meth:`draft_walk` its tokens under the
+    grammar from a state (at most ``limit``). The work per call is bounded by one line's length
+    and the draft's, never by the answer's length so far.
+    """
+
+    def __init__(self, grammar: TokenGrammar) -> None:
+        self.grammar = grammar
+        self.codec = grammar.codec
+        self.kind = (
+            "rrle"
+            if isinstance(grammar, RRLEGrammar)
+            else "bsd"
+            if isinstance(grammar, BSDGrammar)
+            else ""
+        )
+        self.lines = 0  # finished lines
+        self.head_text = ""  # text of the current line before its tokens (after a newline)
+        self.line_tokens: list[int] = []  # tokens of the current line (since the last newline)
+        self.rows: _Rows | None = None  # the open body's finished rows (None: no body open)
+        self.bad = False  # a finished line of the open body cannot be continued by a copy
+        self.last_ref: str | None = None  # the last <ref> label in the finished lines
+        if self.kind == "rrle":
+            self.rows = _Rows(grammar.names, grammar.grid)  # type: ignore[attr-defined]
+
+    # -- text --------------------------------------------------------------------------------
+    def feed(self, tokens: Sequence[int]) -> None:
+        """Append written tokens; lines are closed at tokens whose text holds a newline."""
+        for token in tokens:
+            self.line_tokens.append(int(token))
+            if "\n" in self.codec.piece(int(token)):
+                text = self.head_text + self.codec.decode(self.line_tokens)
+                *done, self.head_text = text.split("\n")
+                self.line_tokens = []
+                for line in done:
+                    self._close(line)
+
+    def partial(self) -> str:
+        """The text of the current line so far."""
+        if not self.line_tokens:
+            return self.head_text
+        return self.head_text + self.codec.decode(self.line_tokens)
+
+    def _close(self, line: str) -> None:
+        if self.kind == "rrle":
+            if self.lines == 0:
+                head = self.grammar.head  # type: ignore[attr-defined]
+                self.bad = self.bad or not line.startswith(head)
+                line = line[len(head) :]
+            if not self.bad and self.rows.add(line) is None:  # type: ignore[union-attr]
+                self.bad = True
+        elif self.kind == "bsd":
+            refs = _REF.findall(line)
+            if refs:
+                self.last_ref = refs[-1]
+            start = line.rfind(SEG_OPEN)
+            if start >= 0:
+                self.rows, self.bad = self._open_body(self.last_ref), False
+                line = line[start + len(SEG_OPEN) :]
+                if self.rows is not None and SEG_CLOSE in line:
+                    self.rows = None
+            elif self.rows is not None and SEG_CLOSE in line:
+                self.rows = None
+            if self.rows is not None and not self.bad and self.rows.add(line) is None:
+                self.bad = True
+        self.lines += 1
+
+    def _open_body(self, label: str | None) -> _Rows | None:
+        g = self.grammar
+        if label is None or label not in g.labels:  # type: ignore[attr-defined]
+            return None
+        names = g.body_names((0, g.labels.index(label)))  # type: ignore[attr-defined]
+        return _Rows(names, g.grid)  # type: ignore[attr-defined]
+
+    # -- drafts ------------------------------------------------------------------------------
+    def draft(self) -> str:
+        """The draft continuation of the text so far; "" if none."""
+        partial = self.partial()
+        if self.kind == "rrle":
+            g = self.grammar
+            if self.lines == 0:
+                head = g.head  # type: ignore[attr-defined]
+                if len(partial) < len(head):
+                    if not head.startswith(partial):
+                        return ""
+                    rest = predict_rest(0, None, "", g.names, g.grid)  # type: ignore[attr-defined]
+                    return head[len(partial) :] + rest if rest else ""
+                if not partial.startswith(head):
+                    return ""
+                partial = partial[len(head) :]
+            if self.bad:
+                return ""
+            rows = self.rows
+            return predict_rest(rows.count, rows.last, partial, rows.names, rows.grid) or ""  # type: ignore[union-attr]
+        if self.kind == "bsd":
+            start = partial.rfind(SEG_OPEN)
+            if start >= 0:  # the body opens on this line
+                refs = _REF.findall(partial[:start])
+                rows = self._open_body(refs[-1] if refs else self.last_ref)
+                body = partial[start + len(SEG_OPEN) :]
+                if rows is None or SEG_CLOSE in body:
+                    return ""
+                return predict_rest(0, None, body, rows.names, rows.grid) or ""
+            if self.rows is None or self.bad or SEG_CLOSE in partial:
+                return ""
+            rows = self.rows
+            return predict_rest(rows.count, rows.last, partial, rows.names, rows.grid) or ""
+        return ""
+
+    def draft_walk(self, state: int, limit: int) -> Walk:
+        """The draft's tokens under the grammar from ``state`` (at most ``limit``), with the
+        states and free choice points along them (:meth:`TokenGrammar.walk`). The draft is
+        walked one row at a time (rows end in a digit, which no token joins to the newline
+        after it), and copied rows are walked once per state and text (cached by the grammar)."""
+        text = self.draft()
+        if not text or limit <= 0:
+            return Walk((), (state,), (), True)
+        pieces = text.split("\n")
+        segments = [pieces[0]] + ["\n" + p for p in pieces[1:]]
+        tokens: list[int] = []
+        states = [state]
+        free: list = []
+        g = self.grammar
+        for n, segment in enumerate(segments):
+            walk = g.walk(segment, states[-1], cache=n > 0)
+            room = limit - len(tokens)
+            base = len(tokens)
+            free += [(base + j, a) for j, a in walk.free if j < room]
+            tokens += walk.tokens[:room]
+            states += walk.states[1 : room + 1]
+            if len(tokens) >= limit or not walk.whole:
+                break
+        return Walk(tuple(tokens), tuple(states), tuple(free), False)
 
 
 def draft_text(grammar: TokenGrammar, text: str) -> str:
     """The draft continuation of ``text`` (generated so far) under ``grammar``; "" if none."""
-    if isinstance(grammar, RRLEGrammar):
-        head = grammar.head  # forced text before the body (e.g. "<seg>"), maybe not all out yet
-        if len(text) < len(head):
-            rest = predict_body("", grammar.names, grammar.grid)
-            return head[len(text) :] + rest if head.startswith(text) and rest else ""
-        if not text.startswith(head):
-            return ""
-        return predict_body(text[len(head) :], grammar.names, grammar.grid) or ""
-    if isinstance(grammar, BSDGrammar):
-        start = text.rfind(SEG_OPEN)
-        if start < 0 or SEG_CLOSE in text[start:]:
-            return ""
-        refs = _REF.findall(text)
-        if not refs or refs[-1] not in grammar.labels:
-            return ""
-        names = list(grammar.body_names((0, grammar.labels.index(refs[-1]))))
-        return predict_body(text[start + len(SEG_OPEN) :], names, grammar.grid) or ""
-    return ""
+    tracker = DraftTracker(grammar)
+    lines = text.split("\n")
+    for line in lines[:-1]:
+        tracker._close(line)
+    tracker.head_text = lines[-1]
+    return tracker.draft()
 
 
-__all__ = ["draft_text", "predict_body"]
+__all__ = ["DraftTracker", "draft_text", "predict_body", "predict_rest"]

@@ -37,10 +37,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..descriptors.grammar import TokenGrammar
+from ..descriptors.grammar import TokenGrammar, Walk
 from .cancel import StopCheck, check_stop
-from .drafts import draft_text
-from .step import DecodeStep, select_cache
+from .drafts import DraftTracker
+from .step import DecodeStep, select_cache, selects
 
 
 @dataclass
@@ -100,10 +100,14 @@ class _Batch:
         self.index = {g: g for g in self.rows}
         self.select = getattr(step, "select_cache", None) or select_cache
         self.drop_rows = self.drop_slots = shrink
+        self.selects = selects(step)
 
-    def forward(self, blocks: Sequence[Sequence[int]]) -> tuple[torch.Tensor, int]:
+    def forward(
+        self, blocks: Sequence[Sequence[int]], where: Sequence[tuple[int, int]]
+    ) -> tuple[torch.Tensor, int]:
         """Feed ``blocks[g]`` for every goal ``g`` in the batch (empty: a finished goal that
-        could not leave, fed pads only); returns (logits of the batch rows, column offset)."""
+        could not leave, fed pads only); returns (logits ``(N, V)`` at the ``where`` (row,
+        column) positions, in order; column offset of the block in the cache)."""
         width = max(len(blocks[g]) for g in self.rows)
         ids = torch.full((len(self.rows), width), self.pad, dtype=torch.long)
         new_mask = torch.zeros((len(self.rows), width), dtype=torch.long)
@@ -114,10 +118,17 @@ class _Batch:
         pos = start[:, None] + torch.arange(width)[None]
         offset = self.mask.shape[1]
         self.mask = torch.cat([self.mask, new_mask.to(self.device)], 1)
+        flat = torch.tensor([r * width + c for r, c in where], dtype=torch.long)
+        if self.selects:  # the engine runs its output head at these positions only
+            logits, self.cache = self.step(
+                ids.to(self.device), pos.to(self.device), self.mask, self.cache,
+                select=flat.to(self.device),
+            )  # fmt: skip
+            return logits, offset
         logits, self.cache = self.step(
             ids.to(self.device), pos.to(self.device), self.mask, self.cache
         )
-        return logits, offset
+        return logits.reshape(-1, logits.shape[-1])[flat.to(logits.device)], offset
 
     def keep(self, goal: int, offset: int, kept: int, fed: int) -> None:
         """Goal ``goal`` keeps the first ``kept`` of the ``fed`` tokens written at ``offset``."""
@@ -159,35 +170,52 @@ class _Batch:
             self.mask = new_mask
 
 
-def _choose(logits: torch.Tensor, queries: list[tuple[int, int, np.ndarray]]) -> list[int]:
-    """Masked argmax for each (row, column, allowed ids) query, gathered without (N, V) copies."""
-    if not queries:
+def _choose(logits: torch.Tensor, allowed: Sequence[np.ndarray]) -> list[int]:
+    """Masked argmax of each row of ``logits (N, V)`` over its allowed ids, without (N, V)
+    copies: ties go to the lowest token id, as ``torch.argmax``."""
+    if not allowed:
         return []
-    rows = torch.tensor([q[0] for q in queries], device=logits.device)
-    cols = torch.tensor([q[1] for q in queries], device=logits.device)
-    width = max(len(q[2]) for q in queries)
-    allowed = np.full((len(queries), width), -1, dtype=np.int64)
-    for n, (_, _, a) in enumerate(queries):
-        allowed[n, : len(a)] = a
-    idx = torch.from_numpy(allowed).to(logits.device)
-    picked = logits[rows[:, None], cols[:, None], idx.clamp(min=0)].float()  # (N, A)
+    width = max(len(a) for a in allowed)
+    ids = np.full((len(allowed), width), -1, dtype=np.int64)
+    for n, a in enumerate(allowed):
+        ids[n, : len(a)] = a
+    idx = torch.from_numpy(ids).to(logits.device)
+    picked = logits.gather(1, idx.clamp(min=0)).float()  # (N, A)
     picked = picked.masked_fill(idx < 0, float("-inf"))
-    best = picked.argmax(1)  # first maximum: ties go to the lowest token id, as torch.argmax
+    best = picked.argmax(1)
     return idx.gather(1, best[:, None])[:, 0].tolist()
 
 
-def _probs(
-    logits: torch.Tensor, queries: list[tuple[int, int, np.ndarray]], tokens: list[int], used
-) -> list[float]:
-    """Full-vocabulary softmax probability of the chosen token, for the queries in ``used``."""
+def _probs(logits: torch.Tensor, used: list[int], tokens: list[int]) -> list[float]:
+    """Full-vocabulary softmax probability of the chosen token at the query rows ``used``."""
     if not used:
         return []
-    rows = torch.tensor([queries[q][0] for q in used], device=logits.device)
-    cols = torch.tensor([queries[q][1] for q in used], device=logits.device)
+    rows = torch.tensor(used, device=logits.device)
     chosen = torch.tensor([tokens[q] for q in used], device=logits.device)
-    sel = logits[rows, cols].float()  # (n, V): only where a probability is reported
+    sel = logits[rows].float()  # (n, V): only where a probability is reported
     logp = sel.gather(1, chosen[:, None])[:, 0] - torch.logsumexp(sel, 1)
     return logp.exp().tolist()
+
+
+class _Goal:
+    """One goal's decoding state: its grammar state, the block it feeds next (``block``:
+    ``committed`` tokens that are output for sure, then the draft walk ``walk``), and the text
+    tracker its drafts come from."""
+
+    __slots__ = ("grammar", "state", "block", "committed", "walk", "tracker", "result")
+
+    def __init__(self, grammar: TokenGrammar, result: GenerationResult) -> None:
+        self.grammar, self.result = grammar, result
+        self.state = grammar.start()
+        self.block: list[int] = []
+        self.committed = 0
+        self.walk: Walk | None = None
+        self.tracker = DraftTracker(grammar)
+
+    def write(self, tokens: Sequence[int]) -> None:
+        """Tokens become output (forced, chosen, or accepted from a draft)."""
+        self.result.tokens += tokens
+        self.tracker.feed(tokens)
 
 
 def constrained_generate(
@@ -215,6 +243,11 @@ def constrained_generate(
     whose cache cannot be sliced, kept for comparison (results are the same).
     ``should_stop`` (no arguments) is called before every model call; when it returns true the
     decode raises :class:`~.cancel.DecodeCancelled` (see :mod:`.cancel`).
+
+    Work per sequential step, outside the model: the grammar is advanced per token through its
+    cached automaton, drafts come from each goal's current line (:class:`.drafts.DraftTracker`),
+    and a draft's choice points are known from its walk before the model runs, so the model is
+    asked for logits only there (``select``, see :mod:`.step`). Nothing re-reads the answer.
     """
     if len(grammars) != len(suffix_ids) or not grammars:
         raise ValueError(
@@ -223,80 +256,113 @@ def constrained_generate(
     if any(len(s) == 0 for s in suffix_ids):
         raise ValueError("every suffix must hold at least one token (the model needs an input)")
     device = device if device is not None else getattr(step, "device", "cpu")
-    batch = _Batch(step, prefix_cache, prefix_len, len(grammars), pad_token_id, device, shrink)
-    results = [GenerationResult() for _ in grammars]
-    states = [g.start() for g in grammars]
-    blocks: list[list[int]] = []
-    committed: list[int] = []  # tokens of each block that are output for sure (no draft)
-    for b, g in enumerate(grammars):
-        forced, states[b] = g.forced(states[b])
-        results[b].tokens += forced
-        blocks.append(list(suffix_ids[b]) + list(forced))
-        committed.append(len(blocks[b]))
-        _finish_or_draft(b, g, states[b], results[b], blocks, max_draft_tokens, max_new_tokens)
+    for g in grammars:
+        g.begin()
+    try:
+        return _decode(
+            step, grammars, suffix_ids, prefix_cache, prefix_len, max_new_tokens,
+            max_draft_tokens, pad_token_id, device, shrink, should_stop,
+        )  # fmt: skip
+    finally:
+        for g in grammars:
+            g.end()
+
+
+def _decode(
+    step: DecodeStep,
+    grammars: Sequence[TokenGrammar],
+    suffix_ids: Sequence[Sequence[int]],
+    prefix_cache: Any,
+    prefix_len: int,
+    max_new: int | None,
+    max_draft: int,
+    pad: int,
+    device: Any,
+    shrink: bool,
+    should_stop: StopCheck | None,
+) -> list[GenerationResult]:
+    batch = _Batch(step, prefix_cache, prefix_len, len(grammars), pad, device, shrink)
+    goals = [_Goal(g, GenerationResult()) for g in grammars]
+    for b, goal in enumerate(goals):
+        forced, goal.state = goal.grammar.forced(goal.state)
+        goal.write(forced)
+        goal.block = list(suffix_ids[b]) + list(forced)
+        goal.committed = len(goal.block)
+        _finish_or_draft(goal, max_draft, max_new)
+    blocks = [goal.block for goal in goals]
     batch.shrink(blocks)
     while any(blocks):
         check_stop(should_stop)  # once per step: a cancelled decode ends before the next call
-        logits, offset = batch.forward(blocks)
-        queries, plans = [], []
-        for b, g in enumerate(grammars):
-            if not blocks[b]:
+        # The choice points of every block, known before the model runs: (row, column) to ask
+        # logits for, and per goal where its draft's free choices and its tail query are.
+        where: list[tuple[int, int]] = []
+        allowed: list[np.ndarray] = []
+        plans: list[tuple[int, int] | None] = []
+        for b, goal in enumerate(goals):
+            if not goal.block:
                 plans.append(None)
                 continue
-            results[b].forward_calls += 1
-            draft = blocks[b][committed[b] :]
-            row = batch.index[b]
-            path, state = [], states[b]  # free choice points along the draft
-            for j, token in enumerate(draft):
-                allowed = g.allowed(state)
-                if len(allowed) > 1:
-                    path.append(len(queries))
-                    queries.append((row, committed[b] - 1 + j, allowed))
-                else:
-                    path.append(-1)
-                state = g.advance(state, token)
+            goal.result.forward_calls += 1
+            row, base = batch.index[b], goal.committed - 1
+            first = len(where)
+            walk = goal.walk
+            if walk is not None:
+                for j, a in walk.free:
+                    where.append((row, base + j))
+                    allowed.append(a)
+                end = walk.states[-1]
+                n_draft = len(walk.tokens)
+            else:
+                end, n_draft = goal.state, 0
             tail = -1
-            if not g.is_done(state):  # the choice after the whole draft
-                tail = len(queries)
-                queries.append((row, committed[b] - 1 + len(draft), g.allowed(state)))
-            plans.append((draft, path, tail))
-        tokens = _choose(logits, queries)
-        used: list[list[int]] = [[] for _ in grammars]  # queries whose probability is reported
-        for b, g in enumerate(grammars):
+            if not goal.grammar.is_done(end):  # the choice after the whole draft
+                tail = len(where)
+                where.append((row, base + n_draft))
+                allowed.append(goal.grammar.allowed(end))
+            plans.append((first, tail))
+        logits, offset = batch.forward(blocks, where)
+        tokens = _choose(logits, allowed)
+        used: list[list[int]] = [[] for _ in goals]  # queries whose probability is reported
+        for b, goal in enumerate(goals):
             if plans[b] is None:
                 continue
-            draft, path, tail = plans[b]
-            res, state, kept, choice = results[b], states[b], 0, None
-            for token, q in zip(draft, path):
-                if q >= 0 and tokens[q] != token:
-                    choice = q
-                    break
-                if q >= 0:
+            first, tail = plans[b]
+            res, walk, g = goal.result, goal.walk, goal.grammar
+            kept, choice, state = 0, None, goal.state
+            if walk is not None:
+                kept = len(walk.tokens)
+                for n, (j, _) in enumerate(walk.free):
+                    q = first + n
+                    if tokens[q] != walk.tokens[j]:
+                        kept, choice = j, q
+                        break
                     used[b].append(q)
-                state = g.advance(state, token)
-                kept += 1
-            res.drafted += len(draft)
-            res.accepted += kept
-            res.tokens += draft[:kept]
-            batch.keep(b, offset, committed[b] + kept, len(blocks[b]))
+                state = walk.states[kept]
+                res.drafted += len(walk.tokens)
+                res.accepted += kept
+                goal.write(walk.tokens[:kept])
+            batch.keep(b, offset, goal.committed + kept, len(goal.block))
             if choice is None:
                 choice = tail
             if choice < 0:  # the draft reached the grammar's end
-                res.complete, blocks[b] = True, []
+                res.complete, goal.block = True, []
+                blocks[b] = goal.block
                 continue
             token = tokens[choice]
             if len(g.allowed(state)) > 1:
                 used[b].append(choice)
             state = g.advance(state, token)
             forced, state = g.forced(state)
-            res.tokens += [token, *forced]
-            blocks[b], committed[b], states[b] = [token, *forced], 1 + len(forced), state
-            _finish_or_draft(b, g, state, res, blocks, max_draft_tokens, max_new_tokens)
+            goal.write([token, *forced])
+            goal.block, goal.committed, goal.state = [token, *forced], 1 + len(forced), state
+            _finish_or_draft(goal, max_draft, max_new)
+            blocks[b] = goal.block
         flat = [q for qs in used for q in qs]
-        probs = iter(_probs(logits, queries, tokens, flat))
+        probs = iter(_probs(logits, flat, tokens))
         for b, qs in enumerate(used):
-            results[b].chosen_probs += [next(probs) for _ in qs]
+            goals[b].result.chosen_probs += [next(probs) for _ in qs]
         batch.shrink(blocks)
+    results = [goal.result for goal in goals]
     for res, g in zip(results, grammars):
         eos = getattr(g, "eos", None)
         end = -1 if eos is not None and res.tokens[-1:] == [eos] else None
@@ -304,28 +370,23 @@ def constrained_generate(
     return results
 
 
-def _finish_or_draft(
-    b: int,
-    g: TokenGrammar,
-    state: int,
-    res: GenerationResult,
-    blocks: list[list[int]],
-    max_draft: int,
-    max_new: int | None,
-) -> None:
-    """End row ``b`` when its grammar is done or the budget is spent; else append a draft."""
-    if g.is_done(state):
-        res.complete, blocks[b] = True, []
+def _finish_or_draft(goal: _Goal, max_draft: int, max_new: int | None) -> None:
+    """End the goal when its grammar is done or the budget is spent; else draft after it."""
+    res, g = goal.result, goal.grammar
+    goal.walk = None
+    if g.is_done(goal.state):
+        res.complete, goal.block = True, []
         return
     if max_new is not None and len(res.tokens) >= max_new:
         del res.tokens[max_new:]
-        blocks[b] = []
+        goal.block = []
         return
     if max_draft > 0:
         limit = max_draft if max_new is None else min(max_draft, max_new - len(res.tokens))
-        text = g.codec.decode(res.tokens)
-        draft, _, _ = g.tokens_for_text(draft_text(g, text), state, limit)
-        blocks[b] += draft
+        walk = goal.tracker.draft_walk(goal.state, limit)
+        if walk.tokens:
+            goal.walk = walk
+            goal.block += walk.tokens
 
 
 def greedy_generate(
@@ -353,14 +414,15 @@ def greedy_generate(
     results = [GenerationResult() for _ in suffix_ids]
     blocks = [list(s) for s in suffix_ids]
     while any(blocks):
-        logits, offset = batch.forward(blocks)
-        for b, block in enumerate(blocks):
-            if not block:
-                continue
+        live = [b for b, block in enumerate(blocks) if block]
+        where = [(batch.index[b], len(blocks[b]) - 1) for b in live]
+        logits, offset = batch.forward(blocks, where)
+        for n, b in enumerate(live):
+            block = blocks[b]
             res = results[b]
             res.forward_calls += 1
             batch.keep(b, offset, len(block), len(block))
-            probs = torch.softmax(logits[batch.index[b], len(block) - 1].float(), -1)
+            probs = torch.softmax(logits[n].float(), -1)
             token = int(probs.argmax())
             res.tokens.append(token)
             res.chosen_probs.append(float(probs[token]))

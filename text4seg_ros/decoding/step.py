@@ -14,6 +14,13 @@ A step runs the language model on a block of new tokens against a KV cache::
   None before the first call. Returned updated; the loop never looks inside it.
 * ``logits``: ``FloatTensor (B, T, V)``: next-token logits at every input position.
 
+Selected logits: a step with a true attribute ``selects`` also takes ``select``, a
+``LongTensor (N,)`` of flat indices ``row * T + column`` into the block, and returns logits
+``(N, V)`` at those positions only (in that order), so the output head (a ``V x hidden`` matrix,
+the largest single layer of a small model) never runs over a whole block of drafts. The
+decoder asks only where the grammar leaves a choice. Without ``selects`` the decoder gathers
+them from the full ``(B, T, V)`` logits itself (same values).
+
 Optionally a step also has ``select_cache(cache, rows, columns) -> cache`` for caches that are
 not ``transformers`` ``Cache`` objects (an engine's own buffers): keep only the batch ``rows``
 and the cache ``columns`` (sequence slots), both ``LongTensor`` indices in increasing order or
@@ -29,6 +36,19 @@ from typing import Any, Protocol
 
 import torch
 from transformers.cache_utils import Cache, DynamicLayer
+
+
+def selects(step: Any) -> bool:
+    """True when ``step`` takes ``select=`` and returns logits at those positions only."""
+    return bool(getattr(step, "selects", False))
+
+
+def gather_positions(hidden: torch.Tensor, select: torch.Tensor | None) -> torch.Tensor:
+    """``hidden (B, T, H)`` at flat positions ``select (N,)`` as ``(N, H)``; all ``(B, T, H)``
+    when ``select`` is None."""
+    if select is None:
+        return hidden
+    return hidden.reshape(-1, hidden.shape[-1]).index_select(0, select.to(hidden.device))
 
 
 class DecodeStep(Protocol):
@@ -48,9 +68,11 @@ class DecodeStep(Protocol):
 class HFCausalLMStep:
     """:class:`DecodeStep` of a plain ``transformers`` causal LM (Llama, Qwen2, ...).
 
-    Calls ``model(input_ids=..., position_ids=..., attention_mask=..., past_key_values=cache,
-    use_cache=True)`` under ``torch.inference_mode``. ``device`` is where inputs are built.
+    Calls the model's body, then its output head at the ``select`` positions only (see the
+    module doc), under ``torch.inference_mode``. ``device`` is where inputs are built.
     """
+
+    selects = True
 
     def __init__(self, model: torch.nn.Module) -> None:
         if not callable(model):
@@ -69,17 +91,20 @@ class HFCausalLMStep:
         position_ids: torch.Tensor,
         attention_mask: torch.Tensor,
         cache: Any,
+        select: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, Any]:
         self.calls += 1
         with torch.inference_mode():
-            out = self.model(
+            out = self.model.base_model(
                 input_ids=input_ids,
                 position_ids=position_ids,
                 attention_mask=attention_mask,
                 past_key_values=cache,
                 use_cache=True,
             )
-        return out.logits, out.past_key_values
+            hidden = gather_positions(out.last_hidden_state, select)
+            logits = self.model.get_output_embeddings()(hidden).float()
+        return logits, out.past_key_values
 
 
 def select_cache(cache: Any, rows: torch.Tensor | None, columns: torch.Tensor | None) -> Any:
