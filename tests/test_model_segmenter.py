@@ -129,8 +129,8 @@ def test_segment_before_set_image(tmp_path):
         seg.segment([Goal("cup")])
     with pytest.raises(ValueError, match="unknown descriptor 'rle'"):
         Segmenter(seg.model, seg.processor, "llava", descriptor="rle")
-    with pytest.raises(ValueError, match="engine 'tensorrt' not available"):
-        Segmenter.from_pretrained(path, engine="tensorrt")
+    with pytest.raises(ValueError, match="unknown engine 'magic'"):
+        Segmenter.from_pretrained(path, engine="magic")
     with pytest.raises(ValueError, match="refiner='sam' needs refiner_path"):
         Segmenter.from_pretrained(path, refiner="sam")
 

@@ -22,7 +22,7 @@ and InternVL2 use ChatML. :meth:`Backbone.render` gives the full training text.
 DecodeStep contract (shared with :mod:`text4seg_ros.decoding`)::
 
     step(input_ids (B, T) long, position_ids (B, T) long, attention_mask (B, past + T) long,
-         cache) -> (logits (B, T, V) float32, cache)
+         cache, select=None) -> (logits (B, T, V) or, with select (N,), (N, V) float32, cache)
 
 ``position_ids`` are logical text positions counting the prefix (0 = first prefix token); the
 adapter maps them to what the model needs (Qwen2-VL: 3-D mrope positions shifted by the
@@ -48,46 +48,13 @@ from transformers import (
 )
 
 from ..checks import check_image
+from ..decoding.step import gather_positions
+from ..engines.base import Prefix, image_token_id
 from .processors import PROCESSOR_CLASSES
 from .tokenizer import LLAVA_SYSTEM
 
 DecodeStep = Callable[[torch.Tensor, torch.Tensor, torch.Tensor, Any], tuple[torch.Tensor, Any]]
 CHATML_SYSTEM = "You are a helpful assistant."
-
-
-@dataclass
-class Prefix:
-    """The encoded shared prefix of one frame (system, user turn start, image tokens).
-
-    ``keys``/``values``: per decoder layer, ``(1, kv_heads, P, head_dim)`` tensors of the
-    prefix's KV cache. ``input_ids``: ``(1, P)``. ``rope_delta``: added to logical text
-    positions after the prefix (Qwen2-VL mrope; 0 for 1-D rope backbones). ``image_size``:
-    ``(H, W)`` of the frame in pixels.
-    """
-
-    keys: list[torch.Tensor]
-    values: list[torch.Tensor]
-    input_ids: torch.Tensor
-    image_size: tuple[int, int]
-    rope_delta: int = 0
-    n_image_tokens: int = 0
-
-    @property
-    def length(self) -> int:
-        """Number of prefix tokens P."""
-        return int(self.input_ids.shape[1])
-
-    def cache(self, batch: int = 1) -> DynamicCache:
-        """A fresh ``DynamicCache`` holding the prefix for ``batch`` rows (prefix left intact)."""
-        if batch < 1:
-            raise ValueError(f"batch must be >= 1, got {batch}")
-        # expand() is a view; the cache's first update concatenates into new tensors, so the
-        # stored prefix is never written and can serve every later segment() call.
-        data = [
-            (k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
-            for k, v in zip(self.keys, self.values)
-        ]
-        return DynamicCache(ddp_cache_data=data)
 
 
 @dataclass(frozen=True)
@@ -201,6 +168,7 @@ class Backbone:
             position_ids: torch.Tensor,
             attention_mask: torch.Tensor,
             cache: Any,
+            select: torch.Tensor | None = None,
         ) -> tuple[torch.Tensor, Any]:
             if input_ids.ndim != 2 or position_ids.shape != input_ids.shape:
                 raise ValueError(
@@ -218,20 +186,11 @@ class Backbone:
                 past_key_values=cache,
                 use_cache=True,
             )
-            logits = head(out.last_hidden_state).float()
+            logits = head(gather_positions(out.last_hidden_state, select)).float()
             return logits, out.past_key_values
 
+        step.selects = True  # type: ignore[attr-defined]  # logits at `select` only
         return step
-
-
-def image_token_id(model: PreTrainedModel) -> int:
-    """The id of the image placeholder token in ``model``'s vocabulary."""
-    config = model.config
-    for key in ("image_token_id", "image_token_index"):
-        value = getattr(config, key, None)
-        if value is not None:
-            return int(value)
-    raise ValueError(f"{type(config).__name__} names no image token id")
 
 
 _CHATML_PREFIX = "<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{image}"

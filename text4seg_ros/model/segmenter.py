@@ -35,6 +35,7 @@ import torch
 from ..decoding import StopCheck, constrained_generate
 from ..descriptors import SEG_OPEN
 from ..descriptors.grammar import TokenCodec, bsd_grammar, rrle_grammar
+from ..engines import ENGINES, make_engine
 from ..prompts import Task
 from .answers import (
     DESCRIPTORS,
@@ -50,7 +51,6 @@ from .meta import META_FILE, model_grid, resolve_grid
 from .registry import Backbone, Prefix, check_image, get_backbone
 from .types import Goal, GoalResult, Timings
 
-ENGINES: tuple[str, ...] = ("torch",)
 # Cap on B-SD instances per goal. Every B-SD answer is finite (at most ``max_instances`` triples
 # of a box and a G-row body, then EOS: the grammar allows nothing longer), but a batch waits for
 # its longest answer, and a random or unsure model may write every instance it is allowed. Our
@@ -118,7 +118,9 @@ class Segmenter:
     offers EOS instead of another ``<ref>`` after that many, which bounds a B-SD goal's answer
     and so the time its batch takes (finished goals leave the batch, the B-SD goal runs on).
     ``max_new_tokens``: cap per goal (None: the grammar ends every answer). ``system``: system
-    prompt (None: the backbone's default).
+    prompt (None: the backbone's default). ``engine``: ``"torch"`` (the reference),
+    ``"onnxruntime"``, ``"tensorrt"`` (:mod:`text4seg_ros.engines`; ``engine_options`` go to it,
+    ``model_path`` tells it where the model's exported graphs may be) or an engine object.
     """
 
     def __init__(
@@ -134,6 +136,9 @@ class Segmenter:
         max_new_tokens: int | None = None,
         max_draft_tokens: int = 64,
         system: str | None = None,
+        engine: Any = "torch",
+        engine_options: dict[str, Any] | None = None,
+        model_path: str | Path | None = None,
     ) -> None:
         if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
             raise ValueError(f"grid must be an int >= 1, got {grid!r}")
@@ -157,6 +162,11 @@ class Segmenter:
         self.max_instances, self.max_new_tokens = max_instances, max_new_tokens
         self.max_draft_tokens, self.system = max_draft_tokens, system
         self.refiner = refiner
+        if isinstance(engine, str):
+            engine = make_engine(
+                engine, self.model, self.backbone, model_path=model_path, **(engine_options or {})
+            )
+        self.engine = engine
         self.codec = TokenCodec(self.tokenizer)
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else self.tokenizer.eos_token_id)
@@ -199,12 +209,14 @@ class Segmenter:
         model's own grid (``text4seg.json``, :mod:`.meta`; 16 without one); a grid that differs
         from the model's is used as given, with a warning. ``refiner``: None/``"none"``,
         ``"sam"`` (with ``refiner_path``; SAM's weights in ``dtype`` too) or a Refiner object.
-        ``engine``: ``"torch"`` (the reference engine; others are built by
-        :mod:`text4seg_ros.engines`). ``options`` go to
-        :class:`Segmenter` (``bricks``, ``max_instances``, ``max_new_tokens``, ``system``...).
+        ``engine``: one of :data:`text4seg_ros.engines.ENGINES` (``"torch"``, the reference;
+        ``"onnxruntime"``, ``"tensorrt"``: graphs exported once, see :mod:`text4seg_ros.engines`;
+        an engine that cannot run here raises ``EngineUnavailable``, one line). ``options`` go
+        to :class:`Segmenter` (``bricks``, ``max_instances``, ``max_new_tokens``, ``system``,
+        ``engine_options``...).
         """
         if engine not in ENGINES:
-            raise ValueError(f"engine {engine!r} not available here; allowed: {', '.join(ENGINES)}")
+            raise ValueError(f"unknown engine {engine!r}; allowed: {', '.join(ENGINES)}")
         trained = model_grid(path)
         if grid is not None and trained is not None and grid != trained:
             warnings.warn(
@@ -230,6 +242,8 @@ class Segmenter:
             grid=grid,
             refiner=_load_refiner(refiner, refiner_path, device, dtype),
             descriptor=descriptor,
+            engine=engine,
+            model_path=path,
             **options,
         )
 
@@ -244,8 +258,8 @@ class Segmenter:
         once for the following :meth:`segment` calls."""
         image = check_image(image)
         start = time.perf_counter()
-        self._prefix = self.backbone.encode_prefix(self.model, self.processor, image, self.system)
-        self._step = self.backbone.make_step(self.model, self._prefix)
+        self._prefix = self.engine.encode_prefix(self.processor, image, self.system)
+        self._step = self.engine.make_step(self._prefix)
         self._image = image
         self._refiner_frame = False  # the refiner encodes this frame at its first mask
         self._encode_s = time.perf_counter() - start
@@ -335,12 +349,12 @@ class Segmenter:
             self._step,
             [r.grammar for r in ready],
             [list(r.suffix) for r in ready],
-            prefix_cache=prefix.cache(len(plans)),
+            prefix_cache=self.engine.cache(prefix, len(plans)),
             prefix_len=prefix.length,
             max_new_tokens=self.max_new_tokens,
             max_draft_tokens=self.max_draft_tokens,
             pad_token_id=self.pad_token_id,
-            device=self.model.device,
+            device=self.engine.device,
             should_stop=should_stop,
         )
         decode_s = time.perf_counter() - start

@@ -1,0 +1,165 @@
+"""The engine interface: what the constrained decoder needs from a model, and nothing more.
+
+An :class:`Engine` does four things (DESIGN.md, "Engines"):
+
+1. :meth:`Engine.encode_prefix`: run a frame's vision tower, projector and shared prompt prefix
+   into a KV cache (a :class:`~text4seg_ros.model.registry.Prefix`, batch 1);
+2. :meth:`Engine.cache`: that prefix as the cache of a batch of ``B`` goals;
+3. :meth:`Engine.make_step`: the decoder step (:mod:`text4seg_ros.decoding.step`): a block of
+   tokens per batch row against the cache, logits only at the positions asked for (``select``,
+   so the output head never runs over a whole block of drafts);
+4. ``step.select_cache(cache, rows, columns)``: keep batch rows and cache slots (finished goals
+   leave, dead draft slots are packed away).
+
+The grammar, the drafts and the loop stay in Python above the engine and never change per engine.
+Engines here: ``torch`` (:mod:`.torch_engine`, the reference), ``onnxruntime``
+(:mod:`.onnxruntime_engine`) and ``tensorrt`` (:mod:`.tensorrt_engine`), the last two running
+graphs exported once to ONNX (:mod:`.export`).
+
+Graph engines keep their cache as :class:`ListCache`: per layer a key and a value tensor
+``(B, kv_heads, L, head_dim)`` (torch tensors on the engine's device, so the runtimes read and
+write them in place through their buffer pointers, never through host copies).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from transformers import DynamicCache
+
+# A text4seg_ros.model.registry.Backbone (name, mrope, preprocess, encode_prefix, make_step);
+# not imported: engines sit below model in the layering (model.Segmenter picks an engine).
+Backbone = Any
+
+
+@dataclass
+class Prefix:
+    """The encoded shared prefix of one frame (system, user turn start, image tokens).
+
+    ``keys``/``values``: per decoder layer, ``(1, kv_heads, P, head_dim)`` tensors of the
+    prefix's KV cache. ``input_ids``: ``(1, P)``. ``rope_delta``: added to logical text
+    positions after the prefix (Qwen2-VL mrope; 0 for 1-D rope backbones). ``image_size``:
+    ``(H, W)`` of the frame in pixels.
+    """
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+    input_ids: torch.Tensor
+    image_size: tuple[int, int]
+    rope_delta: int = 0
+    n_image_tokens: int = 0
+
+    @property
+    def length(self) -> int:
+        """Number of prefix tokens P."""
+        return int(self.input_ids.shape[1])
+
+    def cache(self, batch: int = 1) -> DynamicCache:
+        """A fresh ``DynamicCache`` holding the prefix for ``batch`` rows (prefix left intact)."""
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        # expand() is a view; the cache's first update concatenates into new tensors, so the
+        # stored prefix is never written and can serve every later segment() call.
+        data = [
+            (k.expand(batch, -1, -1, -1), v.expand(batch, -1, -1, -1))
+            for k, v in zip(self.keys, self.values)
+        ]
+        return DynamicCache(ddp_cache_data=data)
+
+
+def image_token_id(model: Any) -> int:
+    """The id of the image placeholder token in ``model``'s vocabulary."""
+    config = model.config
+    for key in ("image_token_id", "image_token_index"):
+        value = getattr(config, key, None)
+        if value is not None:
+            return int(value)
+    raise ValueError(f"{type(config).__name__} names no image token id")
+
+
+class EngineUnavailable(RuntimeError):
+    """The engine cannot run here (a missing package, no GPU) or refuses this model; the message
+    is one line saying why and what to do."""
+
+
+class Engine(Protocol):
+    """A decode engine (see the module doc)."""
+
+    name: str
+
+    def encode_prefix(self, processor: Any, image: np.ndarray, system: str | None) -> Prefix:
+        """Vision tower + projector + shared prompt prefix of one ``(H, W, 3)`` uint8 RGB frame."""
+        ...
+
+    def cache(self, prefix: Prefix, batch: int) -> Any:
+        """The prefix's KV cache for ``batch`` rows (the prefix itself left intact)."""
+        ...
+
+    def make_step(self, prefix: Prefix) -> Any:
+        """The :class:`~text4seg_ros.decoding.step.DecodeStep` (with ``selects`` and
+        ``select_cache``) for continuations of ``prefix``."""
+        ...
+
+
+@dataclass
+class ListCache:
+    """A graph engine's KV cache: ``keys[i]``/``values[i]`` of layer ``i``, each
+    ``(B, kv_heads, L, head_dim)``; ``length`` is L (the slots, live or masked)."""
+
+    keys: list[torch.Tensor]
+    values: list[torch.Tensor]
+
+    @property
+    def length(self) -> int:
+        """Cache slots L."""
+        return int(self.keys[0].shape[2]) if self.keys else 0
+
+    @property
+    def batch(self) -> int:
+        """Batch rows B."""
+        return int(self.keys[0].shape[0]) if self.keys else 0
+
+    @classmethod
+    def from_prefix(cls, prefix: Prefix, batch: int) -> ListCache:
+        """``batch`` contiguous copies of the prefix's rows (the runtimes need dense buffers)."""
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        return cls(
+            [k.expand(batch, -1, -1, -1).contiguous() for k in prefix.keys],
+            [v.expand(batch, -1, -1, -1).contiguous() for v in prefix.values],
+        )
+
+
+def select_list_cache(
+    cache: ListCache, rows: torch.Tensor | None, columns: torch.Tensor | None
+) -> ListCache:
+    """Keep batch ``rows`` and cache ``columns`` of a :class:`ListCache` (the contract of
+    :func:`text4seg_ros.decoding.step.select_cache`: ``columns`` ``(L',)`` for every row or
+    ``(B', L')`` per row)."""
+
+    def cut(t: torch.Tensor) -> torch.Tensor:
+        if rows is not None:
+            t = t.index_select(0, rows.to(t.device))
+        if columns is not None:
+            cols = columns.to(t.device)
+            if cols.ndim == 1:
+                t = t.index_select(2, cols)
+            else:
+                b, h, _, d = t.shape
+                t = t.gather(2, cols[:, None, :, None].expand(b, h, cols.shape[1], d))
+        return t.contiguous()
+
+    return ListCache([cut(k) for k in cache.keys], [cut(v) for v in cache.values])
+
+
+__all__ = [
+    "Engine",
+    "EngineUnavailable",
+    "ListCache",
+    "Prefix",
+    "image_token_id",
+    "select_list_cache",
+]

@@ -1,0 +1,169 @@
+"""What the ONNX Runtime and TensorRT engines share: prefix assembly and the decoder step.
+
+A graph engine runs two exported graphs (:mod:`.export`): the vision graph (pixels to image
+features) and the decoder graph (embeddings, positions, slot mask, selected positions and the
+cache in; selected logits and the grown cache out). Around them, per frame: the backbone's
+processor, the token embeddings with the image features put at the image placeholder tokens,
+and the positions (Qwen's 3-D rope index from the loaded model, as the torch engine computes
+it); per step: embeddings of the block and its positions. Subclasses implement
+:meth:`GraphEngine.run_vision` and :meth:`GraphEngine.run_decoder`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from .base import Backbone, ListCache, Prefix, image_token_id, select_list_cache
+from .export import kv_shape, vision_inputs
+
+
+class GraphEngine:
+    """Base of the engines that run exported graphs (see the module doc)."""
+
+    name = "graph"
+
+    def __init__(self, model: torch.nn.Module, backbone: Backbone) -> None:
+        self.model, self.backbone = model, backbone
+        self.embed = model.get_input_embeddings()
+        self.layers, self.kv_heads, self.head_dim = kv_shape(model)
+        self.image_token = image_token_id(model)
+
+    @property
+    def device(self) -> torch.device:
+        """Device of the decoder's inputs and of the cache buffers."""
+        return self.embed.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """Dtype of embeddings and cache."""
+        return self.embed.weight.dtype
+
+    # -- to implement ------------------------------------------------------------------------
+    def run_vision(
+        self, pixel_values: torch.Tensor, extra: dict[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """Image features ``(n_image_tokens, hidden)`` of one frame's processed pixels."""
+        raise NotImplementedError
+
+    def run_decoder(
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        select: torch.Tensor,
+        cache: ListCache,
+    ) -> tuple[torch.Tensor, ListCache]:
+        """One decoder call: ``(logits (N, V) float32, cache grown by the block)``."""
+        raise NotImplementedError
+
+    # -- the engine interface ----------------------------------------------------------------
+    @torch.no_grad()
+    def encode_prefix(self, processor: Any, image: np.ndarray, system: str | None) -> Prefix:
+        """Vision graph, embeddings with the image features, decoder graph over the prefix."""
+        inputs = self.backbone.preprocess(processor, image, system)
+        inputs = {
+            k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+            for k, v in inputs.items()
+            if isinstance(v, torch.Tensor)
+        }
+        ids = inputs["input_ids"]
+        pixels, extra = vision_inputs(inputs)
+        feats = self.run_vision(pixels, extra)
+        embeds = self.embed(ids)
+        where = ids == self.image_token
+        if int(where.sum()) != feats.shape[0]:
+            raise RuntimeError(
+                f"{int(where.sum())} image tokens in the prompt but {feats.shape[0]} features"
+            )
+        embeds[where] = feats.to(embeds.dtype)
+        rope_delta = 0
+        if self.backbone.mrope:
+            positions, deltas = self.model.model.get_rope_index(
+                ids,
+                mm_token_type_ids=inputs["mm_token_type_ids"],
+                image_grid_thw=inputs["image_grid_thw"],
+                attention_mask=inputs["attention_mask"],
+            )
+            rope_delta = int(deltas.reshape(-1)[0])
+        else:
+            positions = torch.arange(ids.shape[1], device=self.device)[None]
+        empty = torch.zeros(
+            1, self.kv_heads, 0, self.head_dim, dtype=self.dtype, device=self.device
+        )
+        cache = ListCache([empty] * self.layers, [empty] * self.layers)
+        select = torch.zeros(0, dtype=torch.long, device=self.device)
+        _, cache = self.run_decoder(
+            embeds.contiguous(), positions.contiguous(), inputs["attention_mask"], select, cache
+        )
+        return Prefix(
+            keys=cache.keys,
+            values=cache.values,
+            input_ids=ids,
+            image_size=(int(image.shape[0]), int(image.shape[1])),
+            rope_delta=rope_delta,
+            n_image_tokens=int(where.sum()),
+        )
+
+    def cache(self, prefix: Prefix, batch: int) -> ListCache:
+        """Dense ``batch``-row copies of the prefix cache."""
+        return ListCache.from_prefix(prefix, batch)
+
+    def make_step(self, prefix: Prefix) -> GraphStep:
+        """The decoder step for continuations of ``prefix``."""
+        return GraphStep(self, prefix.rope_delta)
+
+
+class GraphStep:
+    """:class:`~text4seg_ros.decoding.step.DecodeStep` over a graph engine (``selects``)."""
+
+    selects = True
+
+    def __init__(self, engine: GraphEngine, rope_delta: int) -> None:
+        self.engine, self.rope_delta = engine, rope_delta
+        self.calls = 0
+
+    @property
+    def device(self) -> torch.device:
+        """Where the decoder builds its inputs."""
+        return self.engine.device
+
+    @torch.no_grad()
+    def __call__(
+        self,
+        input_ids: torch.Tensor,
+        position_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        cache: ListCache,
+        select: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, ListCache]:
+        self.calls += 1
+        engine = self.engine
+        b, t = input_ids.shape
+        device = engine.device
+        embeds = engine.embed(input_ids.to(device))
+        positions = position_ids.to(device)
+        if engine.backbone.mrope:  # text after the image: one position on the t, h, w axes
+            positions = (positions + self.rope_delta)[None].expand(3, -1, -1)
+        full = select is None
+        if full:
+            select = torch.arange(b * t, device=device)
+        logits, cache = engine.run_decoder(
+            embeds.contiguous(),
+            positions.contiguous(),
+            attention_mask.to(device).contiguous(),
+            select.to(device).contiguous(),
+            cache,
+        )
+        return (logits.reshape(b, t, -1) if full else logits), cache
+
+    def select_cache(
+        self, cache: ListCache, rows: torch.Tensor | None, columns: torch.Tensor | None
+    ) -> ListCache:
+        """Keep batch rows and cache slots (see :func:`.base.select_list_cache`)."""
+        return select_list_cache(cache, rows, columns)
+
+
+__all__ = ["GraphEngine", "GraphStep"]
