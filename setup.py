@@ -22,6 +22,8 @@ setup(
     package_data={"training": ["configs/*.json"]},
     python_requires=">=3.10",
     install_requires=["numpy", "pillow"],
+    # TensorRT engine (text4seg_ros.engines.tensorrt_engine): NVIDIA GPU machines only
+    extras_require={"tensorrt": ["tensorrt"]},
     zip_safe=True,
     maintainer="text4seg_ros developers",
     maintainer_email="dev@text4seg-ros.invalid",
@@ -33,6 +35,7 @@ setup(
             "text4seg-segment = text4seg_ros.cli:main",
             "text4seg-bag = text4seg_ros.bag.cli:main",
             "text4seg-goal = text4seg_ros.ros.goal_client:main",
+            "text4seg-export = text4seg_ros.export_cli:main",
         ],
     },
 )

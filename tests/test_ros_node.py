@@ -281,8 +281,8 @@ def test_parameters_are_validated_when_set_and_live_ones_apply(harness):
         req.parameters = [ParameterMsg(name=name, value=ParameterValue(**value))]
         return h.client.call(SetParameters, f"{h.fqn}/set_parameters", req).results[0]
 
-    res = set_param("engine", type=ParameterType.PARAMETER_STRING, string_value="tensorrt")
-    assert not res.successful and "not available in the node yet" in res.reason
+    res = set_param("engine", type=ParameterType.PARAMETER_STRING, string_value="magic")
+    assert not res.successful and "unknown engine 'magic'" in res.reason
     res = set_param("max_goals", type=ParameterType.PARAMETER_INTEGER, integer_value=0)
     assert not res.successful and "out of range" in res.reason  # the descriptor range
     res = set_param("max_goals", type=ParameterType.PARAMETER_INTEGER, integer_value=1)

@@ -25,9 +25,7 @@ def test_defaults_validate():
 @pytest.mark.parametrize(
     ("name", "value", "match"),
     [
-        ("engine", "onnxruntime", "not available in the node yet; use one of torch"),
-        ("engine", "tensorrt", "not available in the node yet"),
-        ("engine", "magic", "unknown engine 'magic'; allowed: torch"),
+        ("engine", "magic", "unknown engine 'magic'; allowed: torch, onnxruntime, tensorrt"),
         ("device", "gpu", "'cpu', 'cuda' or 'cuda:N'"),
         ("dtype", "int4", "allowed: float32, float16, bfloat16"),
         ("grid", 1, "0 \\(the model's grid\\) or 2..64"),

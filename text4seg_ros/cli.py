@@ -110,6 +110,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=Path("text4seg_out"), help="output directory")
     p.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda:0")
     p.add_argument(
+        "--engine",
+        default="torch",
+        choices=["torch", "onnxruntime", "tensorrt"],
+        help="decode engine: torch (reference) or the exported ONNX graphs on onnxruntime / "
+        "tensorrt (exported on first use; text4seg-export prepares them)",
+    )
+    p.add_argument(
         "--dtype",
         default="float32",
         choices=list(DTYPE_NAMES),
@@ -298,6 +305,7 @@ def _check_device(device: str) -> None:
 
 def load_segmenter(args: argparse.Namespace, refiner: Any) -> Any:
     """The Segmenter for ``--model`` (helper A's ``Segmenter.from_pretrained``)."""
+    from .engines import EngineUnavailable
     from .model.segmenter import Segmenter
 
     try:
@@ -311,7 +319,10 @@ def load_segmenter(args: argparse.Namespace, refiner: Any) -> Any:
             descriptor=args.descriptor,
             adapter=args.adapter,
             vision_tower=args.vision_tower,
+            engine=getattr(args, "engine", "torch"),
         )
+    except EngineUnavailable as exc:
+        raise UserError(str(exc)) from exc
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise UserError(f"cannot load model from {args.model}: {exc}") from exc
 

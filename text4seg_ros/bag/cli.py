@@ -122,6 +122,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="descriptor grid size G (default: the model's, from its text4seg.json, else 16)",
     )
     ev.add_argument(
+        "--engine",
+        default="torch",
+        choices=["torch", "onnxruntime", "tensorrt"],
+        help="decode engine (torch; onnxruntime/tensorrt run the exported ONNX graphs)",
+    )
+    ev.add_argument(
         "--params-file",
         type=Path,
         default=None,
@@ -228,7 +234,12 @@ def _eval(args: argparse.Namespace) -> int:
 
     out = args.out or args.bag.with_name(args.bag.name + "_eval")
     mode = "node" if args.through_node else "direct"
-    seg_kwargs = {"backbone": args.backbone, "device": args.device, "grid": args.grid}
+    seg_kwargs = {
+        "backbone": args.backbone,
+        "device": args.device,
+        "grid": args.grid,
+        "engine": args.engine,
+    }
     node_kwargs = {
         "params_file": args.params_file,
         "ack_timeout": args.ack_timeout,
@@ -236,6 +247,7 @@ def _eval(args: argparse.Namespace) -> int:
         "backbone": args.backbone,
         "device": args.device,
         "grid": args.grid,
+        "engine": args.engine,
     }
     report = run_eval(
         args.bag,

@@ -74,6 +74,7 @@ def node_command(
     device: str,
     grid: int | None = None,
     namespace: str = "",
+    engine: str | None = None,
 ) -> list[str]:
     """The node's command line, exactly as the launch file starts it, plus model parameters
     (and ``-r __ns:=NAMESPACE``: the params file's ``/**`` key applies in any namespace).
@@ -90,6 +91,8 @@ def node_command(
     cmd += ["-p", "image_qos_reliability:=reliable"]
     if backbone:
         cmd += ["-p", f"backbone:={backbone}"]
+    if engine:
+        cmd += ["-p", f"engine:={engine}"]
     if check_namespace(namespace):
         cmd += ["-r", f"__ns:={namespace}"]
     return cmd
@@ -252,6 +255,7 @@ def evaluate_through_node(
     backbone: str | None = None,
     device: str = "cpu",
     grid: int | None = None,
+    engine: str | None = None,
     ack_timeout: float = 60.0,
     startup_timeout: float = 300.0,
     log_path: Path | None = None,
@@ -269,7 +273,7 @@ def evaluate_through_node(
     if not bag.goals:
         raise ValueError(f"bag {bag.path} has no goals: record it with --goal TEXT")
     cmd = node_command(model, params_file or default_params_file(), backbone=backbone,
-                       device=device, grid=grid, namespace=namespace)  # fmt: skip
+                       device=device, grid=grid, namespace=namespace, engine=engine)  # fmt: skip
     ns = {t: namespace + t for t in (m.GOALS_TOPIC, m.IMAGE_TOPIC, m.SEGMENTATIONS_TOPIC)}
     log_path = log_path or Path(f"/tmp/text4seg_bag_node_{os.getpid()}.log")
     context = Context()

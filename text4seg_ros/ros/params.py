@@ -28,8 +28,7 @@ from rclpy.parameter import Parameter
 from ..checks import DTYPE_NAMES
 from ..goals import GoalError, check_grid
 
-ENGINES_AVAILABLE = ("torch",)
-ENGINES_PLANNED = ("onnxruntime", "tensorrt")
+ENGINES = ("torch", "onnxruntime", "tensorrt")  # text4seg_ros.engines.ENGINES (no torch here)
 DTYPES = DTYPE_NAMES
 DESCRIPTORS = ("isd", "bsd")
 REFINERS = ("none", "sam")
@@ -95,14 +94,9 @@ class ParamSpec:
 
 
 def _check_engine(value: str) -> str | None:
-    if value in ENGINES_AVAILABLE:
+    if value in ENGINES:
         return None
-    if value in ENGINES_PLANNED:
-        return (
-            f"engine {value!r} is not available in the node yet; use one of "
-            f"{', '.join(ENGINES_AVAILABLE)}"
-        )
-    return f"unknown engine {value!r}; allowed: {', '.join(ENGINES_AVAILABLE)}"
+    return f"unknown engine {value!r}; allowed: {', '.join(ENGINES)}"
 
 
 def _check_device(value: str) -> str | None:
@@ -128,7 +122,12 @@ SPECS: dict[str, ParamSpec] = {
     "backbone": ParamSpec(
         "Backbone name (qwen2_vl, llava, internvl); empty: from the model config"
     ),
-    "engine": ParamSpec("Decode engine", choices=ENGINES_AVAILABLE, check=_check_engine),
+    "engine": ParamSpec(
+        "Decode engine: torch (reference), onnxruntime or tensorrt (exported ONNX graphs; "
+        "tensorrt needs an NVIDIA GPU and the tensorrt package)",
+        choices=ENGINES,
+        check=_check_engine,
+    ),
     "device": ParamSpec("Torch device: cpu, cuda or cuda:N", check=_check_device),
     "dtype": ParamSpec("Model weights dtype", choices=DTYPES),
     "grid": ParamSpec(
