@@ -227,3 +227,28 @@ def test_onnxruntime_cuda_provider_equals_torch_on_gpu(tmp_path):  # pragma: no 
     ort.set_image(image)
     for a, b in zip(ref.segment(GOALS), ort.segment(GOALS)):
         _same(a, b)
+
+
+def test_export_command_prepares_graphs_beside_the_model(tmp_path, capsys):
+    """``text4seg-export`` writes MODEL/onnx; the engine then uses it as is (no new export)
+    and answers as torch does; a missing directory is one line and exit status 2."""
+    from text4seg_ros.export_cli import main
+    from text4seg_ros.model.tiny import build_tiny_model
+
+    path = build_tiny_model("llava", tmp_path / "m", seed=4)
+    assert main([str(path), "--size", "40x52"]) == 0
+    assert "vision graph for 40x52" in capsys.readouterr().out
+    decoder = path / "onnx" / "decoder.onnx"
+    stamp = decoder.stat().st_mtime_ns
+    ref = Segmenter.from_pretrained(path, grid=8)
+    ort = Segmenter.from_pretrained(path, grid=8, engine="onnxruntime")
+    image = _frame(7)
+    ref.set_image(image)
+    ort.set_image(image)
+    for a, b in zip(ref.segment(GOALS[:2]), ort.segment(GOALS[:2])):
+        _same(a, b)
+    assert decoder.stat().st_mtime_ns == stamp
+    assert len(list((path / "onnx").glob("vision-*.onnx"))) == 1  # the 40x52 graph, reused
+    assert main([str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and "model directory not found" in err
