@@ -156,6 +156,8 @@ class DraftTracker:
         self.lines = 0  # finished lines
         self.head_text = ""  # text of the current line before its tokens (after a newline)
         self.line_tokens: list[int] = []  # tokens of the current line (since the last newline)
+        self.line_text = ""  # their text, piece by piece, while ``clean``
+        self.clean = True  # every piece of the line is whole characters
         self.rows: _Rows | None = None  # the open body's finished rows (None: no body open)
         self.bad = False  # a finished line of the open body cannot be continued by a copy
         self.last_ref: str | None = None  # the last <ref> label in the finished lines
@@ -164,21 +166,34 @@ class DraftTracker:
 
     # -- text --------------------------------------------------------------------------------
     def feed(self, tokens: Sequence[int]) -> None:
-        """Append written tokens; lines are closed at tokens whose text holds a newline."""
+        """Append written tokens; lines are closed at tokens whose text holds a newline.
+
+        The current line's text is the concatenation of its tokens' in-context pieces while
+        every piece is whole characters (descriptor tokens are); a token holding part of a
+        multi-byte character makes the line decode as a whole instead."""
         for token in tokens:
-            self.line_tokens.append(int(token))
-            if "\n" in self.codec.piece(int(token)):
-                text = self.head_text + self.codec.decode(self.line_tokens)
+            token = int(token)
+            piece = self.codec.piece(token)
+            self.line_tokens.append(token)
+            if "\ufffd" in piece:
+                self.clean = False
+            elif self.clean:
+                self.line_text += piece
+            if "\n" in piece:
+                text = self.head_text + self._line()
                 *done, self.head_text = text.split("\n")
-                self.line_tokens = []
+                self.line_tokens, self.line_text, self.clean = [], "", True
                 for line in done:
                     self._close(line)
+
+    def _line(self) -> str:
+        return self.line_text if self.clean else self.codec.decode(self.line_tokens)
 
     def partial(self) -> str:
         """The text of the current line so far."""
         if not self.line_tokens:
             return self.head_text
-        return self.head_text + self.codec.decode(self.line_tokens)
+        return self.head_text + self._line()
 
     def _close(self, line: str) -> None:
         if self.kind == "rrle":

@@ -78,7 +78,10 @@ class _Batch:
 
     Goals are the caller's indices; ``rows`` lists the goals still in the batch, in cache row
     order, and ``index`` maps a goal to its row. ``pos[g]``: logical position of goal ``g``'s
-    next token. ``mask``: ``(rows, cache length)`` attention mask over the cache's slots.
+    next token. ``mask``: ``(rows, cache length)`` attention mask over the cache's slots, kept
+    in a numpy buffer with room to grow (a step writes its block's columns, never copies the
+    rest); ``live[r]``: the slots row ``r`` attends to, counted as they are written and
+    rejected, so deciding whether to pack the cache costs nothing per step.
     """
 
     MIN_DEAD = 16  # fewer dead slots than this are not worth a copy of the cache
@@ -94,13 +97,25 @@ class _Batch:
         shrink: bool = True,
     ) -> None:
         self.step, self.cache, self.pad, self.device = step, cache, pad, device
-        self.mask = torch.ones(rows, prefix_len, dtype=torch.long, device=device)
+        self.buf = np.ones((rows, max(64, 2 * prefix_len)), dtype=np.int64)
+        self.length = prefix_len
+        self.live = [prefix_len] * rows
         self.pos = [prefix_len] * rows
         self.rows = list(range(rows))
         self.index = {g: g for g in self.rows}
         self.select = getattr(step, "select_cache", None) or select_cache
         self.drop_rows = self.drop_slots = shrink
         self.selects = selects(step)
+        self.on_host = torch.device(device).type == "cpu"
+
+    @property
+    def mask(self) -> np.ndarray:
+        """``(rows, cache length)`` 0/1 mask (a view of the buffer)."""
+        return self.buf[:, : self.length]
+
+    def _tensor(self, array: np.ndarray) -> torch.Tensor:
+        t = torch.from_numpy(np.ascontiguousarray(array))
+        return t if self.on_host else t.to(self.device)
 
     def forward(
         self, blocks: Sequence[Sequence[int]], where: Sequence[tuple[int, int]]
@@ -108,32 +123,37 @@ class _Batch:
         """Feed ``blocks[g]`` for every goal ``g`` in the batch (empty: a finished goal that
         could not leave, fed pads only); returns (logits ``(N, V)`` at the ``where`` (row,
         column) positions, in order; column offset of the block in the cache)."""
+        n_rows = len(self.rows)
         width = max(len(blocks[g]) for g in self.rows)
-        ids = torch.full((len(self.rows), width), self.pad, dtype=torch.long)
-        new_mask = torch.zeros((len(self.rows), width), dtype=torch.long)
+        ids = np.full((n_rows, width), self.pad, dtype=np.int64)
+        offset = self.length
+        if offset + width > self.buf.shape[1]:  # grow the mask buffer geometrically
+            grown = np.zeros((n_rows, 2 * (offset + width)), dtype=np.int64)
+            grown[:, :offset] = self.buf[:, :offset]
+            self.buf = grown
+        self.buf[:, offset : offset + width] = 0
         for r, g in enumerate(self.rows):
-            ids[r, : len(blocks[g])] = torch.tensor(blocks[g], dtype=torch.long)
-            new_mask[r, : len(blocks[g])] = 1
-        start = torch.tensor([self.pos[g] for g in self.rows], dtype=torch.long)
-        pos = start[:, None] + torch.arange(width)[None]
-        offset = self.mask.shape[1]
-        self.mask = torch.cat([self.mask, new_mask.to(self.device)], 1)
-        flat = torch.tensor([r * width + c for r, c in where], dtype=torch.long)
+            n = len(blocks[g])
+            ids[r, :n] = blocks[g]
+            self.buf[r, offset : offset + n] = 1
+            self.live[r] += n
+        self.length = offset + width
+        pos = np.array([self.pos[g] for g in self.rows], dtype=np.int64)[:, None] + np.arange(width)
+        flat = np.array([r * width + c for r, c in where], dtype=np.int64)
+        args = (self._tensor(ids), self._tensor(pos), self._tensor(self.mask), self.cache)
         if self.selects:  # the engine runs its output head at these positions only
-            logits, self.cache = self.step(
-                ids.to(self.device), pos.to(self.device), self.mask, self.cache,
-                select=flat.to(self.device),
-            )  # fmt: skip
+            logits, self.cache = self.step(*args, select=self._tensor(flat))
             return logits, offset
-        logits, self.cache = self.step(
-            ids.to(self.device), pos.to(self.device), self.mask, self.cache
-        )
-        return logits.reshape(-1, logits.shape[-1])[flat.to(logits.device)], offset
+        logits, self.cache = self.step(*args)
+        index = torch.from_numpy(flat).to(logits.device)
+        return logits.reshape(-1, logits.shape[-1])[index], offset
 
     def keep(self, goal: int, offset: int, kept: int, fed: int) -> None:
         """Goal ``goal`` keeps the first ``kept`` of the ``fed`` tokens written at ``offset``."""
         if kept < fed:
-            self.mask[self.index[goal], offset + kept : offset + fed] = 0
+            row = self.index[goal]
+            self.buf[row, offset + kept : offset + fed] = 0
+            self.live[row] -= fed - kept
         self.pos[goal] += kept
 
     def shrink(self, live: Sequence[Any]) -> None:
@@ -148,26 +168,41 @@ class _Batch:
             else:
                 self.rows = [self.rows[r] for r in keep]
                 self.index = {g: r for r, g in enumerate(self.rows)}
-                self.mask = self.mask[idx]
+                self.buf = self.buf[keep]
+                self.live = [self.live[r] for r in keep]
         if not self.drop_slots or not keep:
             return
-        alive = self.mask.bool()  # (rows, cache length): the slots each row attends to
-        length = alive.shape[1]
-        width = int(alive.sum(1).max())  # the longest row's live slots: the packed length
+        length = self.length
+        width = max(self.live)  # the longest row's live slots: the packed length
         if length - width < max(self.MIN_DEAD, length // 4):
             return
+        alive = self.mask.astype(bool)  # (rows, cache length): the slots each row attends to
         if bool((alive == alive[:1]).all()):  # every row keeps the same slots: one index list
-            cols = alive[0].nonzero()[:, 0]
+            cols = np.flatnonzero(alive[0])
             new_mask = self.mask[:, cols]
         else:  # per row, live slots first (stable: in their order), then dead ones as filler
-            cols = torch.sort((~alive).to(torch.uint8), dim=1, stable=True).indices[:, :width]
-            new_mask = self.mask.gather(1, cols)
+            cols = np.argsort(~alive, axis=1, kind="stable")[:, :width]
+            new_mask = np.take_along_axis(self.mask, cols, 1)
         try:
-            self.cache = self.select(self.cache, None, cols)
+            self.cache = self.select(self.cache, None, self._tensor(cols))
         except NotImplementedError:
             self.drop_slots = False
         else:
-            self.mask = new_mask
+            self.buf = np.zeros((len(self.rows), max(64, 2 * width)), dtype=np.int64)
+            self.buf[:, :width] = new_mask
+            self.length = width
+            self.live = [int(x) for x in new_mask.sum(1)]
+
+
+def _host(logits: torch.Tensor) -> np.ndarray | None:
+    """``logits`` as a float32 numpy view when they live on the CPU (None on an accelerator).
+
+    The loop's own arithmetic on logits is tiny (a gather over the allowed ids, one normaliser
+    per reported probability); numpy does it single-threaded, where torch's intra-op thread
+    pool costs milliseconds per call on a loaded machine."""
+    if logits.device.type != "cpu":
+        return None
+    return logits.detach().float().numpy()
 
 
 def _choose(logits: torch.Tensor, allowed: Sequence[np.ndarray]) -> list[int]:
@@ -179,6 +214,11 @@ def _choose(logits: torch.Tensor, allowed: Sequence[np.ndarray]) -> list[int]:
     ids = np.full((len(allowed), width), -1, dtype=np.int64)
     for n, a in enumerate(allowed):
         ids[n, : len(a)] = a
+    host = _host(logits)
+    if host is not None:
+        picked = host[np.arange(len(allowed))[:, None], np.maximum(ids, 0)]  # (N, A)
+        picked[ids < 0] = -np.inf
+        return ids[np.arange(len(allowed)), picked.argmax(1)].tolist()
     idx = torch.from_numpy(ids).to(logits.device)
     picked = logits.gather(1, idx.clamp(min=0)).float()  # (N, A)
     picked = picked.masked_fill(idx < 0, float("-inf"))
@@ -190,9 +230,16 @@ def _probs(logits: torch.Tensor, used: list[int], tokens: list[int]) -> list[flo
     """Full-vocabulary softmax probability of the chosen token at the query rows ``used``."""
     if not used:
         return []
+    host = _host(logits)
+    if host is not None:
+        sel = host[used]  # (n, V): only where a probability is reported
+        top = sel.max(1, keepdims=True)
+        norm = top[:, 0] + np.log(np.exp(sel - top).sum(1))
+        chosen = sel[np.arange(len(used)), [tokens[q] for q in used]]
+        return np.exp(chosen - norm).astype(np.float64).tolist()
     rows = torch.tensor(used, device=logits.device)
     chosen = torch.tensor([tokens[q] for q in used], device=logits.device)
-    sel = logits[rows].float()  # (n, V): only where a probability is reported
+    sel = logits[rows].float()
     logp = sel.gather(1, chosen[:, None])[:, 0] - torch.logsumexp(sel, 1)
     return logp.exp().tolist()
 

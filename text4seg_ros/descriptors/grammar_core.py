@@ -244,18 +244,21 @@ class TokenGrammar:
         tokens: list[int] = []
         states = [state]
         free: list[tuple[int, np.ndarray]] = []
-        pos = 0
-        while pos < len(text) and not self.is_done(state):
-            pieces = self._pieces_longest_first(state)
-            match = next(((p, t) for p, t in pieces if text.startswith(p, pos)), None)
-            if match is None:
+        pos, size = 0, len(text)
+        pieces_of, moves, allowed_of = self._pieces, self._next, self._allowed
+        while pos < size and not self.is_done(state):  # hot: the decoder walks every draft
+            pieces = pieces_of.get(state) or self._pieces_longest_first(state)
+            for piece, token in pieces:  # noqa: B007  (token is used after the break)
+                if text.startswith(piece, pos):
+                    break
+            else:
                 break
-            piece, token = match
-            allowed = self.allowed(state)
+            allowed = allowed_of[state]
             if len(allowed) > 1:
                 free.append((len(tokens), allowed))
             tokens.append(token)
-            state = self.advance(state, token)
+            nxt = moves.get((state, token))
+            state = nxt if nxt is not None else self.advance(state, token)
             states.append(state)
             pos += len(piece)
         out = Walk(tuple(tokens), tuple(states), tuple(free), pos == len(text))
