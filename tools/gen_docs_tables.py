@@ -172,6 +172,88 @@ def table_batch_decode(results: Path) -> str:
     return "\n".join(lines)
 
 
+def table_engines(results: Path) -> str:
+    """Engines on the demo model: ms per goal, calls, tokens/s; the official way as baseline."""
+    d = _load(results, "engines.json", "bench/engines.py")["engines"]
+    lines = [
+        _row(["goals / frame", "engine", "ms / goal", "calls / goal", "tokens / s", "vs torch",
+              "same descriptors as torch"]),
+        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+    ]  # fmt: skip
+    for k, row in d["per_goals"].items():
+        for name, v in row.items():
+            speed = v.get("speedup_vs_torch")
+            same = v.get("same_descriptors_as_torch")
+            lines.append(
+                _row(
+                    [
+                        k,
+                        f"`{name}`",
+                        f"{v['ms_per_goal']:.1f}",
+                        f"{v['calls_per_goal']:.1f}",
+                        f"{v['tokens_per_s']:.0f}",
+                        f"{speed:.2f}x" if speed else "",
+                        "" if same is None else ("yes" if same else "**no**"),
+                    ]
+                )
+            )
+    return "\n".join(lines)
+
+
+def table_engines_real_width(results: Path) -> str:
+    """Real widths, oracle-decided tokens: ours against token-by-token decoding."""
+    d = _load(results, "engines.json", "bench/engines.py")["real_width"]
+    lines = [
+        _row(["language model", "layers", "mode", "ms / goal", "calls / goal",
+              "vs token-by-token", "same answers"]),
+        "| --- | ---: | --- | ---: | ---: | ---: | --- |",
+    ]  # fmt: skip
+    for name, row in d["models"].items():
+        for mode, v in row.items():
+            speed = v.get("speedup_vs_token_by_token")
+            lines.append(
+                _row(
+                    [
+                        name,
+                        str(d["layers"]),
+                        mode,
+                        f"{v['ms_per_goal']:.0f}",
+                        f"{v['calls_per_goal']:.1f}",
+                        f"{speed:.1f}x" if speed else "1.0x",
+                        "yes" if v["same"] else "**no**",
+                    ]
+                )
+            )
+    return "\n".join(lines)
+
+
+def table_engines_loop(results: Path) -> str:
+    """The decode loop's own cost per sequential step (zero-cost step), by answer length."""
+    d = _load(results, "engines.json", "bench/engines.py")["loop"]
+    lines = [
+        _row(["answers", "G", "goals / batch", "tokens / goal", "steps", "loop ms / step (wall)",
+              "loop ms / step (CPU)", "first pass ms / step"]),
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]  # fmt: skip
+    for key, v in d.items():
+        kind, grid, batch = key.split("_")
+        lines.append(
+            _row(
+                [
+                    "R-RLE" if kind == "rrle" else "B-SD",
+                    grid[1:],
+                    batch[1:],
+                    f"{v['tokens_per_goal']:.0f}",
+                    f"{v['sequential_steps']:.0f}",
+                    f"{v['loop_ms_per_step']:.3f}",
+                    f"{v['loop_cpu_ms_per_step']:.3f}",
+                    f"{v['first_pass_loop_ms_per_step']:.3f}",
+                ]
+            )
+        )
+    return "\n".join(lines)
+
+
 def table_bench_machines(results: Path) -> str:
     """Where each result file was measured (from its own ``machine`` record)."""
     lines = [_row(["result file", "machine", "seconds"]), _row(["---"] * 3)]
@@ -221,6 +303,9 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "decode_steps": table_decode_steps,
     "decode_steps_sentencepiece": table_decode_steps_sentencepiece,
     "batch_decode": table_batch_decode,
+    "engines": table_engines,
+    "engines_real_width": table_engines_real_width,
+    "engines_loop": table_engines_loop,
     "bench_machines": table_bench_machines,
     "node_params": table_node_params,
 }
