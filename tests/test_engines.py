@@ -249,6 +249,7 @@ def test_export_command_prepares_graphs_beside_the_model(tmp_path, capsys):
         _same(a, b)
     assert decoder.stat().st_mtime_ns == stamp
     assert len(list((path / "onnx").glob("vision-*.onnx"))) == 1  # the 40x52 graph, reused
+    capsys.readouterr()  # loading progress bars so far
     assert main([str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "model directory not found" in err

@@ -177,12 +177,13 @@ def table_engines(results: Path) -> str:
     d = _load(results, "engines.json", "bench/engines.py")["engines"]
     lines = [
         _row(["goals / frame", "engine", "ms / goal", "calls / goal", "tokens / s", "vs torch",
-              "same descriptors as torch"]),
-        "| --- | --- | ---: | ---: | ---: | ---: | --- |",
+              "vs official (1 goal)", "same descriptors as torch"]),
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
     ]  # fmt: skip
     for k, row in d["per_goals"].items():
         for name, v in row.items():
             speed = v.get("speedup_vs_torch")
+            official = v.get("speedup_vs_official")
             same = v.get("same_descriptors_as_torch")
             lines.append(
                 _row(
@@ -193,6 +194,7 @@ def table_engines(results: Path) -> str:
                         f"{v['calls_per_goal']:.1f}",
                         f"{v['tokens_per_s']:.0f}",
                         f"{speed:.2f}x" if speed else "",
+                        f"{official:.1f}x" if official else "",
                         "" if same is None else ("yes" if same else "**no**"),
                     ]
                 )
