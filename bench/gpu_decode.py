@@ -40,7 +40,7 @@ from text4seg_ros.decoding import constrained_generate
 from text4seg_ros.decoding.step import select_cache
 from text4seg_ros.descriptors import encode_mask
 from text4seg_ros.descriptors.rrle import SEG_CLOSE
-from text4seg_ros.engines.cuda_graphs import make_engine
+from text4seg_ros.engines import make_engine
 from text4seg_ros.model.segmenter import Segmenter
 from text4seg_ros.model.types import Goal
 
@@ -225,7 +225,7 @@ def bench_arch(name: str, device: torch.device, dtype: torch.dtype, goal_counts:
     if head.weight.data_ptr() != embed.weight.data_ptr():  # tied: counted with the decoder
         weights += param_bytes(head)
     floor_ms = None if bandwidth is None else 1000 * weights / bandwidth
-    engine = make_engine(model, seg.backbone, cuda_graphs=True, max_rows=max(goal_counts))
+    engine = make_engine("torch", model, seg.backbone, cuda_graphs=True, max_rows=max(goal_counts))
     rng = np.random.default_rng(0)
     out: dict[str, Any] = {
         "build_s": round(build_s, 1),

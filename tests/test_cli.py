@@ -138,6 +138,7 @@ def test_slug() -> None:
         (["--grid", "1"], "--grid: grid must be an int in 2..64, got 1"),
         (["--grid", "65"], "in 2..64"),
         (["--task", "open_vocab"], "needs --classes"),
+        (["--engine", "onnxruntime", "--cuda-graphs"], "--cuda-graphs is a mode of the torch"),
     ],
 )
 def test_bad_options_exit_2(image_file, model_dir, capsys, argv_tail, message) -> None:

@@ -14,8 +14,9 @@ import pytest
 import torch
 
 from text4seg_ros.decoding import constrained_generate
+from text4seg_ros.engines import make_engine
 from text4seg_ros.engines.buckets import Bucket, check_sizes, choose_bucket, round_up
-from text4seg_ros.engines.cuda_graphs import StaticTorchEngine, make_engine
+from text4seg_ros.engines.cuda_graphs import StaticTorchEngine
 from text4seg_ros.engines.static_cache import StaticKV
 from text4seg_ros.model.segmenter import Segmenter
 from text4seg_ros.model.tiny import build_tiny_model
@@ -111,12 +112,19 @@ def test_only_bucket_shapes_are_captured(tmp_path: Path, monkeypatch: pytest.Mon
 def test_without_cuda_the_engine_says_so_and_decodes_eagerly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    seg = _segmenter("llava", tmp_path)
+    path = build_tiny_model("llava", tmp_path / "llava", seed=3)
+    frame = np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8)
     with caplog.at_level(logging.WARNING, logger="text4seg_ros.engines.cuda_graphs"):
-        engine = make_engine(seg.model, seg.backbone, cuda_graphs=True)
-    if seg.model.device.type != "cuda":
-        assert "CUDA graphs need the model on a CUDA device" in caplog.text
-        assert engine.step.capture is False
+        seg = Segmenter.from_pretrained(path, grid=16, engine_options={"cuda_graphs": True})
+    assert isinstance(seg.engine, StaticTorchEngine) and seg.engine.name == "torch"
+    assert seg.engine.cuda_graphs is False  # no CUDA here
+    assert "CUDA graphs need the model on a CUDA device" in caplog.text
+    plain = Segmenter.from_pretrained(path, grid=16)
+    for s in (seg, plain):
+        s.set_image(frame)
+    got, want = seg.segment(GOALS), plain.segment(GOALS)
+    assert [r.descriptor for r in got] == [r.descriptor for r in want]
+    assert not isinstance(make_engine("torch", seg.model, seg.backbone), StaticTorchEngine)
 
 
 def test_a_backbone_that_cannot_be_captured_falls_back_with_a_log_line(
@@ -149,7 +157,7 @@ def test_cuda_graphs_replay_with_identical_tokens(backbone: str, tmp_path: Path)
     seg.set_image(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
     prefix = seg._prefix
     reference = _decode(seg, seg._step, prefix.cache(len(GOALS)))
-    engine = make_engine(seg.model, seg.backbone, cuda_graphs=True)
+    engine = make_engine("torch", seg.model, seg.backbone, cuda_graphs=True)
     for _ in range(2):
         tokens = _decode(seg, engine.make_step(prefix), engine.cache(prefix, len(GOALS)))
         assert tokens == reference

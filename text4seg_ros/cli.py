@@ -117,6 +117,12 @@ def build_parser() -> argparse.ArgumentParser:
         "tensorrt (exported on first use; text4seg-export prepares them)",
     )
     p.add_argument(
+        "--cuda-graphs",
+        action="store_true",
+        help="torch engine: capture the decoder step in CUDA graphs (static KV cache, replayed "
+        "per step; needs a CUDA --device, else it says so and decodes eagerly)",
+    )
+    p.add_argument(
         "--dtype",
         default="float32",
         choices=list(DTYPE_NAMES),
@@ -308,6 +314,8 @@ def load_segmenter(args: argparse.Namespace, refiner: Any) -> Any:
     from .engines import EngineUnavailable
     from .model.segmenter import Segmenter
 
+    if getattr(args, "cuda_graphs", False) and getattr(args, "engine", "torch") != "torch":
+        raise UserError("--cuda-graphs is a mode of the torch engine (--engine torch)")
     try:
         return Segmenter.from_pretrained(
             args.model,
@@ -320,6 +328,7 @@ def load_segmenter(args: argparse.Namespace, refiner: Any) -> Any:
             adapter=args.adapter,
             vision_tower=args.vision_tower,
             engine=getattr(args, "engine", "torch"),
+            engine_options={"cuda_graphs": True} if getattr(args, "cuda_graphs", False) else None,
         )
     except EngineUnavailable as exc:
         raise UserError(str(exc)) from exc

@@ -31,12 +31,19 @@ def make_engine(
     ``folder``: where the ONNX graphs (and TensorRT plans) are kept; default
     :func:`.export.default_folder` (``<model_path>/onnx`` when exported there, else the user
     cache). ``options`` go to the engine (``threads`` for onnxruntime; ``precision`` for
-    tensorrt). Raises ValueError for an unknown name, :class:`EngineUnavailable` (one line)
-    when the engine cannot run here or refuses the model.
+    tensorrt; for torch, ``cuda_graphs=True`` selects its CUDA-graph mode,
+    :mod:`.cuda_graphs`, whose further options are ``max_rows``, ``batch_sizes``,
+    ``block_sizes``, ``length_step``; without a CUDA device it logs so and decodes eagerly on
+    the same static cache). Raises ValueError for an unknown name, :class:`EngineUnavailable`
+    (one line) when the engine cannot run here or refuses the model.
     """
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; allowed: {', '.join(ENGINES)}")
     if name == "torch":
+        if options.pop("cuda_graphs", False):
+            from .cuda_graphs import make_engine as graphed
+
+            return graphed(model, backbone, cuda_graphs=True, **options)
         from .torch_engine import TorchEngine
 
         return TorchEngine(model, backbone)

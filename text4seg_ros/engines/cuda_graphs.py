@@ -30,6 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .base import Prefix
 from .buckets import (
     BATCH_BUCKETS,
     BLOCK_BUCKETS,
@@ -38,20 +39,13 @@ from .buckets import (
     check_sizes,
     choose_bucket,
 )
+from .export import kv_shape
 from .static_cache import SlotView, StaticKV
 
 LOG = logging.getLogger(__name__)
 # Slots beyond the prefix a new static cache gets (decoded tokens, drafts and dead slots until
 # the decoder packs them); it grows, dropping its graphs, when a call needs more.
 EXTRA_SLOTS = 1024
-
-
-def kv_shape(model: torch.nn.Module) -> tuple[int, int, int]:
-    """``(layers, kv_heads, head_dim)`` of the language model's KV cache."""
-    cfg = model.config.get_text_config()
-    heads = cfg.num_attention_heads
-    head_dim = getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
-    return cfg.num_hidden_layers, getattr(cfg, "num_key_value_heads", None) or heads, head_dim
 
 
 class _Runner:
@@ -246,9 +240,12 @@ class StaticStep:
 class StaticTorchEngine:
     """The torch engine on a static KV cache, with CUDA graphs (``capture=True``) or eager.
 
+    The :class:`~.base.Engine` interface (``make_engine("torch", ..., cuda_graphs=True)``).
     ``max_rows``: rows the cache holds (the most goals decoded together; more grow it).
     Prefix encoding is the backbone's own (eager): it runs once per frame.
     """
+
+    name = "torch"
 
     def __init__(
         self,
@@ -261,7 +258,6 @@ class StaticTorchEngine:
         length_step: int = LENGTH_STEP,
     ) -> None:
         self.model, self.backbone = model, backbone
-        self.name = "torch-cuda-graphs" if capture else "torch-static"
         self.max_rows = max_rows
         self.kv: StaticKV | None = None
         self.step = StaticStep(
@@ -273,11 +269,16 @@ class StaticTorchEngine:
         """Where the model's parameters (and the decoder's inputs) live."""
         return self.step.device
 
-    def encode_prefix(self, processor: Any, image: np.ndarray, system: str | None = None) -> Any:
+    @property
+    def cuda_graphs(self) -> bool:
+        """True while decoder calls are captured and replayed (False: eager, static cache)."""
+        return self.step.capture
+
+    def encode_prefix(self, processor: Any, image: np.ndarray, system: str | None = None) -> Prefix:
         """Vision tower + projector + prompt prefix through the language model (batch 1)."""
         return self.backbone.encode_prefix(self.model, processor, image, system)
 
-    def cache(self, prefix: Any, batch: int) -> StaticKV:
+    def cache(self, prefix: Prefix, batch: int) -> StaticKV:
         """The engine's static cache holding ``prefix`` in its first ``batch`` rows (the same
         buffers every frame, so captured graphs stay valid)."""
         need = prefix.length + EXTRA_SLOTS
@@ -289,13 +290,15 @@ class StaticTorchEngine:
             self.kv = StaticKV(layers, rows, heads, capacity, dim, dtype, self.device)
         return self.kv.load(prefix.keys, prefix.values, batch)
 
-    def make_step(self, prefix: Any) -> StaticStep:
+    def make_step(self, prefix: Prefix) -> StaticStep:
         """The static step, set for continuations of ``prefix``."""
         self.step.set_prefix(prefix.rope_delta)
         return self.step
 
 
-def make_engine(model: torch.nn.Module, backbone: Any, cuda_graphs: bool = True, **options: Any):
+def make_engine(
+    model: torch.nn.Module, backbone: Any, cuda_graphs: bool = True, **options: Any
+) -> StaticTorchEngine:
     """The CUDA-graph engine where the model sits on a CUDA device; elsewhere the eager path
     (a :class:`StaticTorchEngine` with ``capture=False``), with one log line saying why."""
     device = model.get_input_embeddings().weight.device
