@@ -36,6 +36,20 @@ def test_load_segmenter_passes_the_model_parameters_to_from_pretrained(tmp_path,
     assert calls[-1][1]["backbone"] == "qwen2-vl"
 
 
+def test_cuda_graphs_parameter_asks_the_torch_engine_for_its_graph_mode(tmp_path, monkeypatch):
+    from text4seg_ros.model.segmenter import Segmenter
+
+    calls = []
+    monkeypatch.setattr(
+        Segmenter, "from_pretrained", staticmethod(lambda p, **kw: calls.append(kw))
+    )
+    load_segmenter(NodeConfig(model_path=str(tmp_path), cuda_graphs=True))
+    assert calls[-1]["engine"] == "torch"
+    assert calls[-1]["engine_options"] == {"cuda_graphs": True}
+    with pytest.raises(ValueError, match="cuda_graphs is a mode of the torch engine"):
+        load_segmenter(NodeConfig(model_path=str(tmp_path), cuda_graphs=True, engine="tensorrt"))
+
+
 def test_grid_0_means_the_models_grid_and_empty_model_path_the_shipped_model(tmp_path, monkeypatch):
     from text4seg_ros.model import meta
     from text4seg_ros.model.segmenter import Segmenter

@@ -1,7 +1,8 @@
 """Load the Segmenter the node's parameters describe (the node's only tie to the model code).
 
 ``Segmenter.from_pretrained`` receives the path and the model parameters (``backbone``,
-``device``, ``dtype``, ``grid``, ``descriptor``, ``engine``, ``refiner``, ``refiner_path``); an
+``device``, ``dtype``, ``grid``, ``descriptor``, ``engine``, ``refiner``, ``refiner_path``, and
+``engine_options={"cuda_graphs": True}`` when ``cuda_graphs`` is set: torch engine only); an
 empty ``backbone`` is left out (the Segmenter reads it from the model config), ``grid`` 0 becomes
 the model's own grid (``text4seg.json``, see :mod:`text4seg_ros.model.meta`) and an empty
 ``model_path`` the shipped demo model. Unusable values raise there (e.g. an engine that is not
@@ -26,8 +27,11 @@ def load_segmenter(config: NodeConfig) -> SegmenterLike:
         raise ValueError(f"parameter model_path is empty and {exc}") from None
     if not path.is_dir():
         raise ValueError(f"model_path {str(path)!r} is not a directory")
+    if config.cuda_graphs and config.engine != "torch":
+        raise ValueError(f"cuda_graphs is a mode of the torch engine, not of {config.engine!r}")
     from ..model.segmenter import Segmenter  # heavy (torch, transformers): imported on configure
 
+    extra = {"engine_options": {"cuda_graphs": True}} if config.cuda_graphs else {}
     return Segmenter.from_pretrained(
         str(path),
         backbone=config.backbone or None,
@@ -38,6 +42,7 @@ def load_segmenter(config: NodeConfig) -> SegmenterLike:
         engine=config.engine,
         refiner=config.refiner,
         refiner_path=config.refiner_path,
+        **extra,
     )
 
 

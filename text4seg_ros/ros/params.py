@@ -43,6 +43,7 @@ class NodeConfig:
     model_path: str = ""
     backbone: str = ""
     engine: str = "torch"
+    cuda_graphs: bool = False
     device: str = "cpu"
     dtype: str = "float32"
     grid: int = 0  # 0: the model's grid (text4seg.json), 16 when it names none
@@ -127,6 +128,10 @@ SPECS: dict[str, ParamSpec] = {
         "tensorrt needs an NVIDIA GPU and the tensorrt package)",
         choices=ENGINES,
         check=_check_engine,
+    ),
+    "cuda_graphs": ParamSpec(
+        "torch engine only: capture the decoder step in CUDA graphs (static KV cache, replayed "
+        "per step); without a CUDA device it logs so and decodes eagerly"
     ),
     "device": ParamSpec("Torch device: cpu, cuda or cuda:N", check=_check_device),
     "dtype": ParamSpec("Model weights dtype", choices=DTYPES),
