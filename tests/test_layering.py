@@ -137,6 +137,14 @@ def test_every_module_of_the_package_is_in_a_layer() -> None:
     )
 
 
+def test_no_import_is_exempted() -> None:
+    import tomllib
+
+    config = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["importlinter"]
+    exempt = {c["id"]: c["ignore_imports"] for c in config["contracts"] if c.get("ignore_imports")}
+    assert not exempt, f"contracts with exemptions: {exempt}"
+
+
 def test_make_lint_runs_the_contracts() -> None:
     makefile = (REPO / "Makefile").read_text()
     lint = makefile.split("\nlint:", 1)[1].split("\n\n", 1)[0]
