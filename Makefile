@@ -71,7 +71,7 @@ bench: setup
 
 # The GPU check (docs/gpu.md): on a CUDA machine the full run; GPU_CHECK_ARGS=--dry-run runs the
 # same code at tiny sizes on the CPU (tests/test_gpu_check.py does that in `make test`).
-# JSON in build/gpu_check/gpu_check.json.
+# JSON in bench/results/gpu_check/gpu_check.json (dry run: build/gpu_check_dry/).
 GPU_CHECK_ARGS ?=
 gpu-check: setup
 	PY=$(abspath $(PY)) bash tools/gpu_check.sh $(GPU_CHECK_ARGS)

@@ -4,8 +4,9 @@
 #
 #   tools/gpu_check.sh --prepare        # here, once: wheels + real masks/images into build/gpu_carry
 #   tools/gpu_check.sh [--out DIR]      # on the GPU image: DIR/gpu_check.json (default: $OUT,
-#                                       # else build/gpu_check)
+#                                       # else bench/results/gpu_check)
 #   tools/gpu_check.sh --dry-run        # here: tiny sizes on the CPU, the same code paths
+#                                       # (default DIR: build/gpu_check_dry)
 #
 # On the GPU image nothing can be installed: the package runs from this checkout (PYTHONPATH),
 # and the carried wheels (DeepSpeed 0.19.8 and the dependencies the image lacks) are unpacked
@@ -15,7 +16,7 @@ set -euo pipefail
 REPO=$(cd "$(dirname "$0")/.." && pwd)
 CARRY=$REPO/build/gpu_carry
 MODE=gpu
-OUTDIR=${OUT:-$REPO/build/gpu_check}
+OUTDIR=${OUT:-}
 while [ $# -gt 0 ]; do
   case "$1" in
     --prepare) MODE=prepare ;;
@@ -25,6 +26,9 @@ while [ $# -gt 0 ]; do
   esac
   shift
 done
+if [ -z "$OUTDIR" ]; then
+  if [ "$MODE" = dry ]; then OUTDIR=$REPO/build/gpu_check_dry; else OUTDIR=$REPO/bench/results/gpu_check; fi
+fi
 case "$OUTDIR" in /*) ;; *) OUTDIR=$PWD/$OUTDIR ;; esac
 
 if [ "$MODE" = prepare ]; then
