@@ -232,3 +232,12 @@ def test_build_cli_writes_kind_weighted_samples(tmp_path: Path) -> None:
     heldout = tmp_path / "h.jsonl"
     assert build_main([*argv[:-1], str(heldout), "--split", "heldout"]) == 0
     assert all(s.meta["seed"] >= HELDOUT_BASE for s in read_jsonl(heldout))
+
+
+def test_scale_enlarges_objects_and_keeps_them_in_the_frame() -> None:
+    area = {s: [draw_tabletop(i, SIZE, (1, 1), scale=s).objects[0].mask.sum() for i in range(8)]
+            for s in (1.0, 2.0)}  # fmt: skip
+    assert all(big > 2.5 * small for small, big in zip(area[1.0], area[2.0]))
+    for i in range(8):
+        (o,) = draw_tabletop(i, SIZE, (1, 1), scale=2.0).objects
+        assert o.box[2] <= SIZE[1] and o.box[3] <= SIZE[0]

@@ -92,6 +92,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=128, help="square image side in pixels")
     p.add_argument("--objects", default="2,6", help="min,max objects per scene")
     p.add_argument("--goals-per-scene", type=int, default=None, help="draw at most N goals")
+    p.add_argument("--scale", type=float, default=1.0, help="object footprint factor")
     p.add_argument(
         "--weights",
         default="",
@@ -147,6 +148,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             goals_per_scene=args.goals_per_scene,
             kinds=[k for k in GOAL_KINDS if weights.get(k, 1.0) > 0],
             weights=weights,
+            scale=args.scale,
             **kw,
         )
     elif args.source == "synthetic":

@@ -233,11 +233,13 @@ def draw_tabletop(
     size: tuple[int, int] = (128, 128),
     n_objects: tuple[int, int] = (2, 6),
     min_visible: float = 0.5,
+    scale: float = 1.0,
 ) -> TabletopScene:
     """Draw one tabletop scene of ``n_objects[0]..n_objects[1]`` objects at ``size = (H, W)``.
 
     ``seed``: an int (the scene's seed, see :func:`scene_seed`) or a ``random.Random`` to draw
     from. Placements leaving an object less than ``min_visible`` visible are redrawn.
+    ``scale`` multiplies every object's footprint (a curriculum's first stage uses large ones).
     """
     h, w = size
     if h < 16 or w < 16:
@@ -253,8 +255,8 @@ def draw_tabletop(
         placed = []
         for kind, colour, sz in specs:
             fw, fh = _FOOTPRINT[kind]
-            scale = SIZE_SCALE[sz] * rng.uniform(0.9, 1.1)
-            bw, bh = max(3.0, fw * short * scale), max(3.0, fh * short * scale)
+            k = scale * SIZE_SCALE[sz] * rng.uniform(0.9, 1.1)
+            bw, bh = min(w - 1.0, max(3.0, fw * short * k)), min(h - 1.0, max(3.0, fh * short * k))
             x, y = rng.uniform(0, w - bw), rng.uniform(0, h - bh)
             placed.append((y + bh, kind, colour, sz, x, y, bw, bh))
         placed.sort(key=lambda p: p[0])  # lower in the image = nearer = drawn later
