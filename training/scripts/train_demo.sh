@@ -7,25 +7,27 @@
 #   OUT=build/x DEST=build/x/final STEPS1=50 STEPS2=50 training/scripts/train_demo.sh  # smoke
 #   FROM_STAGE=2 training/scripts/train_demo.sh   # rerun stage 2 on OUT's data and stage 1
 #
-# Stage 1 (STEPS1 steps): scenes of 1 to 2 objects, mostly one-target goals, so the model first
-# learns where objects are. Stage 2 (STEPS2 steps, from stage 1's weights): scenes of 2 to 6
-# objects and every goal kind, so the words must pick the target, with the answer rows that hold
-# a target weighted FG_WEIGHT (--fg_weight; stage 1 ended answering "others" everywhere under
-# the plain mean: most rows are all-others, models/demo/README.md). Seeds: stage 1 uses training
-# scenes 0 .. N1-1, stage 2 scenes 100000 .. 100000+N2-1; held-out scenes (seed 10,000,000 + i)
-# are never trained on. One thread per rank: on 2 shared cores, 2 OpenMP threads per process
-# ran elementwise ops ten times slower (measured: 20 ms vs 2 ms for a 1.5M-float multiply).
+# Stage 1 (STEPS1 steps): one large object per scene (footprints x2), one-target goals, so the
+# model first learns where an object is (the case that trains in minutes, DEMO_MODEL_FACTS.md
+# item 3; on scenes of 1-2 normal-size objects 550 steps still answered "others" everywhere).
+# Stage 2 (STEPS2 steps, from stage 1's weights): scenes of 2 to 6 objects and every goal kind,
+# so the words must pick the target, with the answer rows that hold a target weighted FG_WEIGHT
+# (--fg_weight: most rows are all-others, and a greedy decoder follows that prior). Seeds: stage
+# 1 uses training scenes 0 .. N1-1, stage 2 scenes 100000 .. 100000+N2-1; held-out scenes (seed
+# 10,000,000 + i) are never trained on. One thread per rank: on 2 shared cores, 2 OpenMP threads
+# per process ran elementwise ops ten times slower (measured: 20 ms vs 2 ms for a 1.5M-float
+# multiply). KEEP_DATA=1 keeps OUT and reuses the JSONL files already there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
 OUT=${OUT:-build/demo_model}
 DEST=${DEST:-models/demo}
 GRID=${GRID:-8}
-N1=${N1:-3000}
+N1=${N1:-1500}
 N2=${N2:-14000}
-STEPS1=${STEPS1:-550}
-STEPS2=${STEPS2:-2500}
-FG_WEIGHT=${FG_WEIGHT:-4}
+STEPS1=${STEPS1:-900}
+STEPS2=${STEPS2:-1600}
+FG_WEIGHT=${FG_WEIGHT:-3}
 LR=${LR:-3e-3}
 FROM_STAGE=${FROM_STAGE:-1}
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/build/torch_extensions}
@@ -36,15 +38,18 @@ TRAIN=(-m torch.distributed.run --nproc_per_node=2 --master_port="${MASTER_PORT:
   --gradient_checkpointing false)  # a tiny model needs no activation recomputation
 start=$(date +%s)
 if [ "$FROM_STAGE" = 1 ]; then
-rm -rf "$OUT"
+if [ "${KEEP_DATA:-0}" != 1 ]; then rm -rf "$OUT"; fi
+rm -rf "$OUT/base" "$OUT/run1"
 mkdir -p "$OUT"
 
 echo "== 1/6 base model: tiny random LLaVA, G = $GRID"
 "$PY" -m training.demo_base --out "$OUT/base" --grid "$GRID"
-echo "== 2/6 data: stage 1 ($N1 scenes of 1-2 objects), stage 2 ($N2 scenes of 2-6 objects)"
-"$PY" -m training.data.build tabletop --first 0 --n-images "$N1" --objects 1,2 --size 128 \
-  --grid "$GRID" --goals-per-scene 3 --out "$OUT/stage1/train.jsonl" \
-  --weights "res_attr=3,gres_single=1,gres_multi=1,gres_absent=0.7,rec=1,res_size=0,res_spatial=0,openvocab=0,instances=0"
+echo "== 2/6 data: stage 1 ($N1 scenes of 1 large object), stage 2 ($N2 scenes of 2-6 objects)"
+[ -f "$OUT/stage1/train.jsonl" ] ||
+"$PY" -m training.data.build tabletop --first 0 --n-images "$N1" --objects 1,1 --scale 2 \
+  --size 128 --grid "$GRID" --goals-per-scene 3 --out "$OUT/stage1/train.jsonl" \
+  --weights "res_attr=3,gres_single=1,gres_absent=0.3,rec=1,gres_multi=0,res_size=0,res_spatial=0,openvocab=0,instances=0"
+[ -f "$OUT/stage2/train.jsonl" ] ||
 "$PY" -m training.data.build tabletop --first 100000 --n-images "$N2" --objects 2,6 --size 128 \
   --grid "$GRID" --goals-per-scene 4 --out "$OUT/stage2/train.jsonl" \
   --weights "res_attr=3,res_size=2,res_spatial=2,gres_multi=1.5,gres_single=1,gres_absent=1.5,rec=1,openvocab=0.5,instances=0.3"
@@ -56,7 +61,8 @@ fi
 rm -rf "$OUT/run2"
 echo "== 4/6 stage 2: $STEPS2 steps from stage 1 (target rows weighted $FG_WEIGHT)"
 "$PY" "${TRAIN[@]}" --model "$OUT/run1/model" --data "$OUT/stage2/train.jsonl" \
-  --output_dir "$OUT/run2" --max_steps "$STEPS2" --fg_weight "$FG_WEIGHT"
+  --output_dir "$OUT/run2" --max_steps "$STEPS2" --fg_weight "$FG_WEIGHT" \
+  --save_steps 400 --save_total_limit 1  # a checkpoint to evaluate while it trains
 echo "== 5/6 copy to $DEST"
 mkdir -p "$DEST"
 cp "$OUT"/run2/model/* "$DEST"/
