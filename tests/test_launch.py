@@ -298,10 +298,13 @@ def test_ros2_param_set_and_lifecycle_set_deactivate(rig):
     from rcl_interfaces.srv import GetParameters
 
     wait_state(rig, rig.on, rig.ON, lambda s: s == "active")
-    out = ros2("param", "set", "--no-daemon", rig.ON, "max_goals", "3")
+    # --spin-time: without the daemon, ros2 param discovers the node itself (1 s by default is
+    # too short on a loaded machine: "Node not found")
+    param_set = ("param", "set", "--no-daemon", "--spin-time", "5", rig.ON, "max_goals")
+    out = ros2(*param_set, "3")
     assert out.stdout.strip() == "Set parameter successful", (out.stdout, out.stderr)
-    out = ros2("param", "set", "--no-daemon", rig.ON, "max_goals", "0")  # below its range
-    assert "Set parameter successful" not in out.stdout, out.stdout
+    out = ros2(*param_set, "0")  # below its range
+    assert "Setting parameter failed" in out.stderr and "out of range" in out.stderr, out
     request = GetParameters.Request(names=["max_goals"])
     (value,) = rig.client.call(GetParameters, f"{rig.ON}/get_parameters", request).values
     assert value.integer_value == 3
