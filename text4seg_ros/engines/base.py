@@ -138,7 +138,14 @@ def select_list_cache(
 ) -> ListCache:
     """Keep batch ``rows`` and cache ``columns`` of a :class:`ListCache` (the contract of
     :func:`text4seg_ros.decoding.step.select_cache`: ``columns`` ``(L',)`` for every row or
-    ``(B', L')`` per row)."""
+    ``(B', L')`` per row). On the CPU the copies are numpy takes (single-threaded; torch's
+    gather with a broadcast 4-D index is many times slower), elsewhere torch."""
+    if cache.keys and cache.keys[0].device.type == "cpu":
+        r = None if rows is None else rows.cpu().numpy()
+        c = None if columns is None else columns.cpu().numpy()
+        return ListCache(
+            [_cut_host(k, r, c) for k in cache.keys], [_cut_host(v, r, c) for v in cache.values]
+        )
 
     def cut(t: torch.Tensor) -> torch.Tensor:
         if rows is not None:
@@ -147,12 +154,23 @@ def select_list_cache(
             cols = columns.to(t.device)
             if cols.ndim == 1:
                 t = t.index_select(2, cols)
-            else:
-                b, h, _, d = t.shape
-                t = t.gather(2, cols[:, None, :, None].expand(b, h, cols.shape[1], d))
+            else:  # per row: B' small, one index_select each
+                t = torch.stack([t[b].index_select(1, cols[b]) for b in range(t.shape[0])])
         return t.contiguous()
 
     return ListCache([cut(k) for k in cache.keys], [cut(v) for v in cache.values])
+
+
+def _cut_host(t: torch.Tensor, rows: np.ndarray | None, cols: np.ndarray | None) -> torch.Tensor:
+    a = t.numpy()
+    if rows is not None:
+        a = a[rows]
+    if cols is not None:
+        if cols.ndim == 1:
+            a = a[:, :, cols]
+        else:
+            a = np.stack([a[b][:, cols[b]] for b in range(a.shape[0])])
+    return torch.from_numpy(np.ascontiguousarray(a))
 
 
 __all__ = [

@@ -36,6 +36,14 @@ class GraphEngine:
         """Device of the decoder's inputs and of the cache buffers."""
         return self.embed.weight.device
 
+    def embed_ids(self, ids: torch.Tensor) -> torch.Tensor:
+        """Token embeddings ``(B, T, hidden)`` of ``ids (B, T)`` (a numpy take on the CPU:
+        single-threaded, where torch's pool costs milliseconds per small call under load)."""
+        if self.device.type == "cpu":
+            table = self.embed.weight.detach().numpy()
+            return torch.from_numpy(table[ids.cpu().numpy()])
+        return self.embed(ids.to(self.device))
+
     @property
     def dtype(self) -> torch.dtype:
         """Dtype of embeddings and cache."""
@@ -143,7 +151,7 @@ class GraphStep:
         engine = self.engine
         b, t = input_ids.shape
         device = engine.device
-        embeds = engine.embed(input_ids.to(device))
+        embeds = engine.embed_ids(input_ids)
         positions = position_ids.to(device)
         if engine.backbone.mrope:  # text after the image: one position on the t, h, w axes
             positions = (positions + self.rope_delta)[None].expand(3, -1, -1)
