@@ -170,9 +170,11 @@ class Scorer:
             self.frame_latencies.append(float(latency_s))
         new_rows = []
         goals = self.goals if frame.goals is None else frame.goals
-        # The montage shows one goal per sampled frame, cycling through the goals with truth.
+        # The montage shows one goal per sampled frame: of the goals with truth, one of the kind
+        # shown least so far (ties: the first), so the tiles cover the kinds of the bag.
         with_truth = [g for g in goals if g.id in frame.ground_truth] or goals[:1]
-        sample_goal = with_truth[len(self.samples) % len(with_truth)] if with_truth else None
+        shown = [s.kind for s in self.samples]
+        sample_goal = min(with_truth, key=lambda g: shown.count(goal_kind(g)), default=None)
         for goal in goals:
             self.goal_by_id[goal.id] = goal
             truth = frame.ground_truth.get(goal.id)
