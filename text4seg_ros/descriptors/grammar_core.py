@@ -200,13 +200,18 @@ class TokenGrammar:
         return hit
 
     def accepts(self, tokens: Sequence[int]) -> bool:
-        """True when ``tokens`` is a complete sentence of the grammar."""
-        state = self._start
-        for t in tokens:
-            if self.is_done(state) or int(t) not in self._allowed_set(state):
-                return False
-            state = self.advance(state, int(t))
-        return self.is_done(state)
+        """True when ``tokens`` is a complete sentence of the grammar (a walk in flight, like an
+        answer: no cache reset while it runs, e.g. a goal checked on another thread)."""
+        self.begin()
+        try:
+            state = self._start
+            for t in tokens:
+                if self.is_done(state) or int(t) not in self._allowed_set(state):
+                    return False
+                state = self.advance(state, int(t))
+            return self.is_done(state)
+        finally:
+            self.end()
 
     def _allowed_set(self, state: int) -> set[int]:
         return set(self.allowed(state).tolist())
