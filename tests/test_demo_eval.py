@@ -14,7 +14,7 @@ from text4seg_ros.prompts import Task
 from training.data.tabletop import draw_tabletop, scene_seed, tabletop_goals
 from training.data.tabletop_samples import build_tabletop
 from training.demo_eval import evaluate_scenes
-from training.evaluate import evaluate, model_grid
+from training.evaluate import evaluate
 
 SEEDS = [scene_seed("heldout", i) for i in range(4)]
 SIZE = (64, 64)
@@ -77,9 +77,3 @@ def test_training_evaluate_groups_by_kind(tmp_path: Path) -> None:
     # but boxes of the object (meta["box"]) still match.
     assert report["by_kind"]["rec"]["Acc@0.5"] == 1.0
     assert report["by_kind"]["gres_absent"]["N-acc"] == 1.0
-
-
-def test_model_grid_reads_text4seg_json(tmp_path: Path) -> None:
-    assert model_grid(tmp_path) == 16
-    (tmp_path / "text4seg.json").write_text('{"grid": 8}\n')
-    assert model_grid(tmp_path) == 8

@@ -14,11 +14,11 @@ relations) so a goal text is a few tokens and every label repeated in an answer 
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from text4seg_ros.model.meta import write_meta
 from text4seg_ros.model.tiny import build_tiny_model
 
 from .data.synthetic import COLOURS
@@ -61,7 +61,7 @@ def build_demo_base(
     out = build_tiny_model(
         "llava", Path(out_dir), grid, seed, vocabulary_texts(), **{**DEMO_SIZES, **sizes}
     )
-    (out / "text4seg.json").write_text(json.dumps({"grid": grid}) + "\n", encoding="utf-8")
+    write_meta(out, grid=grid)
     return out
 
 

@@ -28,7 +28,6 @@ from text4seg_ros.model.types import Goal
 from text4seg_ros.prompts import Task
 
 from .data.tabletop import GOAL_KINDS, draw_tabletop, scene_seed, tabletop_goals
-from .evaluate import model_grid
 
 
 class _Kind:
@@ -90,8 +89,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--kinds", default=",".join(GOAL_KINDS))
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    grid = args.grid or model_grid(args.model)
-    segmenter = Segmenter.from_pretrained(args.model, grid=grid)
+    segmenter = Segmenter.from_pretrained(args.model, grid=args.grid)
     seeds = [scene_seed(args.split, i) for i in range(args.first, args.first + args.scenes)]
     start = time.perf_counter()
     report = evaluate_scenes(
@@ -99,7 +97,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     for kind, r in report.items():
         print(kind, json.dumps({k: round(v, 3) for k, v in r.items()}))
-    print(f"{args.scenes} {args.split} scenes in {time.perf_counter() - start:.0f} s (G = {grid})")
+    took = time.perf_counter() - start
+    print(f"{args.scenes} {args.split} scenes in {took:.0f} s (G = {segmenter.grid})")
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=1))
     return 0

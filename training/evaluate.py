@@ -97,15 +97,6 @@ def evaluate(
     return {"metrics": total.compute(), "by_kind": by_kind, "answers": answers}
 
 
-def model_grid(model: str | Path, default: int = 16) -> int:
-    """The grid G a model directory carries in ``text4seg.json`` (``{"grid": G}``), else
-    ``default``."""
-    path = Path(model) / "text4seg.json"
-    if not path.is_file():
-        return default
-    return int(json.loads(path.read_text(encoding="utf-8"))["grid"])
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: print the metrics (JSON) and optionally write every answer."""
     from text4seg_ros.model.segmenter import Segmenter
@@ -120,10 +111,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--out", type=Path, default=None, help="write answers as JSON here")
     args = ap.parse_args(argv)
-    if args.grid is None:
-        args.grid = model_grid(args.model)
     segmenter = Segmenter.from_pretrained(args.model, grid=args.grid, adapter=args.adapter)
-    samples = [s for s in read_jsonl(args.data) if s.grid == args.grid]
+    samples = [s for s in read_jsonl(args.data) if s.grid == segmenter.grid]
     result = evaluate(segmenter, samples, args.limit)
     print(json.dumps(result["metrics"]))
     for kind, report in result["by_kind"].items():
