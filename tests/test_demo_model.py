@@ -1,0 +1,79 @@
+"""The shipped demo model (models/demo) answers held-out tabletop scenes.
+
+Fast: 10 held-out scenes (seeds 10,000,000 + i, never trained on), every goal kind answered in
+one batch per frame through the Segmenter, scored against the exact pixel masks. The floors sit
+below the figures measured on these scenes when the model was trained (models/demo/README.md:
+on them instances cIoU 0.111, res_spatial T-acc 0.83, gres_absent N-acc 1.0), so a change that
+breaks prompting, decoding or the model files shows up as a failure. The shipped model is weak
+(it answers "others" for most single-target goals: res_attr cIoU 0.0 on these scenes), so there
+is no floor on res_attr / gres / rec IoU: one at 0 would assert nothing.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from text4seg_ros.model.segmenter import Segmenter
+from text4seg_ros.model.types import Goal
+from text4seg_ros.prompts import Task
+from training.data.tabletop import GOAL_KINDS, draw_tabletop, scene_seed, tabletop_goals
+from training.demo_eval import evaluate_scenes
+
+torch.set_num_threads(1)
+
+DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
+SCENES = [scene_seed("heldout", i) for i in range(10)]
+# Floors on SCENES (measured: instances cIoU 0.111, res_spatial T-acc 0.833, N-acc 1.0).
+MIN_CIOU = {"instances": 0.06}
+MIN_TACC = {"res_spatial": 0.6, "instances": 0.9}
+MIN_NACC = 0.9
+
+pytestmark = pytest.mark.skipif(
+    not (DEMO / "model.safetensors").is_file(),
+    reason="models/demo has no model.safetensors: run `make demo-model` to train it",
+)
+
+
+@pytest.fixture(scope="module")
+def segmenter() -> Segmenter:
+    return Segmenter.from_pretrained(DEMO)  # grid from the model's text4seg.json
+
+
+def test_the_model_is_small_and_carries_its_grid() -> None:
+    assert (DEMO / "model.safetensors").stat().st_size <= 20 * 2**20
+    meta = json.loads((DEMO / "text4seg.json").read_text())
+    assert meta["grid"] == 8
+    assert (DEMO / "config.json").is_file() and (DEMO / "tokenizer.json").is_file()
+
+
+def test_held_out_scenes_meet_the_floors(segmenter: Segmenter) -> None:
+    assert segmenter.grid == 8
+    report = evaluate_scenes(segmenter, SCENES)
+    for kind, r in report.items():
+        assert r["valid"] == 1.0, (kind, r)  # every descriptor parsed without repair
+        assert r["goals"] > 0
+    assert set(report) == set(GOAL_KINDS)  # every kind asked and answered
+    for kind, floor in MIN_CIOU.items():
+        assert report[kind]["cIoU"] >= floor, (kind, report[kind])
+    for kind, floor in MIN_TACC.items():
+        assert report[kind]["T-acc"] >= floor, (kind, report[kind])
+    assert report["gres_absent"]["N-acc"] >= MIN_NACC, report["gres_absent"]
+
+
+def test_answers_have_frame_sized_masks_and_boxes(segmenter: Segmenter) -> None:
+    scene = draw_tabletop(SCENES[0], (96, 128))
+    goals = tabletop_goals(scene, SCENES[0])
+    segmenter.set_image(scene.image)
+    asked = [Goal(g.text, g.task, classes=tuple(g.classes)) for g in goals]
+    results = segmenter.segment(asked)
+    assert len(results) == len(goals)
+    for goal, r in zip(goals, results):
+        assert r.mask.shape == (96, 128) and r.mask.dtype == bool
+        assert 0.0 <= r.score <= 1.0
+        assert (r.box is None) == (not r.mask.any())
+        if goal.task is Task.OPEN_VOCAB:
+            assert r.label_map is not None and r.label_map.max() <= len(goal.classes)
