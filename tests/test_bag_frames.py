@@ -270,20 +270,36 @@ def test_goal_sync_waits_for_each_frames_goals_and_notes_a_node_out_of_step() ->
 
     class Node:
         def __init__(self) -> None:
-            self.waits: list[set[str]] = []
+            self.calls: list = []
+            self.active = set()
 
         def wait_goals(self, ids: set[str], timeout_s: float, exact: bool = False) -> None:
             assert exact
-            self.waits.append(ids)
-            if ids == {"b"}:
-                raise TimeoutError("node lists goals ['a'], expected ['b']; log:\n...")
+            self.calls.append(ids)
+            if ids != self.active:
+                raise TimeoutError(f"node lists goals {sorted(self.active)}, expected "
+                                   f"{sorted(ids)}; log:\n...")  # fmt: skip
+
+        def clear_goals(self) -> None:
+            self.calls.append("clear")
+            self.active = set()
 
     node = Node()
-    sync = GoalSync(node, [{"a"}, {"b"}], [set(), set()])
-    for topic in (msgs.GOALS_TOPIC, msgs.GOALS_TOPIC, msgs.IMAGE_TOPIC):
-        sync(topic, 0)
+    sync = GoalSync(node, [{"a"}, {"b"}, {"c"}], [set(), set(), set()])
     sync(msgs.GOALS_TOPIC, 0)
-    sync(msgs.IMAGE_TOPIC, 0)  # the node never lists "b": noted, the run goes on
+    node.active = {"a"}  # the goal messages arrive
+    sync(msgs.GOALS_TOPIC, 0)  # a frame's second goal message: no second wait
+    sync(msgs.IMAGE_TOPIC, 0)
+    # frame 0 fails as a whole: its one-shot goal stays; cleared before frame 1's goals
+    sync(msgs.GOALS_TOPIC, 0)
+    node.active = {"x"}  # the node never lists "b"
+    sync(msgs.IMAGE_TOPIC, 0)  # noted, the run goes on
+    node.active = set()
+    sync(msgs.GOALS_TOPIC, 0)
+    node.active = {"c"}
+    sync(msgs.IMAGE_TOPIC, 0)
     sync(msgs.GOALS_TOPIC, 0)  # after the last frame: nothing to wait for
-    assert node.waits == [set(), {"a"}, set(), {"b"}]
-    assert sync.out_of_step == [(1, "node lists goals ['a'], expected ['b']")]
+    assert node.calls == [set(), {"a"}, set(), "clear", {"b"}, set(), {"c"}]
+    assert sync.out_of_step == [
+        (1, "node lists goals ['a'], expected []"), (1, "node lists goals ['x'], expected ['b']"),
+    ]  # fmt: skip

@@ -38,6 +38,7 @@ from lifecycle_msgs.srv import ChangeState
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
+from std_srvs.srv import Trigger
 
 from . import messages as m
 from .play import BagPlayer, ros_message_class
@@ -114,6 +115,7 @@ class NodeProcess:
         self._list = ros.create_client(
             ros_message_class("text4seg_msgs/srv/ListGoals"), f"{node}/list_goals"
         )
+        self._clear = ros.create_client(Trigger, f"{node}/clear_goals")
 
     def log_tail(self, lines: int = 30) -> str:
         self._log.flush()
@@ -149,6 +151,10 @@ class NodeProcess:
         if not self._call(self._change, request, timeout_s, label).success:
             raise RuntimeError(f"perception_node refused {label}; log:\n{self.log_tail()}")
 
+    def clear_goals(self, timeout_s: float = 10.0) -> None:
+        """Remove every goal of the node (its private ``~/clear_goals`` service)."""
+        self._call(self._clear, Trigger.Request(), timeout_s, "clear_goals")
+
     def wait_goals(self, ids: set[str], timeout_s: float, exact: bool = False) -> None:
         """Poll ``list_goals`` until every id in ``ids`` is active (``exact``: and no other)."""
         deadline = time.monotonic() + timeout_s
@@ -182,9 +188,11 @@ class GoalSync:
 
     ``frame_goals[k]``: ids the bag's frame ``k`` answers; ``goals_before[k]``: ids active
     before frame ``k``'s new goal messages (see :class:`~text4seg_ros.bag.reader.EvalBag`).
-    When the node does not reach the expected goal set within ``timeout_s`` (say a one-shot goal
-    it kept after a frame-level error), the run goes on and :attr:`out_of_step` records the frame
-    and the reason: that frame's goals the node lacks count as ``missing``, not as a crash.
+    When the node does not reach the expected goal set within ``timeout_s`` (say one-shot goals
+    it kept because a frame failed as a whole, e.g. cancelled by its ``inference_timeout_s``),
+    the run goes on and :attr:`out_of_step` records the frame and the reason; when no goal should
+    be left before a frame's new goals, the stale ones are cleared (``~/clear_goals``) so the
+    frame still gets its own goals. Goals the node lacks on a frame count as ``missing``.
     """
 
     def __init__(
@@ -193,18 +201,21 @@ class GoalSync:
         frame_goals: list[set[str]],
         goals_before: list[set[str]],
         timeout_s: float = 15.0,
+        retire_timeout_s: float = 5.0,
     ) -> None:
         self.node, self.frame_goals, self.goals_before = node, frame_goals, goals_before
-        self.timeout_s = timeout_s
+        self.timeout_s, self.retire_timeout_s = timeout_s, retire_timeout_s
         self.frame = 0
         self.out_of_step: list[tuple[int, str]] = []  # (frame index, what the node listed)
         self._goals_started = False
 
-    def _wait(self, ids: set[str]) -> None:
+    def _wait(self, ids: set[str], timeout_s: float) -> bool:
         try:
-            self.node.wait_goals(ids, self.timeout_s, exact=True)
+            self.node.wait_goals(ids, timeout_s, exact=True)
+            return True
         except TimeoutError as exc:
             self.out_of_step.append((self.frame, str(exc).split("; log:")[0]))
+            return False
 
     def __call__(self, topic: str, log_ns: int) -> None:
         if self.frame >= len(self.frame_goals):
@@ -212,10 +223,12 @@ class GoalSync:
         if topic == m.GOALS_TOPIC and not self._goals_started:
             # The previous frame's one-shot goals must be retired before new ones arrive, or
             # they would count against max_goals.
-            self._wait(self.goals_before[self.frame])
+            before = self.goals_before[self.frame]
+            if not self._wait(before, self.retire_timeout_s) and not before:
+                self.node.clear_goals()
             self._goals_started = True
         elif topic == m.IMAGE_TOPIC:
-            self._wait(self.frame_goals[self.frame])
+            self._wait(self.frame_goals[self.frame], self.timeout_s)
             self.frame += 1
             self._goals_started = False
 

@@ -71,7 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-davis", action="store_true", help="skip the real-camera run")
     p.add_argument("--params-file", type=Path, default=None, help="node parameters (launch's)")
     p.add_argument("--device", default="cpu", help="torch device of the node (cpu)")
-    p.add_argument("--ack-timeout", type=float, default=60.0, help="seconds per frame (60)")
+    # Just above the node's inference_timeout_s (30 s in config/perception.yaml): a frame the
+    # node cancels gets no answer, and waiting longer for it would only add to the wall time.
+    p.add_argument("--ack-timeout", type=float, default=35.0, help="seconds per frame (35)")
     p.add_argument("--namespace", default=NAMESPACE, help=f"node namespace ({NAMESPACE})")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
