@@ -83,7 +83,7 @@ def test_the_copy_itself_passes(copy: Path) -> None:
         (
             "text4seg_ros/cli.py",
             "from .ros import goals  # noqa",
-            "text4seg-segment and the training package run without ROS",
+            "text4seg-segment, text4seg-export and the training package run without ROS",
             "text4seg_ros.cli is not allowed to import text4seg_ros.ros",
         ),
         (
