@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import time
@@ -122,8 +123,22 @@ def _eval_argv(
     return argv + (["--no-progress"] if args.no_progress else [])
 
 
+def cpu_threads(device: str) -> str | None:
+    """On the CPU, run the node with one intra-op thread (``OMP_NUM_THREADS=1``, inherited by the
+    node process) unless the environment sets a count; returns the count used (None on a GPU).
+
+    Measured here on the 2-core machine with other jobs running: one instances goal of the demo
+    model (173 sequential calls) took 1.5 s with one thread and 14.3 s with torch's default two,
+    whose threads wait on each other when another process holds a core.
+    """
+    if device != "cpu":
+        return None
+    return os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
 def run(args: argparse.Namespace) -> dict:
     """Run every step (see module doc); returns the tabletop report dict."""
+    threads = cpu_threads(args.device)
     model = resolve_model(args.model)
     if not (model / "config.json").is_file():
         raise FileNotFoundError(f"{model} is not a model directory (no config.json)")
@@ -148,7 +163,8 @@ def run(args: argparse.Namespace) -> dict:
         "recording the tabletop bag",
     )  # fmt: skip
     timings["scenes and bag"] = time.monotonic() - start
-    _step(3, f"text4seg-bag eval --through-node (model {model}, params {params})")
+    _step(3, f"text4seg-bag eval --through-node (model {model}, params {params}, "
+             f"OMP_NUM_THREADS={threads or 'unset'})")  # fmt: skip
     t = time.monotonic()
     argv = _eval_argv(args, out / "tabletop.bag", out / "tabletop", model, params)
     rc = bag_cli.main([*argv, "--montage", "12"])  # 12 tiles: the nine goal kinds show up
@@ -185,6 +201,7 @@ def run(args: argparse.Namespace) -> dict:
     timings["total"] = time.monotonic() - start
     write_summary(
         out / "report.md", tabletop, davis, model=str(model), params_file=str(params),
+        threads=threads,
         timings_s=timings, davis_note=note, shipped=_is_shipped(model),
     )  # fmt: skip
     print("\nPer goal kind (held-out tabletop scenes, through the node):\n")

@@ -103,6 +103,7 @@ def write_summary(
     timings_s: dict[str, float],
     davis_note: str = "",
     shipped: bool = True,
+    threads: str | None = None,
 ) -> str:
     """Write the demo's ``report.md`` to ``path``; returns its text. ``shipped``: ``model`` is
     the shipped demo model (trained on tabletop scenes only; the DAVIS part says so)."""
@@ -116,7 +117,8 @@ def write_summary(
         "# `make demo`: text4seg_ros on recorded data",
         "",
         f"- model: `{model}` ({grid_text})",
-        f"- node parameters: `{params_file}` (the file the launch file uses)",
+        f"- node parameters: `{params_file}` (the file the launch file uses)"
+        + (f"; node process with `OMP_NUM_THREADS={threads}`" if threads else ""),
         f"- created: {tabletop.get('created', '')}",
         "- wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings_s.items()),
         "",
