@@ -15,7 +15,7 @@ from helpers import shell_blocks, shell_commands
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = sorted((REPO / "docs").glob("*.md"))
-PAGES = DOCS  # README.md joins once it is rewritten from these pages
+PAGES = [REPO / "README.md", *DOCS]
 LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
