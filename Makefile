@@ -88,8 +88,8 @@ demo: setup
 	$(RUN_ENV) $(PY) -m text4seg_ros.demo --out demo_out
 
 # Retrain the shipped demo model (models/demo) from fixed seeds: tabletop scenes, a tiny random
-# LLaVA, two curriculum stages under DeepSpeed ZeRO-2 on 2 CPU ranks, held-out evaluation
-# (about 60 minutes on 2 shared cores; models/demo/README.md has the numbers).
+# LLaVA, three curriculum stages under DeepSpeed ZeRO-2 on 2 CPU ranks, held-out evaluation
+# (about 45 minutes on 2 shared cores, an estimate; models/demo/README.md has the numbers).
 demo-model: setup
 	$(RUN_ENV) bash training/scripts/train_demo.sh
 

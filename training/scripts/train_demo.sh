@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # The shipped demo model (models/demo), reproducibly, on CPU: tabletop scenes with fixed seeds
 # -> tiny random LLaVA (training.demo_base) -> full tuning under DeepSpeed ZeRO-2 on 2 gloo
-# ranks, in two stages (a curriculum) -> models/demo + text4seg.json -> held-out evaluation.
+# ranks, in three stages (a curriculum) -> models/demo + text4seg.json -> held-out evaluation.
 #
-#   make demo-model                       # about 60 minutes on 2 shared cores
+#   make demo-model                       # about 45 minutes on 2 shared cores (estimate)
 #   OUT=build/x DEST=build/x/final STEPS1=50 STEPS2=50 training/scripts/train_demo.sh  # smoke
 #   FROM_STAGE=2 training/scripts/train_demo.sh   # rerun stage 2 on OUT's data and stage 1
 #
