@@ -154,32 +154,24 @@ def _record(args: argparse.Namespace) -> int:
     from .record_frames import read_goals_file, record_frames
 
     start_ns = None if args.start_time is None else round(args.start_time * 1e9)
+    common = dict(
+        rate=args.rate, storage=args.format, frame_id=args.frame_id, start_ns=start_ns,
+        progress=True,
+    )  # fmt: skip
     if args.goals_file is not None:
         if args.goal or args.masks:
             raise ValueError("--goals-file replaces --goal and --masks: give one or the other")
         summary = record_frames(
-            read_goals_file(args.goals_file, args.image_dir),
-            args.out_bag,
-            rate=args.rate,
-            storage=args.format,
-            frame_id=args.frame_id,
-            start_ns=start_ns,
-            progress=True,
+            read_goals_file(args.goals_file, args.image_dir), args.out_bag, **common
         )
-        topics = ", ".join(f"{t} x{n}" for t, n in summary.topics.items())
-        print(f"wrote {summary.bag} ({summary.storage}): {summary.frames} frames; {topics}")
-        return 0
-    summary = record_images(
-        args.image_dir,
-        args.out_bag,
-        goals=make_goals(args.goal, args.task),
-        mask_dirs=args.masks,
-        rate=args.rate,
-        storage=args.format,
-        frame_id=args.frame_id,
-        start_ns=start_ns,
-        progress=True,
-    )
+    else:
+        summary = record_images(
+            args.image_dir,
+            args.out_bag,
+            goals=make_goals(args.goal, args.task),
+            mask_dirs=args.masks,
+            **common,
+        )
     topics = ", ".join(f"{t} x{n}" for t, n in summary.topics.items())
     print(f"wrote {summary.bag} ({summary.storage}): {summary.frames} frames; {topics}")
     return 0

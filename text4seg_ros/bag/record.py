@@ -234,15 +234,8 @@ def _write(
     counts: dict[str, int],
     progress: bool,
 ) -> None:
-    store = m.typestore()
     with writer:
-        conn_goal = writer.add_connection(m.GOALS_TOPIC, m.GOAL_TYPE, typestore=store)
-        conn_img = writer.add_connection(m.IMAGE_TOPIC, m.IMAGE_TYPE, typestore=store)
-        conn_gt = (
-            writer.add_connection(m.GROUND_TRUTH_TOPIC, m.SEGMENTATION_ARRAY_TYPE, typestore=store)
-            if masks
-            else None
-        )
+        conn_goal, conn_img, conn_gt = open_connections(writer, truth=bool(masks))
         for goal in goals:
             writer.write(conn_goal, start_ns, m.serialize(_goal_msg(goal), m.GOAL_TYPE))
             counts[m.GOALS_TOPIC] += 1
@@ -255,18 +248,44 @@ def _write(
             stamp = start_ns + (i + 1) * period_ns
             with Image.open(path) as img:
                 rgb = np.asarray(img.convert("RGB"))
-            image_msg = m.rgb_to_image(rgb, stamp, frame_id)
-            writer.write(conn_img, stamp, m.serialize(image_msg, m.IMAGE_TYPE))
-            counts[m.IMAGE_TOPIC] += 1
+            header = write_image(writer, conn_img, rgb, stamp, frame_id, counts)
             if conn_gt is not None:
                 segs = [
                     ground_truth_segmentation(
-                        goal, load_mask(found[path.stem], rgb.shape[:2]), image_msg.header
+                        goal, load_mask(found[path.stem], rgb.shape[:2]), header
                     )
                     for goal, found in zip(goals, masks)
                 ]
-                array = m.msg_class(m.SEGMENTATION_ARRAY_TYPE)(
-                    header=image_msg.header, segmentations=segs
-                )
-                writer.write(conn_gt, stamp, m.serialize(array, m.SEGMENTATION_ARRAY_TYPE))
-                counts[m.GROUND_TRUTH_TOPIC] += 1
+                write_truth(writer, conn_gt, stamp, header, segs, counts)
+
+
+def open_connections(writer: Writer, truth: bool) -> tuple[Any, Any, Any]:
+    """The goal, image and (when ``truth``, else None) ground-truth connections of a bag."""
+    store = m.typestore()
+    conn_goal = writer.add_connection(m.GOALS_TOPIC, m.GOAL_TYPE, typestore=store)
+    conn_img = writer.add_connection(m.IMAGE_TOPIC, m.IMAGE_TYPE, typestore=store)
+    conn_gt = (
+        writer.add_connection(m.GROUND_TRUTH_TOPIC, m.SEGMENTATION_ARRAY_TYPE, typestore=store)
+        if truth
+        else None
+    )
+    return conn_goal, conn_img, conn_gt
+
+
+def write_image(
+    writer: Writer, conn: Any, rgb: np.ndarray, stamp: int, frame_id: str, counts: dict[str, int]
+) -> Any:
+    """Write ``(H, W, 3) uint8`` RGB as a ``sensor_msgs/Image`` at ``stamp`` (ns); its header."""
+    image_msg = m.rgb_to_image(rgb, stamp, frame_id)
+    writer.write(conn, stamp, m.serialize(image_msg, m.IMAGE_TYPE))
+    counts[m.IMAGE_TOPIC] += 1
+    return image_msg.header
+
+
+def write_truth(
+    writer: Writer, conn: Any, stamp: int, header: Any, segs: list, counts: dict[str, int]
+) -> None:
+    """Write one frame's ground-truth ``SegmentationArray`` (``segs``, the frame's ``header``)."""
+    array = m.msg_class(m.SEGMENTATION_ARRAY_TYPE)(header=header, segmentations=segs)
+    writer.write(conn, stamp, m.serialize(array, m.SEGMENTATION_ARRAY_TYPE))
+    counts[m.GROUND_TRUTH_TOPIC] += 1

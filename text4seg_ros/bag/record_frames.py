@@ -39,7 +39,15 @@ from ..model.types import Goal
 from ..prompts import Task
 from ..ros.goals import GoalError, validate_goal
 from . import messages as m
-from .record import STORAGES, RecordSummary, _goal_msg, ground_truth_segmentation
+from .record import (
+    STORAGES,
+    RecordSummary,
+    _goal_msg,
+    ground_truth_segmentation,
+    open_connections,
+    write_image,
+    write_truth,
+)
 
 KIND_PATTERN = re.compile(r"[a-z0-9_]+")
 
@@ -166,13 +174,8 @@ def _write_frames(
 ) -> None:
     from tqdm import tqdm
 
-    store = m.typestore()
     with writer:
-        conn_goal = writer.add_connection(m.GOALS_TOPIC, m.GOAL_TYPE, typestore=store)
-        conn_img = writer.add_connection(m.IMAGE_TOPIC, m.IMAGE_TYPE, typestore=store)
-        conn_gt = writer.add_connection(
-            m.GROUND_TRUTH_TOPIC, m.SEGMENTATION_ARRAY_TYPE, typestore=store
-        )
+        conn_goal, conn_img, conn_gt = open_connections(writer, truth=True)
         for i, plan in enumerate(tqdm(frames, desc="record", unit="frame", disable=not progress)):
             stamp = start_ns + (i + 1) * period_ns
             for goal in plan.goals:
@@ -180,20 +183,14 @@ def _write_frames(
                 writer.write(conn_goal, stamp - period_ns // 2, m.serialize(msg, m.GOAL_TYPE))
                 counts[m.GOALS_TOPIC] += 1
             rgb = _rgb(plan.image)
-            image_msg = m.rgb_to_image(rgb, stamp, frame_id)
-            writer.write(conn_img, stamp, m.serialize(image_msg, m.IMAGE_TYPE))
-            counts[m.IMAGE_TOPIC] += 1
+            header = write_image(writer, conn_img, rgb, stamp, frame_id, counts)
             segs = []
             for goal in plan.goals:
                 truth = _read_truth(goal, rgb.shape[:2])
                 if truth is not None:
-                    segs.append(ground_truth_segmentation(goal.goal, truth, image_msg.header))
+                    segs.append(ground_truth_segmentation(goal.goal, truth, header))
             if segs:
-                array = m.msg_class(m.SEGMENTATION_ARRAY_TYPE)(
-                    header=image_msg.header, segmentations=segs
-                )
-                writer.write(conn_gt, stamp, m.serialize(array, m.SEGMENTATION_ARRAY_TYPE))
-                counts[m.GROUND_TRUTH_TOPIC] += 1
+                write_truth(writer, conn_gt, stamp, header, segs, counts)
 
 
 def read_goals_file(path: str | Path, image_dir: str | Path) -> list[FramePlan]:
