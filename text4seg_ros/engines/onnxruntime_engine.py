@@ -1,10 +1,17 @@
 """The ``onnxruntime`` engine: the exported graphs (:mod:`.export`) on ONNX Runtime.
 
 Providers: ``CUDAExecutionProvider`` when the model is on a CUDA device and the installed
-onnxruntime has it, else ``CPUExecutionProvider``. Inputs and outputs go through I/O binding
-to torch tensors on the engine's device (their buffer pointers), so the KV cache is never copied
-to or from the host between steps: each step's grown cache (``present_*``) is written into
-tensors allocated here and becomes the next step's ``past_*``.
+onnxruntime has it, else ``CPUExecutionProvider``. The KV cache is never copied between steps:
+
+* on CUDA, inputs and outputs go through I/O binding to torch tensors on the device (their
+  buffer pointers): each step's grown cache (``present_*``) is written into tensors allocated
+  here and becomes the next step's ``past_*``;
+* on the CPU, ``InferenceSession.run`` with numpy views of the torch tensors: ONNX Runtime reads
+  contiguous numpy inputs in place and returns its outputs as numpy arrays over its own buffers,
+  which become torch tensors without a copy (``torch.from_numpy``). This is the same zero-copy
+  hand-over with about a third of the Python work per call of binding 4 + 4 x layers names by
+  pointer (measured: I/O binding cost about 0.1 ms more per call than ``run`` on the demo
+  model's decoder, next to about 0.7 ms for the graph itself).
 """
 
 from __future__ import annotations
@@ -72,6 +79,10 @@ class OnnxRuntimeEngine(GraphEngine):
         self.decoder = self._session(self.bundle.decoder())
         self.out_names = [o.name for o in self.decoder.get_outputs()]
         self.in_names = [i.name for i in self.decoder.get_inputs()]
+        self.past_names = [(f"past_key_{i}", f"past_value_{i}") for i in range(self.layers)]
+        self.host_outputs = ["logits"] + [
+            name for i in range(self.layers) for name in (f"present_key_{i}", f"present_value_{i}")
+        ]
         self.vocab = int(self.model.get_output_embeddings().weight.shape[0])
         self._vision: dict[str, Any] = {}
 
@@ -120,7 +131,9 @@ class OnnxRuntimeEngine(GraphEngine):
         select: torch.Tensor,
         cache: ListCache,
     ) -> tuple[torch.Tensor, ListCache]:
-        """One decoder call through I/O binding (see the module doc)."""
+        """One decoder call (see the module doc): numpy views on the CPU, I/O binding on CUDA."""
+        if self.ort_device[0] == "cpu":
+            return self._run_host(embeds, positions, mask, select, cache)
         b, t = embeds.shape[:2]
         total = cache.length + t
         io = self.decoder.io_binding()
@@ -143,6 +156,28 @@ class OnnxRuntimeEngine(GraphEngine):
             values.append(v)
         self.decoder.run_with_iobinding(io)
         return logits, ListCache(keys, values)
+
+    def _run_host(
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        mask: torch.Tensor,
+        select: torch.Tensor,
+        cache: ListCache,
+    ) -> tuple[torch.Tensor, ListCache]:
+        """The CPU call: ``run`` on numpy views in, ONNX Runtime's output buffers out."""
+        feeds = {
+            "inputs_embeds": embeds.numpy(),
+            "position_ids": positions.numpy(),
+            "attention_mask": mask.numpy(),
+            "select": select.numpy(),
+        }
+        for (key, value), k, v in zip(self.past_names, cache.keys, cache.values):
+            feeds[key] = k.numpy()
+            feeds[value] = v.numpy()
+        logits, *present = self.decoder.run(self.host_outputs, feeds)
+        grown = [torch.from_numpy(a) for a in present]  # present_key_0, present_value_0, ...
+        return torch.from_numpy(logits), ListCache(grown[0::2], grown[1::2])
 
 
 __all__ = ["OnnxRuntimeEngine"]
