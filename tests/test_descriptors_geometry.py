@@ -64,6 +64,12 @@ def test_upsampling_is_exact_integer_nearest(size: tuple[int, int], grid: int) -
     for y in ys:
         for x in xs:
             assert up[y, x] == cells[(y * grid) // h, (x * grid) // w]
+    if h * w <= 480 * 854:  # every pixel against the closed form (images smaller than the grid
+        # included: cells no pixel falls in are skipped)
+        rows = (np.arange(h) * grid) // h
+        cols = (np.arange(w) * grid) // w
+        np.testing.assert_array_equal(up, cells[rows[:, None], cols[None, :]])
+    assert up.dtype == cells.dtype
     assert grid_to_mask(cells > grid * grid // 2, size).shape == size
 
 
@@ -91,6 +97,7 @@ def test_mask_to_box_edges_and_empty() -> None:
     mask[2:5, 7:9] = True
     assert mask_to_box(mask) == (7, 2, 9, 5)
     assert mask_to_box(np.ones((3, 4), bool)) == (0, 0, 4, 3)
+    assert mask_to_box(mask.astype(np.uint8) * 255) == (7, 2, 9, 5)  # non-bool: nonzero is set
 
 
 @pytest.mark.parametrize(

@@ -164,12 +164,14 @@ def read_answer(plan: GoalPlan, text: str, size: tuple[int, int], grid: int) -> 
         return Answer(mask, list(plan.names), text, instances=instances, repairs=repairs)
     descriptor = SEG_OPEN + text
     parsed = parse_rrle(descriptor, plan.names, grid)
-    label_map = grid_to_labels(parsed.grid, size)
     if plan.kind == "open_vocab":
+        label_map = grid_to_labels(parsed.grid, size)
         return Answer(
             label_map > 0, list(plan.names), descriptor, label_map, repairs=parsed.repairs
         )
-    return Answer(label_map > 0, list(plan.names), descriptor, repairs=parsed.repairs)
+    # the mask only: upsample the grid's foreground (bool), not an int64 label map
+    mask = grid_to_labels(parsed.grid > 0, size)
+    return Answer(mask, list(plan.names), descriptor, repairs=parsed.repairs)
 
 
 def to_result(plan: GoalPlan, answer: Answer, score: float, steps: int) -> GoalResult:
