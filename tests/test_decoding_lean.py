@@ -200,3 +200,28 @@ def test_empty_selection_returns_no_rows(codec):
     assert logits.shape == (0, codec.tokenizer.get_vocab_size())
     out = constrained_generate(step, [grammar], [[1, 2, 3]])
     assert out[0].tokens == target and out[0].complete
+
+
+def test_masked_argmax_and_probs_agree_on_host_and_torch_paths():
+    """The loop reads CPU logits with numpy and accelerator logits with torch: the same choices
+    (ties to the lowest allowed id) and the same probabilities either way."""
+    from text4seg_ros.decoding.loop import _choose, _host, _probs
+
+    rng = np.random.default_rng(0)
+    logits = torch.from_numpy(rng.standard_normal((6, 50)).astype(np.float32))
+    logits[2, 7] = logits[2, 9] = 10.0  # a tie: the lower id wins
+    allowed = [np.sort(rng.choice(50, n, replace=False)) for n in (1, 3, 8, 2, 5, 50)]
+    allowed[2] = np.array([3, 7, 9])
+    host = _host(logits)
+    tokens = _choose(logits, allowed, host)
+    assert tokens == _choose(logits, allowed, None)
+    assert tokens[2] == 7
+    for n, a in enumerate(allowed):  # against a plain per-row masked argmax
+        assert tokens[n] == int(a[np.argmax(logits[n].numpy()[a])])
+    used = [0, 2, 5]
+    probs = _probs(logits, used, tokens, host)
+    expected = torch.softmax(logits[used], 1)[torch.arange(3), [tokens[q] for q in used]]
+    np.testing.assert_allclose(probs, expected.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(_probs(logits, used, tokens, None), probs, rtol=1e-5)
+    assert _choose(logits, [], host) == [] and _probs(logits, [], tokens, host) == []
+    assert host is not None and _host(logits.double()).dtype == np.float32

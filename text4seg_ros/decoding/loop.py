@@ -202,43 +202,60 @@ def _host(logits: torch.Tensor) -> np.ndarray | None:
     pool costs milliseconds per call on a loaded machine."""
     if logits.device.type != "cpu":
         return None
-    return logits.detach().float().numpy()
+    if logits.dtype != torch.float32:
+        logits = logits.float()
+    return (logits.detach() if logits.requires_grad else logits).numpy()
 
 
-def _choose(logits: torch.Tensor, allowed: Sequence[np.ndarray]) -> list[int]:
+def _padded(allowed: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+    """The allowed ids as one ``(N, A)`` matrix (``A``: the longest set) and its ``(N, A)``
+    validity mask; padding holds id 0 (masked)."""
+    lens = np.fromiter(map(len, allowed), dtype=np.int64, count=len(allowed))
+    valid = np.arange(int(lens.max())) < lens[:, None]
+    ids = np.zeros(valid.shape, dtype=np.int64)
+    ids[valid] = np.concatenate(allowed)  # row-major: each row's ids, in order, then padding
+    return ids, valid
+
+
+def _choose(
+    logits: torch.Tensor, allowed: Sequence[np.ndarray], host: np.ndarray | None
+) -> list[int]:
     """Masked argmax of each row of ``logits (N, V)`` over its allowed ids, without (N, V)
-    copies: ties go to the lowest token id, as ``torch.argmax``."""
+    copies: ties go to the lowest token id, as ``torch.argmax``. ``host``: the logits as
+    numpy (:func:`_host`), None on an accelerator."""
     if not allowed:
         return []
-    width = max(len(a) for a in allowed)
-    ids = np.full((len(allowed), width), -1, dtype=np.int64)
-    for n, a in enumerate(allowed):
-        ids[n, : len(a)] = a
-    host = _host(logits)
+    ids, valid = _padded(allowed)
+    rows = np.arange(len(allowed))
     if host is not None:
-        picked = host[np.arange(len(allowed))[:, None], np.maximum(ids, 0)]  # (N, A)
-        picked[ids < 0] = -np.inf
-        return ids[np.arange(len(allowed)), picked.argmax(1)].tolist()
+        picked = host[rows[:, None], ids]  # (N, A)
+        picked[~valid] = -np.inf
+        return ids[rows, picked.argmax(1)].tolist()
     idx = torch.from_numpy(ids).to(logits.device)
-    picked = logits.gather(1, idx.clamp(min=0)).float()  # (N, A)
-    picked = picked.masked_fill(idx < 0, float("-inf"))
+    picked = logits.gather(1, idx).float()  # (N, A)
+    picked = picked.masked_fill(torch.from_numpy(~valid).to(logits.device), float("-inf"))
     best = picked.argmax(1)
     return idx.gather(1, best[:, None])[:, 0].tolist()
 
 
-def _probs(logits: torch.Tensor, used: list[int], tokens: list[int]) -> list[float]:
-    """Full-vocabulary softmax probability of the chosen token at the query rows ``used``."""
+def _probs(
+    logits: torch.Tensor, used: list[int], tokens: list[int], host: np.ndarray | None
+) -> list[float]:
+    """Full-vocabulary softmax probability of the chosen token at the query rows ``used``
+    (``host`` as for :func:`_choose`)."""
     if not used:
         return []
-    host = _host(logits)
+    chosen_ids = [tokens[q] for q in used]
     if host is not None:
-        sel = host[used]  # (n, V): only where a probability is reported
+        sel = host[used]  # (n, V) copy: only where a probability is reported
         top = sel.max(1, keepdims=True)
-        norm = top[:, 0] + np.log(np.exp(sel - top).sum(1))
-        chosen = sel[np.arange(len(used)), [tokens[q] for q in used]]
+        chosen = sel[np.arange(len(used)), chosen_ids]
+        sel -= top  # in place: one (n, V) buffer for the whole normaliser
+        np.exp(sel, out=sel)
+        norm = top[:, 0] + np.log(sel.sum(1))
         return np.exp(chosen - norm).astype(np.float64).tolist()
     rows = torch.tensor(used, device=logits.device)
-    chosen = torch.tensor([tokens[q] for q in used], device=logits.device)
+    chosen = torch.tensor(chosen_ids, device=logits.device)
     sel = logits[rows].float()
     logp = sel.gather(1, chosen[:, None])[:, 0] - torch.logsumexp(sel, 1)
     return logp.exp().tolist()
@@ -368,7 +385,8 @@ def _decode(
                 allowed.append(goal.grammar.allowed(end))
             plans.append((first, tail))
         logits, offset = batch.forward(blocks, where)
-        tokens = _choose(logits, allowed)
+        host = _host(logits)
+        tokens = _choose(logits, allowed, host)
         used: list[list[int]] = [[] for _ in goals]  # queries whose probability is reported
         for b, goal in enumerate(goals):
             if plans[b] is None:
@@ -405,7 +423,7 @@ def _decode(
             _finish_or_draft(goal, max_draft, max_new)
             blocks[b] = goal.block
         flat = [q for qs in used for q in qs]
-        probs = iter(_probs(logits, flat, tokens))
+        probs = iter(_probs(logits, flat, tokens, host))
         for b, qs in enumerate(used):
             goals[b].result.chosen_probs += [next(probs) for _ in qs]
         batch.shrink(blocks)
