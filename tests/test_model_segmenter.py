@@ -218,6 +218,23 @@ def test_real_camera_frame(data_dir, tmp_path):
         assert parsed.valid and result.descriptor.count("\n ") == 15
 
 
+def test_suffix_ids_are_the_tokenizers_and_the_cache_is_bounded(segmenter, monkeypatch):
+    """Prompt suffixes are tokenized once per text (goals repeat every frame): the cached ids
+    are the tokenizer's, and the cache is cleared when it holds SUFFIX_CACHE texts."""
+    from text4seg_ros.model.answers import plan_goal
+
+    plans = [plan_goal(g, 0, "isd") for g in GOALS[:4]]
+    for plan in plans:
+        text = segmenter.backbone.prompt_suffix(plan.question, plan.prompt_answer)
+        expected = segmenter.tokenizer(text, add_special_tokens=False)["input_ids"]
+        assert segmenter.suffix_ids(plan) == expected == segmenter.suffix_ids(plan)
+    monkeypatch.setattr(segmenter, "SUFFIX_CACHE", 2)
+    segmenter._suffixes.clear()
+    for plan in plans:
+        segmenter.suffix_ids(plan)
+        assert 1 <= len(segmenter._suffixes) <= 2
+
+
 def test_prompt_descriptor_boundary_check():
     """Qwen's pre-tokenizer glues '>' to the next word: the boundary check must say so."""
     from tokenizers import Regex, Tokenizer, models, pre_tokenizers, trainers

@@ -123,6 +123,8 @@ class Segmenter:
     ``model_path`` tells it where the model's exported graphs may be) or an engine object.
     """
 
+    SUFFIX_CACHE = 1024  # prompt suffixes kept tokenized (cleared when full)
+
     def __init__(
         self,
         model: torch.nn.Module,
@@ -168,6 +170,7 @@ class Segmenter:
             )
         self.engine = engine
         self.codec = TokenCodec(self.tokenizer)
+        self._suffixes: dict[str, tuple[int, ...]] = {}  # prompt suffix text -> its token ids
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad if pad is not None else self.tokenizer.eos_token_id)
         samples = (Goal("cup"), Goal("cup", Task.INSTANCES))  # head "<seg>" and head ""
@@ -288,7 +291,14 @@ class Segmenter:
         """Token ids of a goal's prompt suffix (question, assistant start, answer sentence up to
         its newline; the grammar writes the rest of the answer start, see :class:`GoalPlan`)."""
         text = self.backbone.prompt_suffix(plan.question, plan.prompt_answer)
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        ids = self._suffixes.get(text)
+        if ids is None:  # a tokenizer call costs about 0.2 ms: goals repeat frame after frame
+            if len(self._suffixes) >= self.SUFFIX_CACHE:
+                self._suffixes.clear()
+            ids = self._suffixes[text] = tuple(
+                self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            )
+        return list(ids)
 
     def grammar(self, plan: GoalPlan) -> Any:
         """The token grammar constraining a goal's answer (cached per label set and head)."""
