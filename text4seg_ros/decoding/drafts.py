@@ -55,23 +55,32 @@ def _line_prefix(index: int) -> str:
 
 
 def predict_rest(
-    done: int, above: list[int] | None, partial: str, names: Sequence[str], grid: int
+    done: int,
+    above: list[int] | None,
+    partial: str,
+    names: Sequence[str],
+    grid: int,
+    index: dict[str, int] | None = None,
 ) -> str | None:
     """Predicted rest of an R-RLE body (ending with ``"\\n</seg>"``).
 
     ``done``: body rows finished so far; ``above``: the cells of the last of them (None when
     none); ``partial``: the text of the current row so far (after its newline). Returns None when
     the text cannot be continued by a row copy (e.g. a partial label that matches no name).
+    ``index``: ``{name: position in names}`` when the caller keeps one (built here otherwise).
     """
     if done >= grid:
         return None
-    index = {n: i for i, n in enumerate(names)}
+    if index is None:
+        index = {n: i for i, n in enumerate(names)}
     *closed, last = partial.split("|") if partial.strip() else [""]
     runs = _parse_runs("|".join(closed), index) if closed else []
     if runs is None:
         return None
     cells = _cells(runs)
     col = len(cells)
+    if col >= grid:  # the row is full: no run fits after it
+        return None
     label_text, star, digits = last.strip().partition(" *")
     if star:
         if label_text not in index:
@@ -88,16 +97,19 @@ def predict_rest(
     run = 1
     while col + run < grid and pred[col + run] == label:
         run += 1
-    fits = [v for v in range(1, grid - col + 1) if str(v).startswith(digits)]
-    if not fits:
-        return None
-    run = min(fits, key=lambda v: (abs(v - run), v))
+    if digits:  # the run's count is partly written: the closest count it can still become
+        fits = [v for v in range(1, grid - col + 1) if str(v).startswith(digits)]
+        if not fits:
+            return None
+        run = min(fits, key=lambda v: (abs(v - run), v))
+    # (no digits yet: every count 1 .. grid - col fits, and run is one of them)
     row = cells + [label] * run + pred[col + run :]
-    line = _line_prefix(done) + _row_text(row, names)
+    text = _row_text(row, names)
+    line = _line_prefix(done) + text
     if not line.startswith(partial):
         return None
     copies = grid - done - 1
-    return line[len(partial) :] + ("\n " + _row_text(row, names)) * copies + "\n" + SEG_CLOSE
+    return line[len(partial) :] + ("\n " + text) * copies + "\n" + SEG_CLOSE
 
 
 def predict_body(body: str, names: Sequence[str], grid: int) -> str | None:
@@ -245,7 +257,10 @@ class DraftTracker:
             if self.bad:
                 return ""
             rows = self.rows
-            return predict_rest(rows.count, rows.last, partial, rows.names, rows.grid) or ""  # type: ignore[union-attr]
+            return (
+                predict_rest(rows.count, rows.last, partial, rows.names, rows.grid, rows.index)  # type: ignore[union-attr]
+                or ""
+            )
         if self.kind == "bsd":
             start = partial.rfind(SEG_OPEN)
             if start >= 0:  # the body opens on this line
@@ -254,11 +269,14 @@ class DraftTracker:
                 body = partial[start + len(SEG_OPEN) :]
                 if rows is None or SEG_CLOSE in body:
                     return ""
-                return predict_rest(0, None, body, rows.names, rows.grid) or ""
+                return predict_rest(0, None, body, rows.names, rows.grid, rows.index) or ""
             if self.rows is None or self.bad or SEG_CLOSE in partial:
                 return ""
             rows = self.rows
-            return predict_rest(rows.count, rows.last, partial, rows.names, rows.grid) or ""
+            return (
+                predict_rest(rows.count, rows.last, partial, rows.names, rows.grid, rows.index)
+                or ""
+            )
         return ""
 
     def draft_walk(self, state: int, limit: int) -> Walk:
