@@ -3,14 +3,17 @@ widths, and the decode loop's own cost per step; all in one run on the same fram
 
 Sections (one JSON, bench/results/engines.json, and a Markdown table printed for docs/engines.md):
 
-* ``engines``: the demo model (``models/demo``; until it exists, a tiny random LLaVA of the demo's
-  shape: hidden 128, 3 language + 2 vision layers, 64 px input) on real COCO frames
-  (../shared/data/coco_tiny16/images) with the frame's class names as goals, 1, 4 and 8 goals per
-  frame, per engine (``torch``, ``onnxruntime``; ``tensorrt`` where it runs): ms per goal (decode,
-  and with the frame's encoding), sequential forward calls per goal, answer tokens per second,
-  and whether every engine wrote the same descriptors as torch. Baseline, the official way:
-  ``model.generate`` one goal at a time (image and prompt encoded per goal), greedy, no grammar,
-  token by token, for as many tokens as our answer to that goal.
+* ``engines``: the demo model (``models/demo``, at its own grid; without it, a tiny random LLaVA
+  of the demo's shape: hidden 128, 3 language + 2 vision layers, 64 px input) on two sets of
+  frames: real COCO frames (../shared/data/coco_tiny16/images) with the frame's class names as
+  goals, and, with the demo model, held-out tabletop scenes (``text4seg_ros.demo.scenes``: the
+  scenes and goals ``make demo`` evaluates, where the demo model writes real masks, not
+  ``others`` everywhere); 1, 4 and 8 goals per frame, per engine (``torch``, ``onnxruntime``;
+  ``tensorrt`` where it runs): ms per goal (``Segmenter.segment``: decode and reading the answer
+  at image size; the decode alone; and with the frame's encoding), sequential forward calls per
+  goal, answer tokens per second, and whether every engine wrote the same descriptors as torch.
+  Baseline, the official way: ``model.generate`` one goal at a time (image and prompt encoded
+  per goal), greedy, no grammar, token by token, for as many tokens as our answer to that goal.
 * ``real_width``: the Qwen2-VL-2B and LLaVA-1.5-7B language models at their real widths and
   vocabularies (random weights, ``--layers`` layers: time per layer scales), a prefix as long as
   the image + prompt; the tokens are decided by the teacher-forced oracle on real COCO masks
@@ -95,22 +98,42 @@ def coco_frames(n: int) -> list[tuple[np.ndarray, list[str]]]:
     return out
 
 
-def goals_for(names: list[str], k: int) -> list[Goal]:
-    """``k`` goals from a frame's class names (cycled when it has fewer)."""
-    return [Goal(names[i % len(names)].replace("_", " ")) for i in range(k)]
+def coco_workload(n: int) -> list[tuple[np.ndarray, list[Goal]]]:
+    """``n`` real COCO frames, each with its class names as goals."""
+    return [(rgb, [Goal(c.replace("_", " ")) for c in names]) for rgb, names in coco_frames(n)]
 
 
-def demo_model(device: str) -> tuple[Any, Any, str, str]:
-    """The demo model, or a tiny random LLaVA of its shape."""
+def tabletop_workload(n: int) -> list[tuple[np.ndarray, list[Goal]]]:
+    """The first ``n`` held-out tabletop scenes ``make demo`` evaluates, with their goals (up to
+    8 per frame, every goal kind in turn: :func:`text4seg_ros.demo.scenes.select_goals`)."""
+    from text4seg_ros.demo.scenes import select_goals
+    from training.data.tabletop import GOAL_KINDS, draw_tabletop, scene_seed, tabletop_goals
+
+    out = []
+    for i in range(n):
+        seed = scene_seed("heldout", i)
+        scene = draw_tabletop(seed, size=(128, 128))
+        picked = select_goals(tabletop_goals(scene, seed), i, 8, GOAL_KINDS)
+        out.append((scene.image, [Goal(g.text, g.task, classes=tuple(g.classes)) for g in picked]))
+    return out
+
+
+def goals_for(goals: list[Goal], k: int) -> list[Goal]:
+    """``k`` of a frame's goals (cycled when it has fewer)."""
+    return [goals[i % len(goals)] for i in range(k)]
+
+
+def demo_model(device: str) -> tuple[Any, Any, str, str, int]:
+    """The demo model at its own grid, or a tiny random LLaVA of its shape (grid 16)."""
     path = REPO / "models" / "demo"
     if (path / "config.json").is_file():
         seg = Segmenter.from_pretrained(path, device=device)
-        return seg.model, seg.processor, seg.backbone.name, "models/demo"
+        return seg.model, seg.processor, seg.backbone.name, "models/demo", seg.grid
     model, processor = build_tiny(
         "llava", seed=0, hidden=128, layers=3, vision_hidden=64, vision_layers=2, image_size=64
     )
     what = "tiny random LLaVA of the demo's shape (hidden 128, 3+2 layers, 64 px)"
-    return model.to(device), processor, "llava", what
+    return model.to(device), processor, "llava", what, 16
 
 
 def official_generate(seg: Segmenter, image: np.ndarray, goal: Goal, tokens: int) -> float:
@@ -137,20 +160,39 @@ def official_generate(seg: Segmenter, image: np.ndarray, goal: Goal, tokens: int
 
 
 def bench_engines(args: argparse.Namespace, folder: Path) -> dict:
-    model, processor, backbone, what = demo_model(args.device)
-    frames = coco_frames(args.frames)
+    model, processor, backbone, what, grid = demo_model(args.device)
+    workloads = {"coco": ("real COCO frames, their class names as goals", coco_workload)}
+    if what == "models/demo":
+        workloads["tabletop"] = (
+            "held-out tabletop scenes (make demo's), their goals",
+            tabletop_workload,
+        )
     segmenters: dict[str, Segmenter] = {}
     skipped = {}
     for name in args.engines:
         options = {"folder": folder} if name != "torch" else None
         try:
             segmenters[name] = Segmenter(
-                model, processor, backbone, grid=16, engine=name, engine_options=options
+                model, processor, backbone, grid=grid, engine=name, engine_options=options
             )
         except EngineUnavailable as err:
             skipped[name] = str(err)
+    out: dict = {"model": what, "grid": grid, "skipped": skipped, "workloads": {}}
+    for key, (description, load) in workloads.items():
+        frames = load(args.frames)
+        out["workloads"][key] = {
+            "frames": len(frames),
+            "what": description,
+            "per_goals": _bench_frames(segmenters, frames, key),
+        }
+    return out
+
+
+def _bench_frames(segmenters: dict[str, Segmenter], frames: list, label: str) -> dict:
+    """Every engine on ``frames`` at 1, 4 and 8 goals per frame (drafts on), then one goal per
+    frame with drafts off; per row the measures of the module doc."""
     ref = segmenters["torch"]
-    out: dict = {"model": what, "frames": len(frames), "skipped": skipped, "per_goals": {}}
+    out: dict = {}
     # (goals per frame, draft tokens): the decoder's default, then one goal per frame with
     # drafts off (blocks of a few tokens: the engines' per-call overhead shows)
     for k, drafts in [(k, 64) for k in GOALS_PER_FRAME] + [(1, 0)]:
@@ -159,25 +201,27 @@ def bench_engines(args: argparse.Namespace, folder: Path) -> dict:
         # engines take turns on every frame, so a burst of load on the shared machine hits
         # each engine alike; each frame is encoded once untimed first (warm-up of its size)
         acc = {
-            name: {"encode": 0.0, "decode": 0.0, "calls": [], "tokens": 0, "answers": []}
+            name: {"encode": 0.0, "decode": 0.0, "generate": 0.0, "calls": [], "tokens": 0,
+                   "answers": []}
             for name in segmenters
-        }
+        }  # fmt: skip
         tokens_ref: list[int] = []
-        for image, names in frames:  # untimed: the goals' grammar states are built once
-            ref.set_image(image)
-            ref.segment(goals_for(names, k))
-        for image, names in frames:
-            goals = goals_for(names, k)
+        for image, goals in frames:  # untimed: the goals' grammar states are built once
+            for seg in segmenters.values():
+                seg.set_image(image)
+                seg.segment(goals_for(goals, k))
+        for image, goals in frames:
             for name, seg in segmenters.items():
                 a = acc[name]
                 seg.set_image(image)
                 start = time.perf_counter()
                 seg.set_image(image)
                 mid = time.perf_counter()
-                results = seg.segment(goals)
+                results = seg.segment(goals_for(goals, k))
                 end = time.perf_counter()
                 a["encode"] += mid - start
                 a["decode"] += end - mid
+                a["generate"] += results[0].timings.decode_s
                 for r in results:
                     a["calls"].append(r.model_steps)
                     n = len(seg.codec.encode_piece(r.descriptor))
@@ -190,6 +234,7 @@ def bench_engines(args: argparse.Namespace, folder: Path) -> dict:
         for name, a in acc.items():
             row[name] = {
                 "ms_per_goal": 1000 * a["decode"] / n_goals,
+                "ms_decode_only_per_goal": 1000 * a["generate"] / n_goals,
                 "ms_per_goal_with_encode": 1000 * (a["decode"] + a["encode"]) / n_goals,
                 "ms_encode_per_frame": 1000 * a["encode"] / len(frames),
                 "calls_per_goal": float(np.mean(a["calls"])),
@@ -199,8 +244,8 @@ def bench_engines(args: argparse.Namespace, folder: Path) -> dict:
             }
         if k == 1 and drafts:  # the official way, one goal at a time (its cost does not batch)
             total = 0.0
-            for (image, names), n in zip(frames, tokens_ref):
-                total += official_generate(ref, image, goals_for(names, 1)[0], max(1, n))
+            for (image, goals), n in zip(frames, tokens_ref):
+                total += official_generate(ref, image, goals_for(goals, 1)[0], max(1, n))
             row["official_generate"] = {
                 "ms_per_goal": 1000 * total / len(frames),
                 "calls_per_goal": float(np.mean(tokens_ref)),
@@ -215,10 +260,14 @@ def bench_engines(args: argparse.Namespace, folder: Path) -> dict:
                 row[name]["speedup_vs_torch"] = (
                     row["torch"]["ms_per_goal"] / row[name]["ms_per_goal"]
                 )
+                row[name]["decode_only_speedup_vs_torch"] = (
+                    row["torch"]["ms_decode_only_per_goal"] / row[name]["ms_decode_only_per_goal"]
+                )
         key = str(k) if drafts else f"{k}, drafts off"
-        out["per_goals"][key] = row
+        out[key] = row
         print(
-            f"engines {key}: " + ", ".join(f"{n} {v['ms_per_goal']:.1f} ms" for n, v in row.items())
+            f"engines {label} {key}: "
+            + ", ".join(f"{n} {v['ms_per_goal']:.1f} ms" for n, v in row.items())
         )
     return out
 
@@ -407,16 +456,17 @@ def table(result: dict) -> str:
         "| goals/frame | engine | ms/goal | calls/goal | tokens/s | same as torch | vs torch |",
         "|---|---|---|---|---|---|---|",
     ]
-    for k, row in result["engines"]["per_goals"].items():
-        for name, v in row.items():
-            same = v.get("same_descriptors_as_torch", "")
-            speed = v.get("speedup_vs_torch", "")
-            lines.append(
-                f"| {k} | {name} | {v['ms_per_goal']:.1f} | {v['calls_per_goal']:.1f} | "
-                f"{v['tokens_per_s']:.0f} | {same} | "
-                + (f"{speed:.2f}x" if speed != "" else "")
-                + " |"
-            )
+    for frames, workload in result["engines"]["workloads"].items():
+        for k, row in workload["per_goals"].items():
+            for name, v in row.items():
+                same = v.get("same_descriptors_as_torch", "")
+                speed = v.get("speedup_vs_torch", "")
+                lines.append(
+                    f"| {frames} {k} | {name} | {v['ms_per_goal']:.1f} | "
+                    f"{v['calls_per_goal']:.1f} | {v['tokens_per_s']:.0f} | {same} | "
+                    + (f"{speed:.2f}x" if speed != "" else "")
+                    + " |"
+                )
     lines += [
         "",
         "| real width | mode | ms/goal | calls/goal | vs token-by-token |",

@@ -176,29 +176,34 @@ def table_engines(results: Path) -> str:
     """Engines on the demo model: ms per goal, calls, tokens/s; the official way as baseline."""
     d = _load(results, "engines.json", "bench/engines.py")["engines"]
     lines = [
-        _row(["goals / frame", "engine", "ms / goal", "calls / goal", "tokens / s", "vs torch",
-              "vs official (1 goal)", "same descriptors as torch"]),
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | --- |",
+        _row(["frames", "goals / frame", "engine", "ms / goal", "calls / goal", "tokens / s",
+              "vs torch", "vs torch, decode only", "vs official (1 goal)",
+              "same descriptors as torch"]),
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]  # fmt: skip
-    for k, row in d["per_goals"].items():
-        for name, v in row.items():
-            speed = v.get("speedup_vs_torch")
-            official = v.get("speedup_vs_official")
-            same = v.get("same_descriptors_as_torch")
-            lines.append(
-                _row(
-                    [
-                        k,
-                        f"`{name}`",
-                        f"{v['ms_per_goal']:.1f}",
-                        f"{v['calls_per_goal']:.1f}",
-                        f"{v['tokens_per_s']:.0f}",
-                        f"{speed:.2f}x" if speed else "",
-                        f"{official:.1f}x" if official else "",
-                        "" if same is None else ("yes" if same else "**no**"),
-                    ]
+    for frames, workload in d["workloads"].items():
+        for k, row in workload["per_goals"].items():
+            for name, v in row.items():
+                speed = v.get("speedup_vs_torch")
+                decode = v.get("decode_only_speedup_vs_torch")
+                official = v.get("speedup_vs_official")
+                same = v.get("same_descriptors_as_torch")
+                lines.append(
+                    _row(
+                        [
+                            frames,
+                            k,
+                            f"`{name}`",
+                            f"{v['ms_per_goal']:.1f}",
+                            f"{v['calls_per_goal']:.1f}",
+                            f"{v['tokens_per_s']:.0f}",
+                            f"{speed:.2f}x" if speed else "",
+                            f"{decode:.2f}x" if decode else "",
+                            f"{official:.1f}x" if official else "",
+                            "" if same is None else ("yes" if same else "**no**"),
+                        ]
+                    )
                 )
-            )
     return "\n".join(lines)
 
 
