@@ -513,6 +513,12 @@ def main() -> None:
         "threads on 2 busy cores stalls for seconds)",
     )
     p.add_argument("--skip", nargs="*", default=[], choices=["engines", "real_width", "loop"])
+    p.add_argument(
+        "--load-note",
+        default="2 shared cores; other jobs (tests, a training run) ran at the same time: "
+        "compare ratios within this run, not absolute times",
+        help="what else ran on the machine (recorded in the JSON; say so when it was quiet)",
+    )
     args = p.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -521,8 +527,7 @@ def main() -> None:
     result: dict = {
         "device": args.device,
         "torch_threads": torch.get_num_threads(),
-        "load_note": "2 shared cores; other jobs (tests, a training run) ran at the same time: "
-        "compare ratios within this run, not absolute times",
+        "load_note": args.load_note,
         "tokenizer": "byte-level BPE (Qwen2 regex, digits split), vocab 1024, general text",
     }
     with tempfile.TemporaryDirectory() as tmp:
