@@ -194,3 +194,36 @@ def test_full_fine_tuning_saves_a_model_the_segmenter_loads(run: dict) -> None:
     segmenter.set_image(np.asarray(load_image(read_jsonl(run["data"])[0])))
     (result,) = segmenter.segment([Goal("red circle")])
     assert result.repairs == [] and result.descriptor.startswith("<seg>")
+
+
+def test_freeze_keeps_the_named_parts_fixed_in_full_tuning(run: dict) -> None:
+    """``--freeze vision,projector,embeddings`` (after training.align): those weights leave the
+    run bit-identical, the language model's layers train."""
+    from training.lora import load_base
+
+    out = run["root"] / "frozen"
+    args = ["--model", str(run["base"]), "--data", str(run["data"]), "--output_dir", str(out),
+            "--tune", "full", "--freeze", "vision,projector,embeddings", "--lr", "1e-3",
+            "--global_batch", "8", "--per_device_batch", "8", "--max_steps", "4",
+            "--log_steps", "2", "--save_steps", "0", "--num_workers", "0"]  # fmt: skip
+    proc = _torchrun(args, nproc=1)
+    trainable, total = re.search(r"([\d,]+) trainable of ([\d,]+) params", proc.stdout).groups()
+    assert 0 < int(trainable.replace(",", "")) < int(total.replace(",", ""))
+    before = dict(load_base(run["base"])[0].named_parameters())
+    after = dict(load_base(out / "model")[0].named_parameters())
+    fixed = [k for k in before if "vision_tower" in k or "projector" in k or "embed_tokens" in k]
+    moved = [k for k in before if "language_model.layers" in k and k.endswith("proj.weight")]
+    assert fixed and moved
+    assert all(torch.equal(before[k], after[k]) for k in fixed)
+    assert all(not torch.equal(before[k], after[k]) for k in moved)
+
+
+def test_freeze_is_checked_by_the_recipe() -> None:
+    from training.recipe import Recipe
+
+    with pytest.raises(ValueError, match="unknown --freeze parts"):
+        Recipe(model="m", data=["d"], output_dir="o", tune="full", freeze="vision,wheels")
+    with pytest.raises(ValueError, match="needs --tune full"):
+        Recipe(model="m", data=["d"], output_dir="o", tune="lora", freeze="vision")
+    assert Recipe(model="m", data=["d"], output_dir="o", tune="full", freeze=" vision, projector")\
+        .freeze_parts() == ["vision", "projector"]

@@ -65,3 +65,27 @@ def load_base(
         path, backbone=backbone, adapter=adapter, dtype=dtype, max_tiles=max_tiles
     )
     return loaded.model, loaded.processor, loaded.backbone
+
+
+def freeze_parts(model: PreTrainedModel, parts: list[str]) -> list[str]:
+    """Set ``requires_grad`` False on the named parts of a multimodal model (in place):
+    ``vision`` the vision tower, ``projector`` the vision-language projector, ``embeddings``
+    the word embeddings (with tied weights, the output head too). Returns the parameter names
+    frozen. Raises ValueError for an unknown part or one this model does not have."""
+    inner = model.model
+    modules = {
+        "vision": getattr(inner, "vision_tower", None) or getattr(inner, "visual", None),
+        "projector": getattr(inner, "multi_modal_projector", None),
+        "embeddings": model.get_input_embeddings(),
+    }
+    frozen: list[str] = []
+    for part in parts:
+        if part not in modules:
+            raise ValueError(f"unknown part {part!r}; known: {sorted(modules)}")
+        module = modules[part]
+        if module is None:
+            raise ValueError(f"{type(model).__name__} has no {part} module to freeze")
+        module.requires_grad_(False)
+        ids = {id(p) for p in module.parameters()}
+        frozen += [n for n, p in model.named_parameters() if id(p) in ids]
+    return frozen

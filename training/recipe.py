@@ -13,6 +13,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+# Parts --freeze can hold fixed in full tuning (training/lora.py freeze_parts).
+FREEZABLE: tuple[str, ...] = ("vision", "projector", "embeddings")
 # Learning rate per backbone (paper, Table 7): InternVL2 was tuned at half the rate.
 BACKBONE_LR: dict[str, float] = {"internvl": 1e-4}
 DEFAULT_LR = 2e-4
@@ -84,6 +86,14 @@ class Recipe:
             "mean; training/dataset.py)"
         ),
     )
+    freeze: str = field(
+        default="",
+        metadata=_help(
+            "with --tune full: comma list of parts that stay fixed, of vision (the vision "
+            "tower), projector, embeddings (word embeddings, and the output head when tied); "
+            "e.g. after training.align"
+        ),
+    )
     num_workers: int = field(default=4, metadata=_help("data loader workers per rank"))
     seed: int = field(default=42, metadata=_help("data order, dropout, LoRA init"))
     log_steps: int = field(default=10, metadata=_help("log every N optimizer steps"))
@@ -103,8 +113,17 @@ class Recipe:
             raise ValueError(f"tune must be 'lora' or 'full', got {self.tune!r}")
         if isinstance(self.data, str):
             self.data = [self.data]
+        unknown = set(self.freeze_parts()) - set(FREEZABLE)
+        if unknown:
+            raise ValueError(f"unknown --freeze parts {sorted(unknown)}; known: {FREEZABLE}")
+        if self.freeze_parts() and self.tune != "full":
+            raise ValueError("--freeze needs --tune full (LoRA already freezes the base)")
         if self.max_tiles < 1:
             raise ValueError(f"max_tiles must be >= 1, got {self.max_tiles}")
+
+    def freeze_parts(self) -> list[str]:
+        """``freeze`` as a list (empty: nothing frozen)."""
+        return [p.strip() for p in self.freeze.split(",") if p.strip()]
 
     def peak_lr(self, backbone: str) -> float:
         """The learning rate for ``backbone`` unless ``lr`` overrides it."""

@@ -46,7 +46,7 @@ from text4seg_ros.model.processors import save_processor
 
 from . import checkpoints
 from .dataset import ChatDataset, Collator
-from .lora import load_base, lora_config
+from .lora import freeze_parts, load_base, lora_config
 from .recipe import Recipe
 
 REPO = Path(__file__).resolve().parents[1]
@@ -231,6 +231,7 @@ def train(recipe: Recipe) -> Path:
         )
     else:  # "full": every weight trains (small models from random init, e.g. the demo's)
         model.requires_grad_(True)
+        freeze_parts(model, recipe.freeze_parts())  # e.g. keep training.align's alignment
     # On the GPU before the optimizer exists: torch's fused AdamW checks its params' device.
     model.to(device)
     trainable = [p for p in model.parameters() if p.requires_grad]

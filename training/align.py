@@ -1,0 +1,204 @@
+"""Vision-language alignment stage for the demo model: dense word targets per visual token.
+
+    python -m training.align --model build/demo_model/base --out build/demo_model/aligned \\
+        [--scenes 2000 --steps 600 --lr 2e-3 --seed 0]
+
+LLaVA's own recipe first aligns the vision features with the language model's word embeddings
+(its "feature alignment" stage), then tunes the whole model on answers. The demo model starts
+from random weights, so we do the same with a target the scene generator gives for free: every
+visual token (one per descriptor cell at the demo's grid) should read as the words that name
+what it shows. The projected feature ``f`` of a token, ``(D,)`` in the language model's
+embedding space, is scored against the word embedding matrix ``E`` ``(V, D)`` (``f @ E.T``, the
+tied output head) and trained with cross-entropy towards the token of the object's colour, of
+its kind, of its kind's plural and of its size word (``" red"``, ``" mug"``, ``" mugs"``,
+``" large"``), or towards ``" others"`` where no object covers the cell. The words the answer
+writes as labels are then, from the first answer step on, the same vectors as the patches they
+describe, and the language model's attention only has to learn where to look (measured: held-
+out single-object cIoU 0.27 after 100 answer steps with alignment, 0.0 after 400 without).
+
+The vision tower, the projector and the word embeddings train here; the language model's
+layers do not run. Scenes: :func:`training.data.tabletop.draw_tabletop` seeds ``5_000_000 +
+i`` (training range, disjoint from every stage's scenes and from the held-out split), 1 to 6
+objects at footprint scales 1 to 2. Single process, AdamW, linear decay after 5 % warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from transformers import get_linear_schedule_with_warmup
+
+from text4seg_ros.descriptors import OTHERS
+
+from .data.synthetic import COLOURS
+from .data.tabletop import KINDS, PLURALS, SIZES, TabletopScene, draw_tabletop
+from .lora import load_base
+
+ALIGN_SEED_BASE = 5_000_000
+COVER = 0.3  # a cell names the object covering the largest share of it, if at least this share
+
+
+def cell_objects(scene: TabletopScene, grid: int) -> np.ndarray:
+    """``(grid * grid,)`` int64, row-major: index of the object a cell shows, -1 for none.
+
+    A cell shows the object covering the largest share of its pixels when that share is at
+    least :data:`COVER`. The scene side must be a multiple of ``grid``."""
+    h, w = scene.image.shape[:2]
+    if h % grid or w % grid:
+        raise ValueError(f"scene size {(h, w)} is not a multiple of grid {grid}")
+    if not scene.objects:
+        return np.full(grid * grid, -1, dtype=np.int64)
+    cover = np.stack(
+        [o.mask.reshape(grid, h // grid, grid, w // grid).mean(axis=(1, 3)) for o in scene.objects]
+    )
+    best = cover.argmax(axis=0)
+    return np.where(cover.max(axis=0) >= COVER, best, -1).ravel().astype(np.int64)
+
+
+def word_ids(tokenizer: Any) -> dict[str, int]:
+    """The last token of ``" " + word`` for every word the targets use (as answers write
+    labels: after a space; the demo tokenizer makes most of them one token, and splits the size
+    words into a lone space and the word). Raises ValueError when a word has no token or two
+    words share that token (the targets would contradict each other)."""
+    words = [OTHERS, *COLOURS, *KINDS, *PLURALS.values(), *SIZES]
+    out = {}
+    for word in words:
+        ids = tokenizer(" " + word, add_special_tokens=False)["input_ids"]
+        if not ids:
+            raise ValueError(f"{word!r} has no token for this tokenizer")
+        out[word] = int(ids[-1])
+    if len(set(out.values())) != len(out):
+        raise ValueError(f"two target words share their token: {out}")
+    return out
+
+
+def cell_targets(scene: TabletopScene, grid: int, ids: dict[str, int]) -> np.ndarray:
+    """``(4, grid * grid)`` int64 token targets per cell: colour, kind, plural, size; all four
+    ``ids["others"]`` for a cell without an object."""
+    which = cell_objects(scene, grid)
+    out = np.full((4, which.size), ids[OTHERS], dtype=np.int64)
+    for i, obj in enumerate(scene.objects):
+        sel = which == i
+        for row, word in enumerate((obj.colour, obj.kind, PLURALS[obj.kind], obj.size)):
+            out[row, sel] = ids[word]
+    return out
+
+
+def _features(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
+    """Projected visual tokens ``(B, T, D)`` exactly as the LLaVA model feeds them."""
+    out = model.model.get_image_features(pixel_values=pixel_values)
+    return torch.stack(list(out.pooler_output))
+
+
+def align(
+    model: Any,
+    processor: Any,
+    grid: int,
+    scenes: int = 2000,
+    steps: int = 600,
+    lr: float = 2e-3,
+    batch: int = 64,
+    seed: int = 0,
+    size: int = 128,
+    log: Any = print,
+) -> dict[str, float]:
+    """Train ``model`` (a LLaVA) in place; returns the first and last step's loss
+    (``first_loss``, ``loss``) and the last batch's accuracies: ``colour``, ``kind``,
+    ``plural``, ``size``, the share of the cells showing an object whose top token is that
+    word (the four compete for the top, so only one of them can be high), and ``others``, the
+    share of the other cells whose top token is ``others``."""
+    if model.config.model_type != "llava":
+        raise ValueError(f"alignment needs a LLaVA model, got {model.config.model_type!r}")
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    ids = word_ids(processor.tokenizer)
+    images, targets = [], []
+    for i in range(scenes):
+        scene = draw_tabletop(
+            ALIGN_SEED_BASE + i, (size, size), (1, 6), scale=rng.choice((1.0, 1.0, 1.5, 2.0))
+        )
+        images.append(scene.image)
+        targets.append(cell_targets(scene, grid, ids))
+    pixels = processor.image_processor(images=images, return_tensors="pt")["pixel_values"]
+    tgt = torch.from_numpy(np.stack(targets))  # (N, 4, T)
+    n_tokens = _features(model, pixels[:1]).shape[1]
+    if n_tokens != grid * grid:
+        raise ValueError(
+            f"the model has {n_tokens} visual tokens; alignment needs grid^2 = {grid**2}"
+        )
+    emb = model.get_input_embeddings().weight
+    params = [
+        *model.model.vision_tower.parameters(),
+        *model.model.multi_modal_projector.parameters(),
+        emb,
+    ]
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.95), weight_decay=0.0)
+    sched = get_linear_schedule_with_warmup(opt, max(1, steps // 20), steps)
+    model.train()
+    result: dict[str, float] = {}
+    t0 = time.time()
+    for step in range(steps):
+        idx = torch.randint(0, len(images), (batch,))
+        logits = _features(model, pixels[idx]) @ emb.T  # (B, T, V)
+        flat = logits.reshape(-1, logits.shape[-1])
+        per_word = [
+            torch.nn.functional.cross_entropy(flat, tgt[idx, k].reshape(-1)) for k in range(4)
+        ]
+        loss = sum(per_word)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if step == 0:
+            first = float(loss.detach())
+        if step % 100 == 0 or step == steps - 1:
+            with torch.no_grad():
+                top, want = logits.argmax(-1), tgt[idx]
+                obj = want[:, 0] != ids[OTHERS]  # (B, T) cells that show an object
+                acc = [float((top == want[:, k])[obj].float().mean()) for k in range(4)]
+                acc.append(float((top == want[:, 0])[~obj].float().mean()))
+            result = {"step": step + 1, "first_loss": first, "loss": float(loss)}
+            result.update(zip(("colour", "kind", "plural", "size", "others"), acc))
+            log(f"[align] step {step + 1}/{steps} loss {float(loss):.3f} {time.time() - t0:.0f}s")
+    return result
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Command line: align the model at ``--model`` and save it (with its processor and
+    ``text4seg.json``) to ``--out``."""
+    ap = argparse.ArgumentParser(prog="python -m training.align", description=__doc__)
+    ap.add_argument("--model", required=True, type=Path)
+    ap.add_argument("--out", required=True, type=Path)
+    ap.add_argument("--scenes", type=int, default=2000)
+    ap.add_argument("--steps", type=int, default=600)
+    ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--batch", type=int, default=64)
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    from text4seg_ros.model.meta import read_meta, write_meta
+
+    model, processor, _ = load_base(args.model)
+    meta = read_meta(args.model)
+    grid = int(meta.get("grid", 8))
+    result = align(model, processor, grid, args.scenes, args.steps, args.lr, args.batch, args.seed)
+    args.out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(args.out)
+    processor.save_pretrained(args.out)
+    write_meta(args.out, **meta)
+    (args.out / "align.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
