@@ -225,5 +225,6 @@ def test_freeze_is_checked_by_the_recipe() -> None:
         Recipe(model="m", data=["d"], output_dir="o", tune="full", freeze="vision,wheels")
     with pytest.raises(ValueError, match="needs --tune full"):
         Recipe(model="m", data=["d"], output_dir="o", tune="lora", freeze="vision")
-    assert Recipe(model="m", data=["d"], output_dir="o", tune="full", freeze=" vision, projector")\
-        .freeze_parts() == ["vision", "projector"]
+    assert Recipe(
+        model="m", data=["d"], output_dir="o", tune="full", freeze=" vision, projector"
+    ).freeze_parts() == ["vision", "projector"]
