@@ -88,8 +88,8 @@ demo: setup
 	$(RUN_ENV) $(PY) -m text4seg_ros.demo --out demo_out
 
 # Retrain the shipped demo model (models/demo) from fixed seeds: tabletop scenes, a tiny random
-# LLaVA, three curriculum stages under DeepSpeed ZeRO-2 on 2 CPU ranks, held-out evaluation
-# (about 45 minutes on 2 shared cores, an estimate; models/demo/README.md has the numbers).
+# LLaVA, vision-language alignment, three curriculum stages under DeepSpeed ZeRO-2 on 2 CPU
+# ranks, held-out evaluation (models/demo/README.md has the commands and the measured times).
 demo-model: setup
 	$(RUN_ENV) bash training/scripts/train_demo.sh
 

@@ -2,11 +2,12 @@
 
 Fast: 10 held-out scenes (seeds 10,000,000 + i, never trained on), every goal kind answered in
 one batch per frame through the Segmenter, scored against the exact pixel masks. The floors sit
-below the figures measured on these scenes when the model was trained (models/demo/README.md:
-on them instances cIoU 0.084, gres_multi cIoU 0.065, res_spatial T-acc 0.92, gres_absent N-acc
-1.0), so a change that breaks prompting, decoding or the model files shows up as a failure. The
-shipped model is weak (it answers "others" for most `red mug` goals: res_attr cIoU 0.0 on these
-scenes), so there is no floor on res_attr / rec IoU: one at 0 would assert nothing.
+at about half the figures measured on these scenes when the model was trained (models/demo/
+README.md; on them res_attr cIoU 0.120, res_size 0.227, gres_multi 0.267, gres_single 0.134,
+instances 0.116; T-acc gres_multi 0.94, gres_single 1.0, res_spatial 0.75; gres_absent N-acc
+0.35), so a change that breaks prompting, decoding or the model files shows up as a failure.
+The model is weak (it often marks the wrong object), so the floors are regression floors, not
+quality bars.
 """
 
 from __future__ import annotations
@@ -27,11 +28,11 @@ torch.set_num_threads(1)
 
 DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
 SCENES = [scene_seed("heldout", i) for i in range(10)]
-# Floors on SCENES (measured: instances cIoU 0.084, gres_multi 0.065, res_spatial T-acc 0.917,
-# N-acc 1.0).
-MIN_CIOU = {"instances": 0.05, "gres_multi": 0.03}
-MIN_TACC = {"res_spatial": 0.6, "instances": 0.9}
-MIN_NACC = 0.9
+# Floors on SCENES, about half the measured figures (module docstring).
+MIN_CIOU = {"res_attr": 0.06, "res_size": 0.1, "gres_multi": 0.13, "gres_single": 0.06,
+            "instances": 0.05}  # fmt: skip
+MIN_TACC = {"gres_multi": 0.8, "gres_single": 0.8, "res_spatial": 0.5, "instances": 0.9}
+MIN_NACC = 0.15
 
 pytestmark = pytest.mark.skipif(
     not (DEMO / "model.safetensors").is_file(),
