@@ -262,6 +262,34 @@ def table_engines_loop(results: Path) -> str:
     return "\n".join(lines)
 
 
+def table_speed_summary(results: Path) -> str:
+    """README's short speed table: the headline ratios of bench/engines.py's one run."""
+    d = _load(results, "engines.json", "bench/engines.py")
+    lines = [_row(["what (bench/engines.py, this CPU)", "figure"]), "| --- | ---: |"]
+    table = d["engines"]["workloads"].get("tabletop", {}).get("per_goals", {})
+    for k, row in table.items():
+        ort = row.get("onnxruntime", {})
+        if ort.get("speedup_vs_torch"):
+            lines.append(
+                _row([f"`onnxruntime` vs `torch` per goal, demo model (goals per frame: {k})",
+                      f"{ort['speedup_vs_torch']:.2f}x"])
+            )  # fmt: skip
+    for name, row in d["real_width"]["models"].items():
+        best = row.get("jump_forward+drafts", {})
+        if best.get("speedup_vs_token_by_token"):
+            lines.append(
+                _row([f"ours vs token-by-token decoding, {name} width, same answers",
+                      f"{best['speedup_vs_token_by_token']:.1f}x"])
+            )  # fmt: skip
+    for key, v in d["loop"].items():
+        if key.startswith("rrle_") and key.endswith("_b1"):
+            lines.append(
+                _row([f"decode loop's own cost per step, R-RLE G = {key.split('_')[1][1:]}",
+                      f"{v['loop_cpu_ms_per_step']:.2f} ms"])
+            )  # fmt: skip
+    return "\n".join(lines)
+
+
 def table_bench_machines(results: Path) -> str:
     """Where each result file was measured (from its own ``machine`` record)."""
     lines = [_row(["result file", "machine", "seconds"]), _row(["---"] * 3)]
@@ -315,6 +343,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "engines_real_width": table_engines_real_width,
     "engines_loop": table_engines_loop,
     "bench_machines": table_bench_machines,
+    "speed_summary": table_speed_summary,
     "node_params": table_node_params,
 }
 
