@@ -8,7 +8,7 @@ import weakref
 import pytest
 
 from text4seg_ros.ros.model_loader import free_memory, freeze_heap, load_segmenter
-from text4seg_ros.ros.params import NodeConfig
+from text4seg_ros.ros.params import NodeConfig, config_from_values
 
 
 def test_load_segmenter_passes_the_model_parameters_to_from_pretrained(tmp_path, monkeypatch):
@@ -97,3 +97,26 @@ def test_freeze_hides_live_objects_and_free_memory_collects_them_again() -> None
         free_memory()
     assert gc.get_freeze_count() == 0
     assert ref() is None, "after free_memory the dropped model is collected"
+
+
+def test_cpu_threads_sets_the_intra_op_threads_before_loading(tmp_path, monkeypatch):
+    import torch
+
+    from text4seg_ros.model.segmenter import Segmenter
+
+    seen = []
+    monkeypatch.setattr(
+        Segmenter,
+        "from_pretrained",
+        staticmethod(lambda *a, **k: seen.append(torch.get_num_threads())),
+    )
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        load_segmenter(NodeConfig(model_path=str(tmp_path)))  # 0: left as it is
+        load_segmenter(NodeConfig(model_path=str(tmp_path), cpu_threads=1))
+        assert seen == [2, 1]
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="cpu_threads"):
+        config_from_values({"cpu_threads": -1})

@@ -2,7 +2,8 @@
 
 ``Segmenter.from_pretrained`` receives the path and the model parameters (``backbone``,
 ``device``, ``dtype``, ``grid``, ``descriptor``, ``engine``, ``refiner``, ``refiner_path``, and
-``engine_options={"cuda_graphs": True}`` when ``cuda_graphs`` is set: torch engine only); an
+``engine_options={"cuda_graphs": True}`` when ``cuda_graphs`` is set: torch engine only);
+``cpu_threads`` > 0 sets torch's intra-op thread count first (ONNX Runtime takes it too); an
 empty ``backbone`` is left out (the Segmenter reads it from the model config), ``grid`` 0 becomes
 the model's own grid (``text4seg.json``, see :mod:`text4seg_ros.model.meta`) and an empty
 ``model_path`` the shipped demo model. Unusable values raise there (e.g. an engine that is not
@@ -30,6 +31,12 @@ def load_segmenter(config: NodeConfig) -> SegmenterLike:
     if config.cuda_graphs and config.engine != "torch":
         raise ValueError(f"cuda_graphs is a mode of the torch engine, not of {config.engine!r}")
     from ..model.segmenter import Segmenter  # heavy (torch, transformers): imported on configure
+
+    if config.cpu_threads:
+        import torch
+
+        # Process-wide, before the engine is built: ONNX Runtime sessions take torch's count.
+        torch.set_num_threads(config.cpu_threads)
 
     extra = {"engine_options": {"cuda_graphs": True}} if config.cuda_graphs else {}
     return Segmenter.from_pretrained(

@@ -45,6 +45,7 @@ class NodeConfig:
     engine: str = "torch"
     cuda_graphs: bool = False
     device: str = "cpu"
+    cpu_threads: int = 0  # 0: the libraries' default
     dtype: str = "float32"
     grid: int = 0  # 0: the model's grid (text4seg.json), 16 when it names none
     descriptor: str = "isd"
@@ -134,6 +135,11 @@ SPECS: dict[str, ParamSpec] = {
         "per step); without a CUDA device it logs so and decodes eagerly"
     ),
     "device": ParamSpec("Torch device: cpu, cuda or cuda:N", check=_check_device),
+    "cpu_threads": ParamSpec(
+        "Intra-op CPU threads of inference (torch, and ONNX Runtime's sessions), set at"
+        " configure; 0: the libraries' default (one per core); 1 on a small shared CPU",
+        int_range=(0, 256),
+    ),
     "dtype": ParamSpec("Model weights dtype", choices=DTYPES),
     "grid": ParamSpec(
         "Descriptor grid size G (G x G cells); 0: the model's own grid (text4seg.json, else 16)",
