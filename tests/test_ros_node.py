@@ -203,6 +203,11 @@ def test_frames_without_goals_are_counted_as_skipped(harness):
     assert h.diag("frames_skipped") == "3" and h.diag("frames_received") == "4"
 
 
+# Best-effort frames of about 1 MB go out in fragments over DDS: now and then one is lost, or
+# held back until the next frame is written (then it arrives seconds late), on a quiet machine
+# too (seen about once in ten runs). The node is not at fault there, so these two timing tests
+# get two more tries; a real backlog or a blocked callback fails all three.
+@pytest.mark.flaky(reruns=2)
 def test_slow_model_processes_only_the_newest_frames_without_backlog(harness):
     delay = 0.25
     h = harness(delay_s=delay, params={"diagnostics_period_s": 0.2})
@@ -237,7 +242,15 @@ def test_slow_model_processes_only_the_newest_frames_without_backlog(harness):
     assert sum(lat[-3:]) / 3 < 2 * delay + 0.5, lat
     assert max(lat) < 2 * delay + 1.5, lat
     assert time.monotonic() - last_sent_at < 5
-    assert wait_for(lambda: int(h.diag("frames_dropped") or 0) >= sent - len(seqs) - 5, 5)
+    # Every frame the node received but did not answer was dropped (one may be in flight);
+    # frames best-effort transport lost before the node saw them are "missed", not dropped.
+    assert wait_for(
+        lambda: (
+            int(h.diag("frames_dropped") or 0)
+            >= int(h.diag("frames_received") or 0) - len(seqs) - 1
+        ),
+        5,
+    ), [h.diag(k) for k in ("frames_received", "frames_dropped", "frames_missed")]
     received, missed = int(h.diag("frames_received")), int(h.diag("frames_missed"))
     assert received <= sent and sent - 2 <= received + missed <= sent, (sent, received, missed)
 
@@ -336,6 +349,7 @@ def test_configure_fails_cleanly_without_a_model_and_the_node_stays_up(tmp_path,
         rclpy.shutdown(context=ctx)
 
 
+@pytest.mark.flaky(reruns=2)  # see test_slow_model_processes_only_the_newest_frames_...
 def test_a_busy_model_blocks_no_callback_and_the_newest_frame_comes_next(harness):
     h = harness(params={"diagnostics_period_s": 0.2})
     h.start()
@@ -352,8 +366,17 @@ def test_a_busy_model_blocks_no_callback_and_the_newest_frame_comes_next(harness
     for seq in range(1, 6):
         h.images.publish(frame(red_square(), seq))
         time.sleep(0.1)
-    # frames 1..4 replaced by newer ones in the mailbox, 5 waits for the model
-    assert wait_for(lambda: (h.diag("frames_received"), h.diag("frames_dropped")) == ("6", "4"), 5)
+    # frames 1..4 replaced by newer ones in the mailbox, 5 waits for the model. On a loaded
+    # machine best-effort transport may lose a frame before the node sees it: it is then
+    # counted missed (by its sequence gap), not received, and one fewer is dropped.
+
+    def counted() -> bool:
+        received, dropped, missed = (
+            int(h.diag(k) or 0) for k in ("frames_received", "frames_dropped", "frames_missed")
+        )
+        return received + missed == 6 and dropped == received - 2 and received >= 2
+
+    assert wait_for(counted, 5), [h.diag(k) for k in ("frames_received", "frames_dropped")]
     assert h.segs == [] and time.monotonic() - start < 10
     h.fake.gate.set()
     assert wait_for(lambda: len(h.segs) == 2, 10)
