@@ -138,16 +138,16 @@ def select_cache(cache: Any, rows: torch.Tensor | None, columns: torch.Tensor | 
             layer.batch_select_indices(rows.to(layer.keys.device))
         if columns is not None:
             layer.keys, layer.values = (
-                _gather_slots(layer.keys, columns),
-                _gather_slots(layer.values, columns),
+                gather_slots(layer.keys, columns),
+                gather_slots(layer.values, columns),
             )
     return cache
 
 
-def _gather_slots(states: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
+def gather_slots(states: torch.Tensor, columns: torch.Tensor) -> torch.Tensor:
     """``states (B, heads, L, head_dim)`` at slots ``columns`` ``(L',)`` or ``(B, L')`` (per
     row one ``index_select``: B is small, and a gather with a broadcast 4-D index is many times
-    slower)."""
+    slower). Shared by every cache layout's ``select`` (:mod:`text4seg_ros.engines`)."""
     cols = columns.to(states.device)
     if cols.ndim == 1:
         return states.index_select(2, cols)

@@ -30,6 +30,8 @@ import numpy as np
 import torch
 from transformers import DynamicCache
 
+from ..decoding.step import gather_slots
+
 # A text4seg_ros.model.registry.Backbone (name, mrope, preprocess, encode_prefix, make_step);
 # not imported: engines sit below model in the layering (model.Segmenter picks an engine).
 Backbone = Any
@@ -151,11 +153,7 @@ def select_list_cache(
         if rows is not None:
             t = t.index_select(0, rows.to(t.device))
         if columns is not None:
-            cols = columns.to(t.device)
-            if cols.ndim == 1:
-                t = t.index_select(2, cols)
-            else:  # per row: B' small, one index_select each
-                t = torch.stack([t[b].index_select(1, cols[b]) for b in range(t.shape[0])])
+            t = gather_slots(t, columns)
         return t.contiguous()
 
     return ListCache([cut(k) for k in cache.keys], [cut(v) for v in cache.values])

@@ -18,6 +18,8 @@ from typing import Any
 
 import torch
 
+from ..decoding.step import gather_slots
+
 _GENERATIONS = itertools.count()
 
 
@@ -94,14 +96,8 @@ class StaticKV:
                 if rows is not None:
                     live = live.index_select(0, rows.to(buf.device))
                 if columns is not None:
-                    cols = columns.to(buf.device)
-                    if cols.ndim == 1:
-                        live = live.index_select(2, cols)
-                    else:
-                        b, heads, _, dim = live.shape
-                        index = cols[:, None, :, None].expand(b, heads, cols.shape[1], dim)
-                        live = live.gather(2, index)
-                # live is a copy now (index_select / gather), so writing it back is safe
+                    live = gather_slots(live, columns)
+                # live is a copy now (index_select / stack), so writing it back is safe
                 buf[: live.shape[0], :, : live.shape[2]].copy_(live)
         if rows is not None:
             self.rows = int(rows.numel())
