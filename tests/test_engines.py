@@ -274,3 +274,31 @@ def test_export_command_prepares_graphs_beside_the_model(tmp_path, capsys):
     assert main([str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and "model directory not found" in err
+
+
+def test_from_pretrained_with_a_graph_engine_frees_the_torch_decoder(tmp_path, monkeypatch):
+    """A Segmenter that loads its own model for a graph engine moves the torch language-model
+    layers to ``meta`` (the weights are not held twice), keeps embeddings and vision tower, and
+    still answers as torch does, also on a new frame size (vision graph exported then); with
+    its decoder graph gone it says so instead of exporting from weights it no longer has."""
+    from text4seg_ros.model.tiny import build_tiny_model
+
+    monkeypatch.setenv("TEXT4SEG_CACHE", str(tmp_path / "cache"))
+    path = build_tiny_model("llava", tmp_path / "m", seed=4)
+    ref = Segmenter.from_pretrained(path, grid=8)
+    ort = Segmenter.from_pretrained(path, grid=8, engine="onnxruntime")
+    language_model = ort.model.model.language_model
+    assert {p.device.type for p in language_model.layers.parameters()} == {"meta"}
+    assert language_model.norm.weight.device.type == "meta"
+    assert ort.model.get_input_embeddings().weight.device.type == "cpu"
+    assert {p.device.type for p in ort.model.model.vision_tower.parameters()} == {"cpu"}
+    assert {p.device.type for p in ref.model.parameters()} == {"cpu"}  # torch engine: kept
+    assert ort.engine.release_torch_decoder() == 0  # nothing left to free
+    for image in (_frame(5), _frame(6, 64, 48)):
+        ref.set_image(image)
+        ort.set_image(image)
+        for a, b in zip(ref.segment(GOALS), ort.segment(GOALS)):
+            _same(a, b)
+    (ort.engine.bundle.folder / "manifest.json").unlink()
+    with pytest.raises(RuntimeError, match="reload the model to export again"):
+        ort.set_image(_frame(7, 30, 30))

@@ -338,6 +338,7 @@ class OnnxBundle:
 
     def __init__(self, model: torch.nn.Module, backbone: Backbone, folder: Path) -> None:
         self.model, self.backbone, self.folder = model, backbone, Path(folder)
+        self.released = False  # the torch decoder weights were freed (GraphEngine)
         self.manifest_path = self.folder / "manifest.json"
         self.want = {
             "model_hash": fingerprint(model),
@@ -370,6 +371,12 @@ class OnnxBundle:
         """``decoder.onnx``, exported first when missing or stale."""
         with _LOCK:
             if self.stale():
+                if self.released:
+                    raise RuntimeError(
+                        f"the ONNX graphs in {self.folder} were removed or replaced while the "
+                        "engine ran, and the torch decoder weights were released after "
+                        "loading them: reload the model to export again"
+                    )
                 LOG.info("exporting the ONNX decoder of %s to %s", self.backbone.name, self.folder)
                 self.folder.mkdir(parents=True, exist_ok=True)
                 if self.manifest_path.exists():

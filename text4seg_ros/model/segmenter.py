@@ -22,6 +22,7 @@ Instances of a B-SD goal share the goal's score.
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from collections.abc import Sequence
@@ -50,6 +51,8 @@ from .loading import as_dtype, load_pretrained
 from .meta import META_FILE, model_grid, resolve_grid
 from .registry import Backbone, Prefix, check_image, get_backbone
 from .types import Goal, GoalResult, Timings
+
+LOG = logging.getLogger(__name__)
 
 # Cap on B-SD instances per goal. Every B-SD answer is finite (at most ``max_instances`` triples
 # of a box and a G-row body, then EOS: the grammar allows nothing longer), but a batch waits for
@@ -216,7 +219,10 @@ class Segmenter:
         ``"onnxruntime"``, ``"tensorrt"``: graphs exported once, see :mod:`text4seg_ros.engines`;
         an engine that cannot run here raises ``EngineUnavailable``, one line). ``options`` go
         to :class:`Segmenter` (``bricks``, ``max_instances``, ``max_new_tokens``, ``system``,
-        ``engine_options``...).
+        ``engine_options``...). With a graph engine the model is loaded here and owned by the
+        Segmenter, so its torch language-model layers are freed once the engine has its
+        decoder graph (``GraphEngine.release_torch_decoder``: the weights are not held twice);
+        ``segmenter.model`` then cannot run in torch.
         """
         if engine not in ENGINES:
             raise ValueError(f"unknown engine {engine!r}; allowed: {', '.join(ENGINES)}")
@@ -238,7 +244,7 @@ class Segmenter:
             dtype=as_dtype(dtype),
             trust_remote_code=trust_remote_code,
         )
-        return cls(
+        segmenter = cls(
             loaded.model,
             loaded.processor,
             loaded.backbone,
@@ -249,6 +255,11 @@ class Segmenter:
             model_path=path,
             **options,
         )
+        release = getattr(segmenter.engine, "release_torch_decoder", None)
+        if release is not None:  # this Segmenter owns the model: its graph engine alone runs it
+            freed = release()
+            LOG.info("engine %s: released %.1f MB of torch decoder weights", engine, freed / 1e6)
+        return segmenter
 
     # -- frame -------------------------------------------------------------------------------
     @property

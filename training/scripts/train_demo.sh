@@ -40,6 +40,7 @@ STEPS3=${STEPS3:-3500}
 FG_WEIGHT=${FG_WEIGHT:-4}
 LR=${LR:-3e-3}
 FROM_STAGE=${FROM_STAGE:-1}
+BASE_ARGS=${BASE_ARGS:-}  # extra training.demo_base options, e.g. "--layers 5"
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/build/torch_extensions}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
 TRAIN=(-m torch.distributed.run --nproc_per_node=2 --master_port="${MASTER_PORT:-29641}"
@@ -55,7 +56,8 @@ rm -rf "$OUT/base" "$OUT/aligned" "$OUT/run1"
 mkdir -p "$OUT"
 
 echo "== 1/7 base model: tiny random LLaVA, G = $GRID"
-"$PY" -m training.demo_base --out "$OUT/base" --grid "$GRID"
+# shellcheck disable=SC2086  # BASE_ARGS is a list of options
+"$PY" -m training.demo_base --out "$OUT/base" --grid "$GRID" $BASE_ARGS
 echo "== 2/7 alignment: $ALIGN_STEPS steps"
 "$PY" -m training.align --model "$OUT/base" --out "$OUT/aligned" --steps "$ALIGN_STEPS"
 echo "== 3/7 data: stage 1 ($N1 scenes, 1 large object), 2 ($N2, 1-3 objects), 3 ($N3, 2-6)"
