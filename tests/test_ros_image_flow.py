@@ -56,6 +56,20 @@ def test_monitor_counts_silence_only_while_a_publisher_is_matched():
     assert not flow.check(500.0, 1, 5.0) and flow.silent_s(500.0) == 0.0
 
 
+def test_monitor_does_not_count_silence_while_the_node_works_on_a_frame():
+    """An acked replay sends the next frame only after the answer: a slow frame is silence
+    that no transport lost. The silence counts again from the last busy check."""
+    flow = ImageFlowMonitor()
+    flow.start(0.0)
+    assert not flow.check(1.0, 1, 5.0)
+    flow.frame(2.0)
+    assert not flow.check(9.0, 1, 5.0, busy=True) and not flow.stalled, "busy 7 s: no stall"
+    assert not flow.check(12.0, 1, 5.0, busy=True) and flow.silent_s(12.0) == 0.0
+    assert not flow.check(16.5, 1, 5.0), "idle since 12: 4.5 s of silence"
+    assert flow.check(17.5, 1, 5.0), "idle and silent for 5.5 s: frames are lost"
+    assert not flow.check(18.0, 1, 5.0, busy=True) and not flow.stalled
+
+
 # ------------------------------------------------------------------ the node over DDS
 
 

@@ -206,19 +206,23 @@ class ImageFlowMonitor:
             return 0.0
         return max(0.0, now - self.since)
 
-    def check(self, now: float, publishers: int, limit_s: float) -> bool:
+    def check(self, now: float, publishers: int, limit_s: float, busy: bool = False) -> bool:
         """Update with the matched publisher count; True exactly when a new stall begins.
 
         A stall is ``publishers > 0`` and more than ``limit_s`` seconds without a frame since
-        the later of: the last frame, the subscription's start, the first publisher matching.
+        the later of: the last frame, the subscription's start, the first publisher matching,
+        the last check while ``busy`` (the node was still working on a frame). A player that
+        waits for each answer before sending the next frame (``text4seg-bag eval
+        --through-node``) is silent for as long as inference takes: that is not a transport
+        loss. Frames lost in transport leave the node idle, so they still show.
         """
         if self.since is None:
             return False
-        if publishers == 0 or self.publishers == 0:
-            self.since = now  # silence counts only while someone is there to publish
+        if busy or publishers == 0 or self.publishers == 0:
+            self.since = now  # silence counts only while someone could publish and is not waiting
             self.stalled = False
         self.publishers = publishers
-        if publishers == 0 or now - self.since <= limit_s:
+        if busy or publishers == 0 or now - self.since <= limit_s:
             self.stalled = False
             return False
         began = not self.stalled

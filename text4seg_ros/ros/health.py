@@ -42,7 +42,8 @@ class Health:
         if sub is None:
             return ""
         limit = node.config.image_stall_warn_s
-        if flow.check(now, sub.get_publisher_count(), limit):
+        busy = node.worker is not None and node.worker.busy_s() > 0  # a frame in progress
+        if flow.check(now, sub.get_publisher_count(), limit, busy=busy):
             node.stats.add("image_stalls")
             node.get_logger().warning(flow.stall_log(sub.topic_name, limit))
         return flow.warning(now)
