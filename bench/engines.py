@@ -4,7 +4,7 @@ widths, and the decode loop's own cost per step; all in one run on the same fram
 Sections (one JSON, bench/results/engines.json, and a Markdown table printed for docs/engines.md):
 
 * ``engines``: the demo model (``models/demo``, at its own grid; without it, a tiny random LLaVA
-  of the demo's shape: hidden 128, 3 language + 2 vision layers, 64 px input) on two sets of
+  of the demo's shape: hidden 128, 5 language + 2 vision layers, 64 px input) on two sets of
   frames: real COCO frames (../shared/data/coco_tiny16/images) with the frame's class names as
   goals, and, with the demo model, held-out tabletop scenes (``text4seg_ros.demo.scenes``: the
   scenes and goals ``make demo`` evaluates, where the demo model writes real masks, not
@@ -132,9 +132,9 @@ def demo_model(device: str) -> tuple[Any, Any, str, str, int]:
         seg = Segmenter.from_pretrained(path, device=device)
         return seg.model, seg.processor, seg.backbone.name, "models/demo", seg.grid
     model, processor = build_tiny(
-        "llava", seed=0, hidden=128, layers=3, vision_hidden=64, vision_layers=2, image_size=64
+        "llava", seed=0, hidden=128, layers=5, vision_hidden=64, vision_layers=2, image_size=64
     )
-    what = "tiny random LLaVA of the demo's shape (hidden 128, 3+2 layers, 64 px)"
+    what = "tiny random LLaVA of the demo's shape (hidden 128, 5+2 layers, 64 px)"
     return model.to(device), processor, "llava", what, 16
 
 
