@@ -40,7 +40,7 @@ STEPS3=${STEPS3:-3500}
 FG_WEIGHT=${FG_WEIGHT:-4}
 LR=${LR:-3e-3}
 FROM_STAGE=${FROM_STAGE:-1}
-BASE_ARGS=${BASE_ARGS:-}  # extra training.demo_base options, e.g. "--layers 5"
+BASE_ARGS=${BASE_ARGS:-}  # extra training.demo_base options, e.g. "--layers 8" or "--patch 4"
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/build/torch_extensions}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
 TRAIN=(-m torch.distributed.run --nproc_per_node=2 --master_port="${MASTER_PORT:-29641}"
