@@ -102,6 +102,40 @@ def test_deactivate_returns_within_a_second_while_a_decode_runs(harness):
     assert h.segs[0].header.stamp.sec == 1003 and h.list_goals() == []
 
 
+def test_a_model_call_stuck_past_deactivate_blocks_activate_until_a_fresh_model_is_loaded(
+    harness,
+):
+    """The detached thread still holds the loaded model: activating it again fails, with the
+    way out; after cleanup and configure (a fresh model) the node activates and answers, and
+    the old thread, once its call returns, publishes nothing."""
+    h = harness()
+    stuck = h.fake
+    stuck.gate, stuck.honour_stop = threading.Event(), False
+    try:
+        add_goal(h, id="g", text="red", standing=True)
+        h.images.publish(frame(red_square(), 1))
+        assert stuck.entered.wait(10)
+        assert h.client.transition(h.fqn, "deactivate")
+        assert h.node._detached is not None
+        assert not h.client.transition(h.fqn, "activate"), "same model, still in use"
+        assert h.client.state(h.fqn) == "inactive"
+        assert h.client.transition(h.fqn, "cleanup")
+        h.fake = type(stuck)()  # what the next configure loads
+        assert h.client.transition(h.fqn, "configure")
+        assert h.client.transition(h.fqn, "activate")
+        assert h.node._detached is None and h.node.segmenter is h.fake
+        assert wait_for(lambda: h.images.get_subscription_count() > 0, 10)
+        add_goal(h, id="g2", text="red", standing=False)
+        h.images.publish(frame(red_square(), 2))
+        assert wait_for(lambda: len(h.segs) == 1, 10)
+        assert h.segs[0].header.stamp.sec == 1002
+        stuck.gate.set()  # the old call returns: that thread ends without publishing
+        time.sleep(0.5)
+        assert len(h.segs) == 1
+    finally:
+        stuck.gate.set()  # the old call returns (in any case: no thread left stuck)
+
+
 def test_a_stuck_inference_shows_as_error_and_is_cancelled(harness):
     h = harness({"inference_timeout_s": 0.3})
     h.fake.gate = threading.Event()

@@ -152,11 +152,20 @@ class PerceptionNode(GuardedLifecycleNode):
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         """Start the inference thread, subscribe to the camera, enable the result publishers.
 
-        FAILURE when the thread of an earlier activation is still stuck in the model."""
+        FAILURE when the thread of an earlier activation is still stuck in a model call on the
+        model loaded now (cleanup and configure load a fresh one, which it does not touch)."""
         old = self._detached
         if old is not None and not old.stop(timeout=2.0):
-            self.get_logger().error("activate failed: the previous inference thread still runs")
-            return TransitionCallbackReturn.FAILURE
+            if old.segmenter is self.segmenter:
+                self.get_logger().error(
+                    "activate failed: the previous inference thread is still inside a model call "
+                    "on this model; wait, or cleanup and configure to load a fresh model"
+                )
+                return TransitionCallbackReturn.FAILURE
+            self.get_logger().warning(
+                "the previous inference thread is still inside a call to the model loaded "
+                "before cleanup; it ends after that call and publishes nothing"
+            )
         self._detached = None
         self.worker = self.start_worker()
         events = SubscriptionEventCallbacks(incompatible_qos=self._on_incompatible_qos)
