@@ -162,8 +162,11 @@ def test_one_command_trains_on_coco_tiny16(data_dir: Path, tmp_path: Path) -> No
     proc = subprocess.run(["bash", "training/scripts/train_tiny_cpu.sh"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    metrics = json.loads(proc.stdout.strip().splitlines()[-1])
+    # training.evaluate prints the overall metrics as one JSON line, then a line per goal kind
+    lines = proc.stdout.strip().splitlines()
+    metrics = json.loads(next(line for line in reversed(lines) if line.startswith("{")))
     assert metrics["queries"] == 8 and metrics["valid"] == 1.0
+    assert any(line.startswith("res {") for line in lines), lines[-3:]
     log = _log(tmp_path / "tiny" / "run")
     assert log[-1]["loss"] < log[0]["loss"]
     assert (tmp_path / "tiny" / "merged" / "model.safetensors").is_file()
