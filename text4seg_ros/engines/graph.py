@@ -17,13 +17,14 @@ import numpy as np
 import torch
 
 from .base import Backbone, ListCache, Prefix, image_token_id, select_list_cache
-from .export import kv_shape, vision_inputs
+from .export import OnnxBundle, kv_shape, vision_inputs
 
 
 class GraphEngine:
     """Base of the engines that run exported graphs (see the module doc)."""
 
     name = "graph"
+    bundle: OnnxBundle  # the exported graphs; each subclass sets it in its __init__
 
     def __init__(self, model: torch.nn.Module, backbone: Backbone) -> None:
         self.model, self.backbone = model, backbone

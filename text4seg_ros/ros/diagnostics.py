@@ -222,7 +222,7 @@ class ImageFlowMonitor:
             self.since = now  # silence counts only while someone could publish and is not waiting
             self.stalled = False
         self.publishers = publishers
-        if busy or publishers == 0 or now - self.since <= limit_s:
+        if publishers == 0 or now - self.since <= limit_s:  # busy: since is now
             self.stalled = False
             return False
         began = not self.stalled
