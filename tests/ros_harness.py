@@ -143,18 +143,30 @@ class RosClient:
         self.node.create_subscription(msg_type, topic, on_msg, qos)
         return received
 
-    def call(self, srv_type, name: str, request, timeout: float = 20.0):
-        """Call a service and return the response; TimeoutError if it does not answer."""
+    def call(self, srv_type, name: str, request, timeout: float = 20.0, resend_s: float = 0.0):
+        """Call a service and return the response; TimeoutError if it does not answer.
+
+        ``resend_s`` > 0 (read-only requests only): send the request again every ``resend_s``
+        seconds until one answers. A server may drop the response to a client whose response
+        reader it has not discovered yet (Fast DDS waits 100 ms for it, ros2/rmw_fastrtps#467),
+        which happens now and then to the first call on a node process that just started.
+        """
         client = self.node.create_client(srv_type, name)
         try:
             if not client.wait_for_service(timeout_sec=timeout):
                 raise TimeoutError(f"service {name} not available after {timeout} s")
-            future = client.call_async(request)
             done = threading.Event()
-            future.add_done_callback(lambda _: done.set())
-            if not done.wait(timeout):
-                raise TimeoutError(f"service {name} did not answer within {timeout} s")
-            return future.result()
+            futures = []
+            deadline = time.monotonic() + timeout
+            while not done.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TimeoutError(f"service {name} did not answer within {timeout} s")
+                future = client.call_async(request)
+                future.add_done_callback(lambda _: done.set())
+                futures.append(future)
+                done.wait(min(left, resend_s) if resend_s > 0 else left)
+            return next(f.result() for f in futures if f.done())
         finally:
             self.node.destroy_client(client)
 
@@ -167,7 +179,7 @@ class RosClient:
     def state(self, node_fqn: str, timeout: float = 20.0) -> str:
         """The node's lifecycle state label (``unconfigured``, ``inactive``, ``active``...)."""
         return self.call(
-            GetState, f"{node_fqn}/get_state", GetState.Request(), timeout
+            GetState, f"{node_fqn}/get_state", GetState.Request(), timeout, resend_s=5.0
         ).current_state.label
 
     def close(self) -> None:
