@@ -13,7 +13,8 @@ the frame stamp, the box (pixel edges ``x1 y1 x2 y2``, ``x2``/``y2`` exclusive),
 pixel count, the score and the node's latency (frame received to result ready), or the error
 of a goal that failed on that frame. A standing
 goal is cancelled on exit (``--keep`` leaves it). It joins the ROS domain of the environment
-(``ROS_DOMAIN_ID``).
+(``ROS_DOMAIN_ID``). Lifecycle ``get_state`` requests are resent until answered and each
+transition is sent once (:func:`_call`, :func:`_transition`).
 
 Exit status: 0 when every expected answer arrived; 1 when no node listens, or an answer did
 not arrive in time (the message says what the node's lifecycle state was); 2 on bad arguments
@@ -37,6 +38,7 @@ from ..prompts import Task
 from .goals import GoalError, validate_goal
 
 PROG = "text4seg-goal"
+RESEND_S = 5.0  # s between repeated read-only service requests (see _call)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -215,7 +217,7 @@ class GoalClient:
             if not get.wait_for_service(timeout_sec=timeout):
                 raise RuntimeError(f"no lifecycle node {fqn} (no {fqn}/get_state service)")
             for _ in range(3):  # unconfigured -> inactive -> active
-                state = _call(get, GetState.Request(), timeout)
+                state = _call(get, GetState.Request(), timeout, resend_s=RESEND_S)
                 if state is None:
                     raise RuntimeError(f"{fqn}/get_state did not answer within {timeout:g} s")
                 label = state.current_state.label
@@ -224,15 +226,15 @@ class GoalClient:
                 steps = {"unconfigured": "configure", "inactive": "activate"}
                 if label not in steps:
                     raise RuntimeError(f"{fqn} is {label!r}; cannot activate it from there")
+                configure = label == "unconfigured"
                 req = ChangeState.Request()
                 req.transition.id = (
-                    Transition.TRANSITION_CONFIGURE
-                    if label == "unconfigured"
-                    else Transition.TRANSITION_ACTIVATE
+                    Transition.TRANSITION_CONFIGURE if configure else Transition.TRANSITION_ACTIVATE
                 )
                 # configure loads the model: minutes for a 7B model on a slow disk
-                done = _call(change, req, max(timeout, 600.0))
-                if done is None or not done.success:
+                target = "inactive" if configure else "active"
+                done = _transition(change, get, req, target, max(timeout, 600.0))
+                if not done:
                     raise RuntimeError(f"{fqn} refused {steps[label]} (see the node's log)")
             return label
         finally:
@@ -250,7 +252,7 @@ class GoalClient:
             client = self.node.create_client(GetState, f"{fqn}/get_state")
             state = "state unknown"
             if client.wait_for_service(timeout_sec=timeout):
-                response = _call(client, GetState.Request(), timeout)
+                response = _call(client, GetState.Request(), timeout, resend_s=RESEND_S)
                 if response is not None:
                     state = response.current_state.label
             self.node.destroy_client(client)
@@ -267,12 +269,50 @@ class GoalClient:
         self._thread.join(5.0)
 
 
-def _call(client: Any, request: Any, timeout: float) -> Any:
-    """A service response, or None when it did not come within ``timeout`` s."""
-    future = client.call_async(request)
+def _call(client: Any, request: Any, timeout: float, resend_s: float = 0.0) -> Any:
+    """A service response, or None when none came within ``timeout`` s.
+
+    ``resend_s`` > 0 (read-only requests only, such as ``GetState``): send the request again
+    every ``resend_s`` s until one is answered. A node that has just started may drop the
+    response to a client whose response reader it has not matched yet (Fast DDS waits 100 ms
+    for it, ros2/rmw_fastrtps#467); a second request is answered.
+    """
     done = threading.Event()
+    futures = []
+    deadline = time.monotonic() + timeout
+    while True:
+        future = client.call_async(request)
+        future.add_done_callback(lambda _: done.set())
+        futures.append(future)
+        left = deadline - time.monotonic()
+        if done.wait(max(0.0, min(left, resend_s) if resend_s > 0 else left)):
+            return next(f.result() for f in futures if f.done())
+        if time.monotonic() >= deadline:
+            return None
+
+
+def _transition(change: Any, get: Any, request: Any, target: str, timeout: float) -> bool:
+    """Send one ``ChangeState`` request; True once it succeeds or the node is in ``target``.
+
+    A transition is never sent twice (it is not idempotent). If its response is lost (see
+    :func:`_call`), the node's state, polled every :data:`RESEND_S` s, tells that it happened;
+    False when the node refused it, or neither answer came within ``timeout`` s.
+    """
+    from lifecycle_msgs.srv import GetState
+
+    done = threading.Event()
+    future = change.call_async(request)
     future.add_done_callback(lambda _: done.set())
-    return future.result() if done.wait(timeout) else None
+    deadline = time.monotonic() + timeout
+    while not done.wait(max(0.0, min(RESEND_S, deadline - time.monotonic()))):
+        # the node answers get_state between transitions; during one it may not (its executor
+        # is busy), and None then just means "ask again"
+        state = _call(get, GetState.Request(), RESEND_S)
+        if state is not None and state.current_state.label == target:
+            return True
+        if time.monotonic() >= deadline:
+            return False
+    return bool(future.result().success)
 
 
 def _timeout_message(client: GoalClient, timeout: float, received: int) -> str:
