@@ -160,9 +160,9 @@ def test_a_transition_whose_response_is_lost_is_seen_in_the_state(monkeypatch) -
     assert change.sent == 1  # never sent twice: a transition is not idempotent
     refused = _Service(ChangeState.Response(success=False))
     assert gc._transition(refused, _Service(), None, "inactive", 5.0) is False
-    # no answer and the state never reaches the target: False after the timeout
+    # no answer and the state never reaches the target: None after the timeout
     stuck = _Service(*[_state("unconfigured")] * 100)
-    assert gc._transition(_Service(), stuck, None, "inactive", 0.3) is False
+    assert gc._transition(_Service(), stuck, None, "inactive", 0.3) is None
 
 
 # -- against the real node process ---------------------------------------------------------

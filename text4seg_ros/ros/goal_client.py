@@ -233,7 +233,12 @@ class GoalClient:
                 )
                 # configure loads the model: minutes for a 7B model on a slow disk
                 target = "inactive" if configure else "active"
-                done = _transition(change, get, req, target, max(timeout, 600.0))
+                wait = max(timeout, 600.0)
+                done = _transition(change, get, req, target, wait)
+                if done is None:
+                    raise RuntimeError(
+                        f"{fqn} did not finish {steps[label]} within {wait:g} s (see its log)"
+                    )
                 if not done:
                     raise RuntimeError(f"{fqn} refused {steps[label]} (see the node's log)")
             return label
@@ -291,12 +296,12 @@ def _call(client: Any, request: Any, timeout: float, resend_s: float = 0.0) -> A
             return None
 
 
-def _transition(change: Any, get: Any, request: Any, target: str, timeout: float) -> bool:
+def _transition(change: Any, get: Any, request: Any, target: str, timeout: float) -> bool | None:
     """Send one ``ChangeState`` request; True once it succeeds or the node is in ``target``.
 
     A transition is never sent twice (it is not idempotent). If its response is lost (see
-    :func:`_call`), the node's state, polled every :data:`RESEND_S` s, tells that it happened;
-    False when the node refused it, or neither answer came within ``timeout`` s.
+    :func:`_call`), the node's state, polled every :data:`RESEND_S` s, tells that it happened.
+    False when the node refused it; None when neither answer came within ``timeout`` s.
     """
     from lifecycle_msgs.srv import GetState
 
@@ -311,7 +316,7 @@ def _transition(change: Any, get: Any, request: Any, target: str, timeout: float
         if state is not None and state.current_state.label == target:
             return True
         if time.monotonic() >= deadline:
-            return False
+            return None
     return bool(future.result().success)
 
 
