@@ -138,7 +138,7 @@ def _state(label: str):
     return response
 
 
-def test_read_only_calls_are_resent_until_answered_and_others_sent_once(monkeypatch) -> None:
+def test_read_only_calls_are_resent_until_answered_and_others_sent_once() -> None:
     from text4seg_ros.ros import goal_client as gc
 
     lost_once = _Service(None, _state("inactive"))  # the first response is lost
