@@ -89,7 +89,7 @@ class GrammarDone(StoppingCriteria):
 def naive_decode(seg: Segmenter, image: np.ndarray, goal: Goal) -> tuple[list[int], GrammarMask]:
     """Generated tokens of ``goal`` by HF ``generate`` under the grammar mask, one per call."""
     (plan,) = seg.plan([goal])
-    inputs = seg.backbone.preprocess(seg.processor, image)
+    inputs = seg.backbone.preprocess(seg.processor, image, question=plan.question)
     suffix = torch.tensor([seg.suffix_ids(plan)], dtype=torch.long)
     kwargs = {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
     kwargs["input_ids"] = torch.cat([kwargs["input_ids"], suffix], 1)

@@ -73,7 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     bundle.decoder()
     for h, w in args.size or [(480, 640)]:
         frame = np.zeros((h, w, 3), np.uint8)
-        inputs = loaded.backbone.preprocess(loaded.processor, frame)
+        # only the image tensors are used: any question serves a question-first prompt
+        question = "object" if loaded.backbone.per_goal_prefix else None
+        inputs = loaded.backbone.preprocess(loaded.processor, frame, question=question)
         pixels, extra = vision_inputs(dict(inputs))
         param = next(loaded.model.parameters())
         pixels = pixels.to(param.device, param.dtype)

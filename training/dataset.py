@@ -4,7 +4,9 @@ Tokenisation mirrors inference exactly (:mod:`text4seg_ros.model.registry`): the
 (system, user turn start, image placeholder) goes through the backbone's own processor with the
 image (per-backbone resizing, padding and image-token expansion), and the per-goal suffix
 (question, assistant start, answer, turn end) through the tokenizer without special tokens, the
-same split the Segmenter uses when it encodes the prefix once and decodes goals against it.
+same split the Segmenter uses when it encodes the prefix once and decodes goals against it. A
+question-first model (``text4seg.json`` ``"prompt": "question_first"``) has the question in
+the prefix, before the image, as the Segmenter prompts it.
 
 Labels are ``-100`` on the prefix (including every image token) and on the question part of
 the suffix; the answer tokens (answer sentence, ``<seg>`` descriptor ``</seg>``, turn end) are
@@ -180,7 +182,9 @@ def encode_sample(
         raise ValueError(f"loss_on must be one of {LOSS_ON}, got {loss_on!r}")
     tokenizer = processor.tokenizer
     prefix = processor(
-        images=[load_image(sample)], text=[backbone.prompt_prefix()], return_tensors="pt"
+        images=[load_image(sample)],
+        text=[backbone.prompt_prefix(question=sample.question)],  # question-first: in the prefix
+        return_tensors="pt",
     )
     question_ids = tokenizer(backbone.prompt_suffix(sample.question, ""), add_special_tokens=False)[
         "input_ids"
@@ -235,19 +239,20 @@ def sample_lengths(samples: Sequence[ChatSample], backbone: Backbone, processor:
     """Token count of each sample as :func:`encode_sample` builds it, without decoding images.
 
     The prefix length depends on the image size alone (each backbone's processor resizes,
-    tiles or pads by size), so it is measured once per distinct size on a blank image; the
-    suffixes are tokenised in one batch.
+    tiles or pads by size), and on the question for a question-first backbone, so it is
+    measured once per distinct size (and question) on a blank image; the suffixes are
+    tokenised in one batch.
     """
-    prefix_text = backbone.prompt_prefix()
-    prefix_len: dict[tuple[int, int], int] = {}
-    sizes = [image_size(s) for s in samples]
-    for size in set(sizes):
+    prefix_len: dict[tuple[tuple[int, int], str | None], int] = {}
+    keys = [(image_size(s), s.question if backbone.per_goal_prefix else None) for s in samples]
+    for size, question in set(keys):
+        text = backbone.prompt_prefix(question=question)
         blank = Image.new("RGB", size)
-        ids = processor(images=[blank], text=[prefix_text], return_tensors="pt")["input_ids"]
-        prefix_len[size] = int(ids.shape[1])
+        ids = processor(images=[blank], text=[text], return_tensors="pt")["input_ids"]
+        prefix_len[(size, question)] = int(ids.shape[1])
     texts = [backbone.prompt_suffix(s.question, s.answer) + backbone.turn_end for s in samples]
     suffixes = processor.tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
-    return [prefix_len[size] + len(ids) for size, ids in zip(sizes, suffixes)]
+    return [prefix_len[key] + len(ids) for key, ids in zip(keys, suffixes)]
 
 
 class ChatDataset(Dataset):

@@ -9,6 +9,9 @@ input cut into 8 x 8 patches gives 8 x 8 visual tokens, one per descriptor cell 
 demo's grid; models/demo/README.md says why not 16).
 The tokenizer is trained with the tabletop vocabulary (kinds, plurals, colours, sizes,
 relations) so a goal text is a few tokens and every label repeated in an answer stays short.
+The prompt layout is question-first (``text4seg.json`` ``"prompt": "question_first"``): the
+question comes before the image, so the visual tokens can attend to the goal's words; with the
+image first a model of this size never learned to read them (models/demo/README.md, run R).
 """
 
 from __future__ import annotations
@@ -18,13 +21,14 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from text4seg_ros.model.meta import write_meta
+from text4seg_ros.model.meta import PROMPT_LAYOUTS, write_meta
 from text4seg_ros.model.tiny import build_tiny_model
 
 from .data.synthetic import COLOURS
 from .data.tabletop import KINDS, PLURALS, RELATIONS, SIZES
 
 DEMO_GRID = 8
+DEMO_PROMPT = "question_first"  # text4seg.json "prompt" (text4seg_ros.model.meta)
 # Model sizes (see text4seg_ros.model.tiny.build_tiny_model): about 1.0M parameters. Five
 # language layers: on the same recipe they reached a training loss of 0.6-0.7 where three
 # plateaued at 0.8-0.9, and better target answers (models/demo/README.md, "Training history").
@@ -56,14 +60,18 @@ def vocabulary_texts() -> list[str]:
 
 
 def build_demo_base(
-    out_dir: str | Path, grid: int = DEMO_GRID, seed: int = 0, **sizes: int
+    out_dir: str | Path,
+    grid: int = DEMO_GRID,
+    seed: int = 0,
+    prompt: str = DEMO_PROMPT,
+    **sizes: int,
 ) -> Path:
     """Save the random demo base model (``DEMO_SIZES`` updated by ``sizes``) in ``out_dir``,
-    with ``text4seg.json`` holding its grid; returns ``out_dir``."""
+    with ``text4seg.json`` holding its grid and prompt layout; returns ``out_dir``."""
     out = build_tiny_model(
         "llava", Path(out_dir), grid, seed, vocabulary_texts(), **{**DEMO_SIZES, **sizes}
     )
-    write_meta(out, grid=grid)
+    write_meta(out, grid=grid, prompt=prompt)
     return out
 
 
@@ -73,11 +81,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--out", required=True, type=Path)
     ap.add_argument("--grid", type=int, default=DEMO_GRID)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--prompt", choices=PROMPT_LAYOUTS, default=DEMO_PROMPT)
     for key, value in DEMO_SIZES.items():
         ap.add_argument(f"--{key.replace('_', '-')}", type=int, default=value, dest=key)
     args = ap.parse_args(argv)
     sizes = {k: getattr(args, k) for k in DEMO_SIZES}
-    out = build_demo_base(args.out, args.grid, args.seed, **sizes)
+    out = build_demo_base(args.out, args.grid, args.seed, args.prompt, **sizes)
     print(f"demo base model written to {out}")
     return 0
 

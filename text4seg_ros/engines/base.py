@@ -92,8 +92,11 @@ class Engine(Protocol):
 
     name: str
 
-    def encode_prefix(self, processor: Any, image: np.ndarray, system: str | None) -> Prefix:
-        """Vision tower + projector + shared prompt prefix of one ``(H, W, 3)`` uint8 RGB frame."""
+    def encode_prefix(
+        self, processor: Any, image: np.ndarray, system: str | None, question: str | None = None
+    ) -> Prefix:
+        """Vision tower + projector + prompt prefix of one ``(H, W, 3)`` uint8 RGB frame: shared
+        by the frame's goals, or one goal's (``question``) for a question-first backbone."""
         ...
 
     def cache(self, prefix: Prefix, batch: int) -> Any:

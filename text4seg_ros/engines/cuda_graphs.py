@@ -274,9 +274,15 @@ class StaticTorchEngine:
         """True while decoder calls are captured and replayed (False: eager, static cache)."""
         return self.step.capture
 
-    def encode_prefix(self, processor: Any, image: np.ndarray, system: str | None = None) -> Prefix:
+    def encode_prefix(
+        self,
+        processor: Any,
+        image: np.ndarray,
+        system: str | None = None,
+        question: str | None = None,
+    ) -> Prefix:
         """Vision tower + projector + prompt prefix through the language model (batch 1)."""
-        return self.backbone.encode_prefix(self.model, processor, image, system)
+        return self.backbone.encode_prefix(self.model, processor, image, system, question)
 
     def cache(self, prefix: Prefix, batch: int) -> StaticKV:
         """The engine's static cache holding ``prefix`` in its first ``batch`` rows (the same

@@ -97,9 +97,11 @@ class GraphEngine:
 
     # -- the engine interface ----------------------------------------------------------------
     @torch.no_grad()
-    def encode_prefix(self, processor: Any, image: np.ndarray, system: str | None) -> Prefix:
+    def encode_prefix(
+        self, processor: Any, image: np.ndarray, system: str | None, question: str | None = None
+    ) -> Prefix:
         """Vision graph, embeddings with the image features, decoder graph over the prefix."""
-        inputs = self.backbone.preprocess(processor, image, system)
+        inputs = self.backbone.preprocess(processor, image, system, question)
         inputs = {
             k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
             for k, v in inputs.items()

@@ -29,9 +29,11 @@ class TorchEngine:
         """Where the model's parameters (and the decoder's inputs) live."""
         return self.model.device
 
-    def encode_prefix(self, processor: Any, image: np.ndarray, system: str | None) -> Prefix:
+    def encode_prefix(
+        self, processor: Any, image: np.ndarray, system: str | None, question: str | None = None
+    ) -> Prefix:
         """Vision tower + projector + prompt prefix through the language model (batch 1)."""
-        return self.backbone.encode_prefix(self.model, processor, image, system)
+        return self.backbone.encode_prefix(self.model, processor, image, system, question)
 
     def cache(self, prefix: Prefix, batch: int) -> Any:
         """A ``DynamicCache`` of the prefix for ``batch`` rows."""

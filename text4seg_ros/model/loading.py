@@ -30,6 +30,7 @@ import torch
 from transformers import PreTrainedModel
 
 from ..checks import DTYPE_NAMES, as_dtype
+from .meta import model_prompt
 from .processors import load_processor
 from .registry import Backbone, detect_backbone, get_backbone
 
@@ -232,5 +233,7 @@ def load_pretrained(
         ):
             processor_path = adapter  # training saved its own processor (e.g. added tokens)
             processor = load_processor(processor_path, chosen.name, max_tiles)
+    if model_prompt(path) == "question_first":  # text4seg.json: the layout it was trained with
+        chosen = chosen.question_first()
     model = model.to(device=device, dtype=dtype).eval()
     return LoadedModel(model, processor, chosen, path, layout, adapter)

@@ -4,7 +4,11 @@
 trained with, at least ``{"grid": G}``: the descriptor grid size G (G x G cells). A model
 answers well only at its training grid, so the Segmenter, the node and the CLIs use it whenever
 no grid is given explicitly (the node: parameter ``grid`` 0). Without the file the grid is
-:data:`DEFAULT_GRID` (the paper's 16).
+:data:`DEFAULT_GRID` (the paper's 16). ``"prompt"``: the prompt layout the model was trained
+with, one of :data:`PROMPT_LAYOUTS`: ``"image_first"`` (the default, every published
+checkpoint) or ``"question_first"`` (the question before the image; see
+:meth:`text4seg_ros.model.registry.Backbone.question_first`); :func:`text4seg_ros.model.loading.
+load_pretrained` applies it, so the Segmenter, the node and training all prompt the model alike.
 
 The shipped demo model is ``models/demo`` of the package: in the source tree (``pip install
 -e .``, a clone) or in the ament share folder (``<prefix>/share/text4seg_ros/models/demo``,
@@ -24,6 +28,7 @@ from typing import Any
 META_FILE = "text4seg.json"
 DEFAULT_GRID = 16
 GRID_RANGE = (2, 64)  # the node's accepted range; a grid outside it is refused here too
+PROMPT_LAYOUTS = ("image_first", "question_first")
 PACKAGE = "text4seg_ros"
 DEMO_MODEL = Path("models") / "demo"
 REPO = Path(__file__).resolve().parents[2]  # the source tree (an editable install points here)
@@ -32,8 +37,8 @@ REPO = Path(__file__).resolve().parents[2]  # the source tree (an editable insta
 def read_meta(model_dir: str | Path) -> dict[str, Any]:
     """The object in ``model_dir/text4seg.json`` ({} when the file does not exist).
 
-    Raises ``ValueError`` when the file is not a JSON object or its ``grid`` is not an int in
-    :data:`GRID_RANGE`.
+    Raises ``ValueError`` when the file is not a JSON object, its ``grid`` is not an int in
+    :data:`GRID_RANGE` or its ``prompt`` is not one of :data:`PROMPT_LAYOUTS`.
     """
     path = Path(model_dir) / META_FILE
     if not path.is_file():
@@ -49,7 +54,17 @@ def read_meta(model_dir: str | Path) -> dict[str, Any]:
         lo, hi = GRID_RANGE
         if isinstance(grid, bool) or not isinstance(grid, int) or not lo <= grid <= hi:
             raise ValueError(f"{path}: grid must be an int in [{lo}, {hi}], got {grid!r}")
+    prompt = meta.get("prompt", PROMPT_LAYOUTS[0])
+    if prompt not in PROMPT_LAYOUTS:
+        raise ValueError(
+            f"{path}: prompt must be one of {', '.join(PROMPT_LAYOUTS)}, got {prompt!r}"
+        )
     return meta
+
+
+def model_prompt(model_dir: str | Path) -> str:
+    """The prompt layout ``model_dir`` was trained with (:data:`PROMPT_LAYOUTS`; default first)."""
+    return read_meta(model_dir).get("prompt", PROMPT_LAYOUTS[0])
 
 
 def model_grid(model_dir: str | Path) -> int | None:

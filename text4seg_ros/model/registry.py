@@ -19,6 +19,12 @@ are the official ones:
 LLaVA-1.5 / Text4Seg use vicuna_v1 (``"<system> USER: <image>\\nQ ASSISTANT: A</s>"``), Qwen2-VL
 and InternVL2 use ChatML. :meth:`Backbone.render` gives the full training text.
 
+A model trained with the *question-first* layout (``text4seg.json`` ``"prompt":
+"question_first"``; LLaVA only: ``"<system> USER: Q\\n<image> ASSISTANT: A</s>"``) has the
+question in its prefix (:meth:`Backbone.question_first`): its visual tokens can attend to the
+goal's words, which a tiny model needs to learn to read them (models/demo/README.md), and the
+Segmenter encodes one prefix per goal instead of one per frame.
+
 DecodeStep contract (shared with :mod:`text4seg_ros.decoding`)::
 
     step(input_ids (B, T) long, position_ids (B, T) long, attention_mask (B, past + T) long,
@@ -32,7 +38,7 @@ prefix's rope delta, since the image's positions are 2-D and compressed).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -65,6 +71,10 @@ class Backbone:
     (the processor's image placeholder, expanded by the processor) in the prefix;
     ``{question}`` and ``{answer}`` (the forced answer start) in the suffix. ``turn_end`` closes
     the assistant turn in training text.
+
+    ``question_first_templates``: the ``(prefix, suffix)`` templates of the *question-first*
+    layout (:meth:`question_first`), where ``{question}`` is in the prefix, before the image, so
+    that the visual tokens can attend to the goal's words; None where a family has none.
     """
 
     name: str
@@ -78,6 +88,20 @@ class Backbone:
     mrope: bool = False
     notes: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
+    question_first_templates: tuple[str, str] | None = None
+
+    @property
+    def per_goal_prefix(self) -> bool:
+        """True when the question is part of the prefix (one prefix per goal, not per frame)."""
+        return "{question}" in self.prefix_template
+
+    def question_first(self) -> Backbone:
+        """This backbone with the question before the image (``text4seg.json`` ``"prompt":
+        "question_first"``, :mod:`.meta`). ValueError when the family defines no such layout."""
+        if self.question_first_templates is None:
+            raise ValueError(f"backbone {self.name!r} has no question-first prompt layout")
+        prefix, suffix = self.question_first_templates
+        return replace(self, prefix_template=prefix, suffix_template=suffix)
 
     @property
     def processor_class(self) -> type:
@@ -85,10 +109,15 @@ class Backbone:
         return PROCESSOR_CLASSES[self.name]
 
     # -- prompts ---------------------------------------------------------------------------
-    def prompt_prefix(self, system: str | None = None) -> str:
-        """Shared prompt text up to and including the (unexpanded) image placeholder."""
+    def prompt_prefix(self, system: str | None = None, question: str | None = None) -> str:
+        """Prompt text up to and including the (unexpanded) image placeholder: shared by every
+        goal of a frame, or, with :attr:`per_goal_prefix`, one goal's (``question`` required)."""
+        if self.per_goal_prefix and (not isinstance(question, str) or not question.strip()):
+            raise ValueError("this prompt puts the question before the image: pass question")
         return self.prefix_template.format(
-            system=self.system if system is None else system, image=self.image_placeholder
+            system=self.system if system is None else system,
+            image=self.image_placeholder,
+            question=question,
         )
 
     def prompt_suffix(self, question: str, answer_start: str = "") -> str:
@@ -99,27 +128,41 @@ class Backbone:
 
     def render(self, question: str, answer: str, system: str | None = None) -> str:
         """Full conversation text for training: prefix, suffix with the answer, turn end."""
-        return self.prompt_prefix(system) + self.prompt_suffix(question, answer) + self.turn_end
+        prefix = self.prompt_prefix(system, question)
+        return prefix + self.prompt_suffix(question, answer) + self.turn_end
 
     # -- encoding --------------------------------------------------------------------------
-    def preprocess(self, processor: Any, image: np.ndarray, system: str | None = None) -> Any:
-        """Run the backbone's processor on the frame and the prefix text (tensors, batch 1)."""
+    def preprocess(
+        self,
+        processor: Any,
+        image: np.ndarray,
+        system: str | None = None,
+        question: str | None = None,
+    ) -> Any:
+        """Run the backbone's processor on the frame and the prefix text (tensors, batch 1);
+        ``question`` only for a :attr:`per_goal_prefix` layout."""
         image = check_image(image)
         return processor(
             images=[Image.fromarray(image)],
-            text=[self.prompt_prefix(system)],
+            text=[self.prompt_prefix(system, question)],
             return_tensors="pt",
         )
 
     @torch.no_grad()
     def encode_prefix(
-        self, model: PreTrainedModel, processor: Any, image: np.ndarray, system: str | None = None
+        self,
+        model: PreTrainedModel,
+        processor: Any,
+        image: np.ndarray,
+        system: str | None = None,
+        question: str | None = None,
     ) -> Prefix:
         """Encode the frame: vision tower, projector and the prefix through the language model.
 
-        ``image``: ``(H, W, 3)`` ``uint8`` RGB. Returns the prefix KV cache (batch 1).
+        ``image``: ``(H, W, 3)`` ``uint8`` RGB; ``question``: the goal's, for a
+        :attr:`per_goal_prefix` layout. Returns the prefix KV cache (batch 1).
         """
-        inputs = self.preprocess(processor, image, system)
+        inputs = self.preprocess(processor, image, system, question)
         device, dtype = model.device, model.dtype
         inputs = {
             k: (v.to(device, dtype) if v.is_floating_point() else v.to(device))
@@ -207,6 +250,7 @@ BACKBONES: dict[str, Backbone] = {
         system=LLAVA_SYSTEM,
         image_placeholder="<image>",
         notes="LLaVA-1.5 (vicuna_v1 prompt, image padded to a square); text4seg-llava-7b-p24",
+        question_first_templates=("{system} USER: {question}\n{image}", " ASSISTANT: {answer}"),
     ),
     "qwen2_vl": Backbone(
         name="qwen2_vl",

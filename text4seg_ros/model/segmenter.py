@@ -265,15 +265,18 @@ class Segmenter:
     @property
     def image_size(self) -> tuple[int, int] | None:
         """``(H, W)`` of the current frame, None before :meth:`set_image`."""
-        return None if self._prefix is None else self._prefix.image_size
+        return None if self._image is None else (self._image.shape[0], self._image.shape[1])
 
     def set_image(self, image: np.ndarray) -> None:
         """Encode an ``(H, W, 3)`` ``uint8`` RGB frame (vision tower + prompt prefix KV cache)
-        once for the following :meth:`segment` calls."""
+        once for the following :meth:`segment` calls. A question-first backbone (the question
+        is in the prefix) encodes one prefix per goal in :meth:`segment` instead."""
         image = check_image(image)
         start = time.perf_counter()
-        self._prefix = self.engine.encode_prefix(self.processor, image, self.system)
-        self._step = self.engine.make_step(self._prefix)
+        self._prefix = self._step = None
+        if not self.backbone.per_goal_prefix:
+            self._prefix = self.engine.encode_prefix(self.processor, image, self.system)
+            self._step = self.engine.make_step(self._prefix)
         self._image = image
         self._refiner_frame = False  # the refiner encodes this frame at its first mask
         self._encode_s = time.perf_counter() - start
@@ -360,25 +363,25 @@ class Segmenter:
             g if isinstance(g, PreparedGoal) else self.prepare(g, i) for i, g in enumerate(goals)
         ]
         plans = [r.plan for r in ready]
-        if self._prefix is None:
+        if self._image is None:
             raise RuntimeError("segment() called before set_image(): no frame is encoded")
         if not plans:
             return []
         start = time.perf_counter()
-        prefix = self._prefix
-        outputs = constrained_generate(
-            self._step,
-            [r.grammar for r in ready],
-            [list(r.suffix) for r in ready],
-            prefix_cache=self.engine.cache(prefix, len(plans)),
-            prefix_len=prefix.length,
-            max_new_tokens=self.max_new_tokens,
-            max_draft_tokens=self.max_draft_tokens,
-            pad_token_id=self.pad_token_id,
-            device=self.engine.device,
-            should_stop=should_stop,
-        )
-        decode_s = time.perf_counter() - start
+        encode_s = self._encode_s
+        if self._prefix is not None:  # one prefix for the frame, all goals in one batch
+            outputs = self._decode(self._prefix, self._step, ready, should_stop)
+        else:  # question first: each goal has its own prefix (image after its question)
+            outputs = []
+            for r in ready:
+                t0 = time.perf_counter()
+                prefix = self.engine.encode_prefix(
+                    self.processor, self._image, self.system, r.plan.question
+                )
+                step = self.engine.make_step(prefix)
+                encode_s += time.perf_counter() - t0
+                outputs += self._decode(prefix, step, [r], should_stop)
+        decode_s = time.perf_counter() - start - (encode_s - self._encode_s)
         results, answers = [], []
         eos = self.tokenizer.eos_token_id
         for plan, out in zip(plans, outputs):
@@ -388,22 +391,43 @@ class Segmenter:
             if not text.startswith(plan.head):
                 raise RuntimeError(f"answer {text[:40]!r} does not start with {plan.head!r}")
             text = text[len(plan.head) :]  # the grammar wrote the end of the answer start
-            answer = read_answer(plan, text, prefix.image_size, self.grid)
+            answer = read_answer(plan, text, self.image_size, self.grid)
             score = float(np.mean(out.chosen_probs)) if out.chosen_probs else 1.0
             results.append(to_result(plan, answer, score, out.forward_calls))
             answers.append(answer)
         refine_s = self._refine(results, plans, answers)
         timings = Timings(
-            encode_s=self._encode_s,
+            encode_s=encode_s,
             decode_s=decode_s,
             refine_s=refine_s,
-            total_s=self._encode_s + decode_s + refine_s,
+            total_s=encode_s + decode_s + refine_s,
         )
         for r in results:
             r.timings = timings
             for inst in r.instances:
                 inst.timings = timings
         return results
+
+    def _decode(
+        self,
+        prefix: Prefix,
+        step: Any,
+        ready: Sequence[PreparedGoal],
+        should_stop: StopCheck | None,
+    ) -> list[Any]:
+        """Constrained decoding of ``ready``'s answers after ``prefix``, one batch row each."""
+        return constrained_generate(
+            step,
+            [r.grammar for r in ready],
+            [list(r.suffix) for r in ready],
+            prefix_cache=self.engine.cache(prefix, len(ready)),
+            prefix_len=prefix.length,
+            max_new_tokens=self.max_new_tokens,
+            max_draft_tokens=self.max_draft_tokens,
+            pad_token_id=self.pad_token_id,
+            device=self.engine.device,
+            should_stop=should_stop,
+        )
 
     def _refine(
         self, results: list[GoalResult], plans: list[GoalPlan], answers: list[Answer]

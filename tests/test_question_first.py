@@ -1,0 +1,130 @@
+"""The question-first prompt layout (``text4seg.json`` ``"prompt": "question_first"``): the
+question before the image, one prefix per goal. Templates, the model directory's setting, the
+Segmenter against the naive masked ``generate`` reference, the training encoder against what
+the Segmenter feeds, and the ONNX Runtime engine against torch."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from test_decoding_reference import GRID, naive_decode
+from text4seg_ros.model.meta import model_prompt, read_meta, write_meta
+from text4seg_ros.model.registry import get_backbone
+from text4seg_ros.model.segmenter import Segmenter
+from text4seg_ros.model.tiny import build_tiny
+from text4seg_ros.model.types import Goal
+from text4seg_ros.prompts import Task
+
+GOALS = [
+    Goal("red cup", id="res"),
+    Goal("chair", Task.GRES, id="gres"),
+    Goal("", Task.OPEN_VOCAB, id="ov", classes=("cup", "table")),
+    Goal("box", Task.INSTANCES, id="bsd"),
+]
+
+
+def test_templates_and_errors() -> None:
+    llava = get_backbone("llava")
+    first = llava.question_first()
+    assert not llava.per_goal_prefix and first.per_goal_prefix
+    assert first.render("Q?", "A", system="S") == "S USER: Q?\n<image> ASSISTANT: A</s>"
+    assert llava.render("Q?", "A", system="S") == "S USER: <image>\nQ? ASSISTANT: A</s>"
+    with pytest.raises(ValueError, match="question before the image"):
+        first.prompt_prefix()
+    with pytest.raises(ValueError, match="no question-first"):
+        get_backbone("qwen2_vl").question_first()
+
+
+def test_model_directory_setting(tmp_path: Path) -> None:
+    assert model_prompt(tmp_path) == "image_first"  # no text4seg.json
+    write_meta(tmp_path, grid=8, prompt="question_first")
+    assert model_prompt(tmp_path) == "question_first"
+    (tmp_path / "text4seg.json").write_text(json.dumps({"grid": 8, "prompt": "sideways"}))
+    with pytest.raises(ValueError, match="prompt must be one of image_first, question_first"):
+        read_meta(tmp_path)
+
+
+def test_from_pretrained_reads_the_layout(tiny_model_factory, tmp_path) -> None:
+    import shutil
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_model_factory("llava", grid=GRID), model_dir)
+    write_meta(model_dir, grid=GRID, prompt="question_first")
+    seg = Segmenter.from_pretrained(model_dir)
+    assert seg.backbone.per_goal_prefix and seg.grid == GRID
+    image = np.random.default_rng(0).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    seg.set_image(image)
+    (res,) = seg.segment([Goal("red cup")])
+    assert res.mask.shape == (24, 32) and res.timings.encode_s > 0
+
+
+@pytest.mark.parametrize("seed", (0, 1))
+def test_segmenter_equals_naive_generate_with_the_question_first(seed) -> None:
+    model, processor = build_tiny("llava", grid=GRID, seed=seed)
+    backbone = get_backbone("llava").question_first()
+    seg = Segmenter(model.to(torch.float64), processor, backbone, grid=GRID, max_instances=2)
+    image = np.random.default_rng(seed).integers(0, 256, (27, 35, 3), dtype=np.uint8)
+    seg.set_image(image)
+    answered = seg.segment(GOALS)  # one prefix per goal
+    eos = seg.tokenizer.eos_token_id
+    for goal, result in zip(GOALS, answered):
+        tokens, _ = naive_decode(seg, image, goal)  # the whole prompt: question, image, answer
+        plan = seg.plan([goal])[0]
+        text = seg.codec.decode(tokens[:-1] if tokens[-1:] == [eos] else tokens)
+        assert result.descriptor.endswith(text[len(plan.head) :]), goal.id
+        alone = seg.segment([goal])[0]  # the batch does not change an answer
+        assert alone.descriptor == result.descriptor and np.array_equal(alone.mask, result.mask)
+    # the question really is in front of the image: two goals, two different prefixes
+    a = backbone.preprocess(processor, image, question="Q one?")["input_ids"][0].tolist()
+    b = backbone.preprocess(processor, image, question="Q two?")["input_ids"][0].tolist()
+    image_id = model.config.image_token_index
+    assert a != b and a.index(image_id) > 0 and a[-1] == image_id
+
+
+def test_training_encoder_feeds_what_the_segmenter_feeds(tmp_path) -> None:
+    from PIL import Image
+
+    from training.data.sample import ChatSample
+    from training.dataset import encode_sample, sample_lengths
+
+    model, processor = build_tiny("llava", grid=GRID, seed=0)
+    backbone = get_backbone("llava").question_first()
+    image = np.random.default_rng(3).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    Image.fromarray(image).save(tmp_path / "im.png")
+    question = "Can you segment the red cup in the image?"
+    answer = "Sure, here is the segmentation mask for 'red cup':\n<seg>" + (
+        "others *4\n " * 3 + "others *2| red cup *2\n</seg>"
+    )
+    sample = ChatSample(
+        id="s", image=str(tmp_path / "im.png"), question=question, answer=answer, task="res",
+        grid=GRID,
+    )  # fmt: skip
+    item = encode_sample(sample, backbone, processor)
+    prefix = backbone.preprocess(processor, image, question=question)["input_ids"][0]
+    n = prefix.shape[0]
+    assert item["input_ids"][:n].tolist() == prefix.tolist()  # question + image in the prefix
+    assert (item["labels"][:n] == -100).all() and (item["labels"][n:] != -100).any()
+    suffix = processor.tokenizer(" ASSISTANT: ", add_special_tokens=False)["input_ids"]
+    assert item["input_ids"][n : n + len(suffix)].tolist() == suffix
+    assert sample_lengths([sample], backbone, processor) == [item["input_ids"].shape[0]]
+
+
+def test_onnxruntime_engine_answers_as_torch(tiny_model_factory, tmp_path) -> None:
+    pytest.importorskip("onnxruntime")
+    import shutil
+
+    model_dir = tmp_path / "m"
+    shutil.copytree(tiny_model_factory("llava", grid=GRID), model_dir)
+    write_meta(model_dir, grid=GRID, prompt="question_first")
+    image = np.random.default_rng(5).integers(0, 256, (24, 32, 3), dtype=np.uint8)
+    answers = {}
+    for engine in ("torch", "onnxruntime"):
+        seg = Segmenter.from_pretrained(model_dir, engine=engine)
+        seg.set_image(image)
+        answers[engine] = [r.descriptor for r in seg.segment(GOALS[:2])]
+    assert answers["onnxruntime"] == answers["torch"]
