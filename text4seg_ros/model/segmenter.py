@@ -10,7 +10,10 @@ Like segment-anything's ``SamPredictor``::
 tokens) through the language model once and keeps its KV cache. ``segment`` decodes every goal
 against that prefix in ONE batch with the grammar-constrained, jump-forward decoder of
 :mod:`text4seg_ros.decoding`, so every answer is a valid descriptor (exactly G rows of G cells,
-labels from the goal's label set). Batched results equal one-goal-at-a-time results.
+labels from the goal's label set). Batched results equal one-goal-at-a-time results. A
+question-first model (``text4seg.json`` ``"prompt": "question_first"``) has the question in its
+prefix, so ``set_image`` only keeps the frame and ``segment`` encodes one prefix per goal and
+decodes the goals one at a time.
 
 Score (``GoalResult.score``): the arithmetic mean, over the tokens the model chose at a free
 choice (where the grammar allowed more than one token; forced tokens excluded), of that token's
