@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-
 from test_decoding_reference import GRID, naive_decode
+
 from text4seg_ros.model.meta import model_prompt, read_meta, write_meta
 from text4seg_ros.model.registry import get_backbone
 from text4seg_ros.model.segmenter import Segmenter
@@ -128,3 +128,17 @@ def test_onnxruntime_engine_answers_as_torch(tiny_model_factory, tmp_path) -> No
         seg.set_image(image)
         answers[engine] = [r.descriptor for r in seg.segment(GOALS[:2])]
     assert answers["onnxruntime"] == answers["torch"]
+
+
+def test_demo_base_writes_the_layout_and_a_matching_chat_template(tmp_path) -> None:
+    from transformers import AutoProcessor
+
+    from training.demo_base import build_demo_base
+
+    out = build_demo_base(tmp_path / "base", grid=4, layers=1, vision_layers=1)
+    assert model_prompt(out) == "question_first"
+    processor = AutoProcessor.from_pretrained(out)
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?"}]}]
+    chat = processor.apply_chat_template(messages, add_generation_prompt=True)
+    first = get_backbone("llava").question_first()
+    assert chat == first.prompt_prefix(question="Q?") + " ASSISTANT:"

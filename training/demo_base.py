@@ -23,6 +23,7 @@ from pathlib import Path
 
 from text4seg_ros.model.meta import PROMPT_LAYOUTS, write_meta
 from text4seg_ros.model.tiny import build_tiny_model
+from text4seg_ros.model.tokenizer import LLAVA_QUESTION_FIRST_CHAT_TEMPLATE
 
 from .data.synthetic import COLOURS
 from .data.tabletop import KINDS, PLURALS, RELATIONS, SIZES
@@ -72,6 +73,8 @@ def build_demo_base(
         "llava", Path(out_dir), grid, seed, vocabulary_texts(), **{**DEMO_SIZES, **sizes}
     )
     write_meta(out, grid=grid, prompt=prompt)
+    if prompt == "question_first":  # what transformers' apply_chat_template writes, too
+        (out / "chat_template.jinja").write_text(LLAVA_QUESTION_FIRST_CHAT_TEMPLATE)
     return out
 
 

@@ -48,6 +48,20 @@ LLAVA_CHAT_TEMPLATE = (
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
 )
+# The question-first layout of the same prompt (text4seg.json "prompt": "question_first",
+# Backbone.question_first): the user turn's text, then its image.
+LLAVA_QUESTION_FIRST_CHAT_TEMPLATE = (
+    "{% for m in messages %}"
+    "{% if loop.first and m['role'] != 'system' %}" + LLAVA_SYSTEM + " {% endif %}"
+    "{% if m['role'] == 'system' %}{{ m['content'] if m['content'] is string "
+    "else m['content'][0]['text'] }} "
+    "{% elif m['role'] == 'user' %}USER: "
+    "{% for c in m['content'] if c['type'] != 'image' %}{{ c['text'] }}\n{% endfor %}"
+    "{% for c in m['content'] if c['type'] == 'image' %}<image>{% endfor %} "
+    "{% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}</s>"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+)
 QWEN_CHAT_TEMPLATE = (
     "{% for m in messages %}"
     "{% if loop.first and m['role'] != 'system' %}"
