@@ -125,12 +125,13 @@ def goals_for(goals: list[Goal], k: int) -> list[Goal]:
     return [goals[i % len(goals)] for i in range(k)]
 
 
-def demo_model(device: str) -> tuple[Any, Any, str, str, int]:
-    """The demo model at its own grid, or a tiny random LLaVA of its shape (grid 16)."""
+def demo_model(device: str) -> tuple[Any, Any, Any, str, int]:
+    """The demo model at its own grid and prompt layout (its Backbone), or a tiny random LLaVA
+    of its shape (grid 16, the image-first layout)."""
     path = REPO / "models" / "demo"
     if (path / "config.json").is_file():
         seg = Segmenter.from_pretrained(path, device=device)
-        return seg.model, seg.processor, seg.backbone.name, "models/demo", seg.grid
+        return seg.model, seg.processor, seg.backbone, "models/demo", seg.grid
     model, processor = build_tiny(
         "llava", seed=0, hidden=128, layers=5, vision_hidden=64, vision_layers=2, image_size=64
     )
@@ -143,7 +144,7 @@ def official_generate(seg: Segmenter, image: np.ndarray, goal: Goal, tokens: int
     from text4seg_ros.model.answers import plan_goal
 
     plan = plan_goal(goal, 0, seg.descriptor)
-    text = seg.backbone.prompt_prefix(seg.system) + seg.backbone.prompt_suffix(
+    text = seg.backbone.prompt_prefix(seg.system, plan.question) + seg.backbone.prompt_suffix(
         plan.question, plan.prompt_answer
     )
     inputs = seg.processor(images=[Image.fromarray(image)], text=[text], return_tensors="pt")

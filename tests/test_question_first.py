@@ -135,7 +135,11 @@ def test_demo_base_writes_the_layout_and_a_matching_chat_template(tmp_path) -> N
 
     from training.demo_base import build_demo_base
 
-    out = build_demo_base(tmp_path / "base", grid=4, layers=1, vision_layers=1)
+    plain = build_demo_base(tmp_path / "plain", grid=4, layers=1, vision_layers=1)
+    assert model_prompt(plain) == "image_first"  # the default: the shipped model's layout
+    out = build_demo_base(
+        tmp_path / "base", grid=4, prompt="question_first", layers=1, vision_layers=1
+    )
     assert model_prompt(out) == "question_first"
     processor = AutoProcessor.from_pretrained(out)
     messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?"}]}]

@@ -9,9 +9,11 @@ input cut into 8 x 8 patches gives 8 x 8 visual tokens, one per descriptor cell 
 demo's grid; models/demo/README.md says why not 16).
 The tokenizer is trained with the tabletop vocabulary (kinds, plurals, colours, sizes,
 relations) so a goal text is a few tokens and every label repeated in an answer stays short.
-The prompt layout is question-first (``text4seg.json`` ``"prompt": "question_first"``): the
-question comes before the image, so the visual tokens can attend to the goal's words; with the
-image first a model of this size never learned to read them (models/demo/README.md, run R).
+The prompt layout is image-first, as in every published checkpoint; ``--prompt question_first``
+writes ``"prompt": "question_first"`` to ``text4seg.json`` (and a matching chat template): the
+question before the image, so the visual tokens can attend to the goal's words. Trained with
+the loss on every answer token, a model of this size learned to read the words that way in a
+short run where the image-first layout did not (models/demo/README.md, runs R and T).
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from .data.synthetic import COLOURS
 from .data.tabletop import KINDS, PLURALS, RELATIONS, SIZES
 
 DEMO_GRID = 8
-DEMO_PROMPT = "question_first"  # text4seg.json "prompt" (text4seg_ros.model.meta)
+DEMO_PROMPT = "image_first"  # text4seg.json "prompt" (text4seg_ros.model.meta)
 # Model sizes (see text4seg_ros.model.tiny.build_tiny_model): about 1.0M parameters. Five
 # language layers: on the same recipe they reached a training loss of 0.6-0.7 where three
 # plateaued at 0.8-0.9, and better target answers (models/demo/README.md, "Training history").

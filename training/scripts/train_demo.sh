@@ -24,6 +24,9 @@
 # i) are never trained on. One OpenMP thread per rank: on 2 cores, 2 threads per process ran
 # elementwise ops ten times slower (measured: 20 ms vs 2 ms for a 1.5M-float multiply).
 # KEEP_DATA=1 keeps OUT and reuses the JSONL files already there.
+# BASE_ARGS="--prompt question_first" LOSS_ON=answer: the question before the image and the loss
+# on every answer token, the pair that made a model of this size read the goal's words in short
+# runs (models/demo/README.md, runs R and T); the whole recipe has not been run that way yet.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -38,6 +41,7 @@ STEPS1=${STEPS1:-800}
 STEPS2=${STEPS2:-2500}
 STEPS3=${STEPS3:-3500}
 FG_WEIGHT=${FG_WEIGHT:-4}
+LOSS_ON=${LOSS_ON:-free}  # free | answer (every answer token; with --prompt question_first)
 LR=${LR:-3e-3}
 FROM_STAGE=${FROM_STAGE:-1}
 BASE_ARGS=${BASE_ARGS:-}  # extra training.demo_base options, e.g. "--layers 8" or "--patch 4"
@@ -46,7 +50,7 @@ export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
 TRAIN=(-m torch.distributed.run --nproc_per_node=2 --master_port="${MASTER_PORT:-29641}"
   -m training.train --tune full --freeze vision,projector,embeddings --lr "$LR"
   --global_batch 16 --per_device_batch 8 --num_workers 0 --log_steps 10 --max_length 2048
-  --loss_on free --fg_weight "$FG_WEIGHT"
+  --loss_on "$LOSS_ON" --fg_weight "$FG_WEIGHT"
   --gradient_checkpointing false)  # a tiny model needs no activation recomputation
 ALL_KINDS="res_attr=3,res_size=2,res_spatial=2,gres_multi=1.5,gres_single=1,gres_absent=1.5,rec=1,openvocab=0.5,instances=0.5"
 start=$(date +%s)
