@@ -26,7 +26,8 @@
 # KEEP_DATA=1 keeps OUT and reuses the JSONL files already there.
 # BASE_ARGS="--prompt question_first" LOSS_ON=answer: the question before the image and the loss
 # on every answer token, the pair that made a model of this size read the goal's words in short
-# runs (models/demo/README.md, runs R and T); the whole recipe has not been run that way yet.
+# two-object runs (models/demo/README.md, runs R and T). With FG_WEIGHT=1 the whole recipe
+# collapsed to empty answers (run U); with the default FG_WEIGHT=4 it has not been run.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
