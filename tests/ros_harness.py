@@ -23,6 +23,8 @@ from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 
+from text4seg_ros.ros.goal_client import call_service
+
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv"
 PARAMS_FILE = REPO / "config" / "perception.yaml"
@@ -155,18 +157,10 @@ class RosClient:
         try:
             if not client.wait_for_service(timeout_sec=timeout):
                 raise TimeoutError(f"service {name} not available after {timeout} s")
-            done = threading.Event()
-            futures = []
-            deadline = time.monotonic() + timeout
-            while not done.is_set():
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise TimeoutError(f"service {name} did not answer within {timeout} s")
-                future = client.call_async(request)
-                future.add_done_callback(lambda _: done.set())
-                futures.append(future)
-                done.wait(min(left, resend_s) if resend_s > 0 else left)
-            return next(f.result() for f in futures if f.done())
+            response = call_service(client, request, timeout, resend_s)
+            if response is None:
+                raise TimeoutError(f"service {name} did not answer within {timeout} s")
+            return response
         finally:
             self.node.destroy_client(client)
 

@@ -142,11 +142,11 @@ def test_read_only_calls_are_resent_until_answered_and_others_sent_once() -> Non
     from text4seg_ros.ros import goal_client as gc
 
     lost_once = _Service(None, _state("inactive"))  # the first response is lost
-    assert gc._call(lost_once, None, 5.0, resend_s=0.05).current_state.label == "inactive"
+    assert gc.call_service(lost_once, None, 5.0, resend_s=0.05).current_state.label == "inactive"
     assert lost_once.sent == 2
     never = _Service()
-    assert gc._call(never, None, 0.2) is None and never.sent == 1  # no resend: sent once
-    assert gc._call(never, None, 0.2, resend_s=0.05) is None and never.sent >= 4
+    assert gc.call_service(never, None, 0.2) is None and never.sent == 1  # no resend: sent once
+    assert gc.call_service(never, None, 0.2, resend_s=0.05) is None and never.sent >= 4
 
 
 def test_a_transition_whose_response_is_lost_is_seen_in_the_state(monkeypatch) -> None:

@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from text4seg_ros.metrics import mask_iou
 from text4seg_ros.model.types import Goal
 from text4seg_ros.prompts import Task
 
@@ -48,11 +49,6 @@ def named_objects(scene: TabletopScene) -> list[tuple[str, np.ndarray]]:
     """``("<colour> <kind>", visible mask)`` for each object whose colour and kind are unique."""
     names = [f"{o.colour} {o.kind}" for o in scene.objects]
     return [(n, o.mask) for n, o in zip(names, scene.objects) if names.count(n) == 1]
-
-
-def _iou(a: np.ndarray, b: np.ndarray) -> float:
-    union = np.count_nonzero(a | b)
-    return np.count_nonzero(a & b) / union if union else 0.0
 
 
 def which_object(
@@ -83,7 +79,7 @@ def which_object(
             if not mask.any():
                 continue
             answered += 1
-            ious = [_iou(mask, o) for o in objects]
+            ious = [mask_iou(mask, o) for o in objects]  # mask is not empty
             best = int(np.argmax(ious))
             best_ious.append(ious[best])
             picked += bool(np.array_equal(objects[best], target))

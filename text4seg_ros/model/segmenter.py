@@ -371,7 +371,7 @@ class Segmenter:
         if not plans:
             return []
         start = time.perf_counter()
-        encode_s = self._encode_s
+        goal_encode_s = 0.0  # question first: the per-goal prefixes, counted as encoding
         if self._prefix is not None:  # one prefix for the frame, all goals in one batch
             outputs = self._decode(self._prefix, self._step, ready, should_stop)
         else:  # question first: each goal has its own prefix (image after its question)
@@ -382,9 +382,10 @@ class Segmenter:
                     self.processor, self._image, self.system, r.plan.question
                 )
                 step = self.engine.make_step(prefix)
-                encode_s += time.perf_counter() - t0
+                goal_encode_s += time.perf_counter() - t0
                 outputs += self._decode(prefix, step, [r], should_stop)
-        decode_s = time.perf_counter() - start - (encode_s - self._encode_s)
+        decode_s = time.perf_counter() - start - goal_encode_s
+        encode_s = self._encode_s + goal_encode_s
         results, answers = [], []
         eos = self.tokenizer.eos_token_id
         for plan, out in zip(plans, outputs):

@@ -36,31 +36,32 @@ LLAVA_SYSTEM = (
     "A chat between a curious human and an artificial intelligence assistant. "
     "The assistant gives helpful, detailed, and polite answers to the human's questions."
 )
-LLAVA_CHAT_TEMPLATE = (
-    "{% for m in messages %}"
-    "{% if loop.first and m['role'] != 'system' %}" + LLAVA_SYSTEM + " {% endif %}"
-    "{% if m['role'] == 'system' %}{{ m['content'] if m['content'] is string "
-    "else m['content'][0]['text'] }} "
-    "{% elif m['role'] == 'user' %}USER: "
+
+
+def _vicuna_template(user_content: str) -> str:
+    """The vicuna_v1 chat template with ``user_content`` writing a user turn's content list."""
+    return (
+        "{% for m in messages %}"
+        "{% if loop.first and m['role'] != 'system' %}" + LLAVA_SYSTEM + " {% endif %}"
+        "{% if m['role'] == 'system' %}{{ m['content'] if m['content'] is string "
+        "else m['content'][0]['text'] }} "
+        "{% elif m['role'] == 'user' %}USER: " + user_content + " "
+        "{% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}</s>"
+        "{% endif %}{% endfor %}"
+        "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    )
+
+
+# The items in their order, the image as "<image>\n".
+LLAVA_CHAT_TEMPLATE = _vicuna_template(
     "{% for c in m['content'] %}{% if c['type'] == 'image' %}<image>\n"
-    "{% else %}{{ c['text'] }}{% endif %}{% endfor %} "
-    "{% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}</s>"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    "{% else %}{{ c['text'] }}{% endif %}{% endfor %}"
 )
 # The question-first layout of the same prompt (text4seg.json "prompt": "question_first",
 # Backbone.question_first): the user turn's text, then its image.
-LLAVA_QUESTION_FIRST_CHAT_TEMPLATE = (
-    "{% for m in messages %}"
-    "{% if loop.first and m['role'] != 'system' %}" + LLAVA_SYSTEM + " {% endif %}"
-    "{% if m['role'] == 'system' %}{{ m['content'] if m['content'] is string "
-    "else m['content'][0]['text'] }} "
-    "{% elif m['role'] == 'user' %}USER: "
+LLAVA_QUESTION_FIRST_CHAT_TEMPLATE = _vicuna_template(
     "{% for c in m['content'] if c['type'] != 'image' %}{{ c['text'] }}\n{% endfor %}"
-    "{% for c in m['content'] if c['type'] == 'image' %}<image>{% endfor %} "
-    "{% else %}ASSISTANT: {% for c in m['content'] %}{{ c['text'] }}{% endfor %}</s>"
-    "{% endif %}{% endfor %}"
-    "{% if add_generation_prompt %}ASSISTANT:{% endif %}"
+    "{% for c in m['content'] if c['type'] == 'image' %}<image>{% endfor %}"
 )
 QWEN_CHAT_TEMPLATE = (
     "{% for m in messages %}"

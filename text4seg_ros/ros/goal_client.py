@@ -14,7 +14,7 @@ pixel count, the score and the node's latency (frame received to result ready), 
 of a goal that failed on that frame. A standing
 goal is cancelled on exit (``--keep`` leaves it). It joins the ROS domain of the environment
 (``ROS_DOMAIN_ID``). Lifecycle ``get_state`` requests are resent until answered and each
-transition is sent once (:func:`_call`, :func:`_transition`).
+transition is sent once (:func:`call_service`, :func:`_transition`).
 
 Exit status: 0 when every expected answer arrived; 1 when no node listens, or an answer did
 not arrive in time (the message says what the node's lifecycle state was); 2 on bad arguments
@@ -38,7 +38,7 @@ from ..prompts import Task
 from .goals import GoalError, validate_goal
 
 PROG = "text4seg-goal"
-RESEND_S = 5.0  # s between repeated read-only service requests (see _call)
+RESEND_S = 5.0  # s between repeated read-only service requests (see call_service)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,7 +217,7 @@ class GoalClient:
             if not get.wait_for_service(timeout_sec=timeout):
                 raise RuntimeError(f"no lifecycle node {fqn} (no {fqn}/get_state service)")
             for _ in range(3):  # unconfigured -> inactive -> active
-                state = _call(get, GetState.Request(), timeout, resend_s=RESEND_S)
+                state = call_service(get, GetState.Request(), timeout, resend_s=RESEND_S)
                 if state is None:
                     raise RuntimeError(f"{fqn}/get_state did not answer within {timeout:g} s")
                 label = state.current_state.label
@@ -257,7 +257,7 @@ class GoalClient:
             client = self.node.create_client(GetState, f"{fqn}/get_state")
             state = "state unknown"
             if client.wait_for_service(timeout_sec=timeout):
-                response = _call(client, GetState.Request(), timeout, resend_s=RESEND_S)
+                response = call_service(client, GetState.Request(), timeout, resend_s=RESEND_S)
                 if response is not None:
                     state = response.current_state.label
             self.node.destroy_client(client)
@@ -274,7 +274,7 @@ class GoalClient:
         self._thread.join(5.0)
 
 
-def _call(client: Any, request: Any, timeout: float, resend_s: float = 0.0) -> Any:
+def call_service(client: Any, request: Any, timeout: float, resend_s: float = 0.0) -> Any:
     """A service response, or None when none came within ``timeout`` s.
 
     ``resend_s`` > 0 (read-only requests only, such as ``GetState``): send the request again
@@ -300,7 +300,8 @@ def _transition(change: Any, get: Any, request: Any, target: str, timeout: float
     """Send one ``ChangeState`` request; True once it succeeds or the node is in ``target``.
 
     A transition is never sent twice (it is not idempotent). If its response is lost (see
-    :func:`_call`), the node's state, polled every :data:`RESEND_S` s, tells that it happened.
+    :func:`call_service`), the node's state, polled every :data:`RESEND_S` s, tells that it
+    happened.
     False when the node refused it; None when neither answer came within ``timeout`` s.
     """
     from lifecycle_msgs.srv import GetState
@@ -312,7 +313,7 @@ def _transition(change: Any, get: Any, request: Any, target: str, timeout: float
     while not done.wait(max(0.0, min(RESEND_S, deadline - time.monotonic()))):
         # the node answers get_state between transitions; during one it may not (its executor
         # is busy), and None then just means "ask again"
-        state = _call(get, GetState.Request(), RESEND_S)
+        state = call_service(get, GetState.Request(), RESEND_S)
         if state is not None and state.current_state.label == target:
             return True
         if time.monotonic() >= deadline:
