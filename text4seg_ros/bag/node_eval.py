@@ -34,12 +34,13 @@ from typing import Any
 
 import rclpy
 from lifecycle_msgs.msg import Transition
-from lifecycle_msgs.srv import ChangeState
+from lifecycle_msgs.srv import ChangeState, GetState
 from rclpy.context import Context
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from std_srvs.srv import Trigger
 
+from ..ros.goal_client import RESEND_S
 from . import messages as m
 from .play import BagPlayer, ros_message_class
 from .reader import EvalBag, PackedMask
@@ -47,6 +48,13 @@ from .report import montage_frames
 from .scoring import Answer, Scorer, percentiles
 
 NODE_NAME = "perception_node"
+# the state a lifecycle node is in once each transition this module sends has succeeded
+TRANSITION_GOAL_STATE = {
+    Transition.TRANSITION_CONFIGURE: "inactive",
+    Transition.TRANSITION_ACTIVATE: "active",
+    Transition.TRANSITION_DEACTIVATE: "inactive",
+    Transition.TRANSITION_CLEANUP: "unconfigured",
+}
 
 
 def default_params_file() -> Path:
@@ -112,6 +120,7 @@ class NodeProcess:
         # Lifecycle and goal services are private to the node: <namespace>/<node>/<service>.
         node = f"{namespace}/{NODE_NAME}"
         self._change = ros.create_client(ChangeState, f"{node}/change_state")
+        self._get = ros.create_client(GetState, f"{node}/get_state")
         self._list = ros.create_client(
             ros_message_class("text4seg_msgs/srv/ListGoals"), f"{node}/list_goals"
         )
@@ -129,26 +138,56 @@ class NodeProcess:
                 f"{self.log_path}:\n{self.log_tail()}"
             )
 
-    def _call(self, client, request, timeout_s: float, what: str):
-        deadline = time.monotonic() + timeout_s
+    def _wait_ready(self, client: Any, deadline: float, what: str) -> None:
         while not client.service_is_ready():
             self._check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{what}: service {client.srv_name} not available")
             self.spin(0.1)
-        future = client.call_async(request)
-        while not future.done():
+
+    def _call(self, client: Any, request: Any, timeout_s: float, what: str) -> Any:
+        """The response of an idempotent service (list, clear), resent every RESEND_S s.
+
+        A node that has just started may drop the response to a client it has not fully
+        matched yet (ros2/rmw_fastrtps#467); a repeated request is answered.
+        """
+        deadline = time.monotonic() + timeout_s
+        self._wait_ready(client, deadline, what)
+        futures, sent = [client.call_async(request)], time.monotonic()
+        while not any(f.done() for f in futures):
             self._check_alive()
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{what}: no reply within {timeout_s} s")
+            if time.monotonic() - sent >= RESEND_S:
+                futures.append(client.call_async(request))
+                sent = time.monotonic()
             self.spin(0.1)
-        return future.result()
+        return next(f.result() for f in futures if f.done())
 
     def transition(self, transition_id: int, label: str, timeout_s: float) -> None:
-        """Drive one lifecycle transition; RuntimeError (with the node's log) on failure."""
+        """Drive one lifecycle transition; RuntimeError (with the node's log) on failure.
+
+        The request is sent once (a transition is not idempotent). While its response has not
+        come, the node's state is asked every RESEND_S s: a lost response (see :meth:`_call`)
+        is seen as the node having reached the transition's goal state.
+        """
+        target = TRANSITION_GOAL_STATE[transition_id]
+        deadline = time.monotonic() + timeout_s
+        self._wait_ready(self._change, deadline, label)
         request = ChangeState.Request()
         request.transition.id = transition_id
-        if not self._call(self._change, request, timeout_s, label).success:
+        future, polls, asked = self._change.call_async(request), [], time.monotonic()
+        while not future.done():
+            self._check_alive()
+            if any(p.done() and p.result().current_state.label == target for p in polls):
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{label}: no reply within {timeout_s} s")
+            if time.monotonic() - asked >= RESEND_S:
+                polls.append(self._get.call_async(GetState.Request()))
+                asked = time.monotonic()
+            self.spin(0.1)
+        if not future.result().success:
             raise RuntimeError(f"perception_node refused {label}; log:\n{self.log_tail()}")
 
     def clear_goals(self, timeout_s: float = 10.0) -> None:
