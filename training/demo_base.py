@@ -9,11 +9,12 @@ input cut into 8 x 8 patches gives 8 x 8 visual tokens, one per descriptor cell 
 demo's grid; models/demo/README.md says why not 16).
 The tokenizer is trained with the tabletop vocabulary (kinds, plurals, colours, sizes,
 relations) so a goal text is a few tokens and every label repeated in an answer stays short.
-The prompt layout is image-first, as in every published checkpoint; ``--prompt question_first``
-writes ``"prompt": "question_first"`` to ``text4seg.json`` (and a matching chat template): the
-question before the image, so the visual tokens can attend to the goal's words. Trained with
-the loss on every answer token, a model of this size learned to read the words that way in a
-short run where the image-first layout did not (models/demo/README.md, runs R and T).
+The default prompt layout is image-first, as in every published checkpoint; ``--prompt
+question_first`` (what ``make demo-model`` passes) writes ``"prompt": "question_first"`` to
+``text4seg.json`` (and a matching chat template): the question before the image, so the visual
+tokens can attend to the goal's words. Trained with the loss on every answer token, a model of
+this size learned to read the words that way where the image-first layout did not
+(models/demo/README.md, runs R to X).
 """
 
 from __future__ import annotations
