@@ -197,3 +197,32 @@ def wait_for(predicate: Callable[[], bool], timeout: float, interval: float = 0.
 def diag_values(msg) -> dict[str, str]:
     """The key/value pairs of the first status of a DiagnosticArray."""
     return {kv.key: kv.value for kv in msg.status[0].values} if msg.status else {}
+
+
+class LossyService:
+    """A service client stand-in: request ``i`` is answered at once with ``answers[i]``; one
+    past the list, or whose answer is None, is never answered (a lost response)."""
+
+    srv_name = "/stand_in"
+
+    def __init__(self, *answers) -> None:
+        self.answers, self.sent = answers, 0
+
+    def service_is_ready(self) -> bool:
+        return True
+
+    def call_async(self, request):
+        from rclpy.task import Future
+
+        future, i = Future(), self.sent
+        self.sent += 1
+        if i < len(self.answers) and self.answers[i] is not None:
+            future.set_result(self.answers[i])
+        return future
+
+
+def state_response(label: str) -> GetState.Response:
+    """A ``GetState`` response saying the node is in ``label``."""
+    response = GetState.Response()
+    response.current_state.label = label
+    return response

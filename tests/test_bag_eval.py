@@ -156,28 +156,6 @@ def test_node_answers_are_read_from_the_decoded_message() -> None:
     assert (answers["g0"].mask.unpack() == mask).all() and answers["g0"].score == 1.0
 
 
-class _Service:
-    """A service client stand-in: request ``i`` is answered at once with ``answers[i]``; one
-    past the list, or whose answer is None, is never answered (a lost response)."""
-
-    srv_name = "/stand_in"
-
-    def __init__(self, *answers) -> None:
-        self.answers, self.sent = answers, 0
-
-    def service_is_ready(self) -> bool:
-        return True
-
-    def call_async(self, request):
-        from rclpy.task import Future
-
-        future, i = Future(), self.sent
-        self.sent += 1
-        if i < len(self.answers) and self.answers[i] is not None:
-            future.set_result(self.answers[i])
-        return future
-
-
 def _stand_in_node(monkeypatch, **clients):
     """A NodeProcess without a process: its services are ``clients``; spinning sleeps."""
     import time
@@ -198,27 +176,24 @@ def test_node_eval_survives_lost_service_responses(monkeypatch) -> None:
     """A just-started node may drop a response (ros2/rmw_fastrtps#467): read-only calls are
     resent; a transition is sent once and its outcome read from the node's state."""
     from lifecycle_msgs.msg import Transition
-    from lifecycle_msgs.srv import ChangeState, GetState
+    from lifecycle_msgs.srv import ChangeState
+    from ros_harness import LossyService, state_response
     from std_srvs.srv import Trigger
 
-    def state(label: str):
-        response = GetState.Response()
-        response.current_state.label = label
-        return response
-
-    change, get = _Service(), _Service(state("configuring"), state("inactive"))
+    get = LossyService(state_response("configuring"), state_response("inactive"))
+    change = LossyService()
     node = _stand_in_node(monkeypatch, _change=change, _get=get)
     node.transition(Transition.TRANSITION_CONFIGURE, "configure", 5.0)
     assert change.sent == 1 and get.sent == 2  # sent once; done when the state says so
-    clear = _Service(None, Trigger.Response(success=True))
+    clear = LossyService(None, Trigger.Response(success=True))
     node = _stand_in_node(monkeypatch, _clear=clear)
     node.clear_goals(5.0)
     assert clear.sent == 2
-    refused = _Service(ChangeState.Response(success=False))
-    node = _stand_in_node(monkeypatch, _change=refused, _get=_Service())
+    refused = LossyService(ChangeState.Response(success=False))
+    node = _stand_in_node(monkeypatch, _change=refused, _get=LossyService())
     with pytest.raises(RuntimeError, match="refused activate"):
         node.transition(Transition.TRANSITION_ACTIVATE, "activate", 5.0)
-    stuck = _Service(*[state("unconfigured")] * 100)
-    node = _stand_in_node(monkeypatch, _change=_Service(), _get=stuck)
+    stuck = LossyService(*[state_response("unconfigured")] * 100)
+    node = _stand_in_node(monkeypatch, _change=LossyService(), _get=stuck)
     with pytest.raises(TimeoutError, match="configure: no reply within 0.3 s"):
         node.transition(Transition.TRANSITION_CONFIGURE, "configure", 0.3)
