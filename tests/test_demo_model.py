@@ -3,13 +3,13 @@
 Fast: 10 held-out scenes (seeds 10,000,000 + i, never trained on), every goal kind answered in
 one batch per frame through the Segmenter, scored against the exact pixel masks. The floors sit
 at about half the figures measured on these scenes when the model was trained (models/demo/
-README.md; on them res_attr cIoU 0.322, res_size 0.202, gres_multi 0.297, gres_single 0.217,
-rec 0.405, instances 0.065; T-acc gres_multi 1.0, gres_single 1.0, res_spatial 0.917;
-gres_absent N-acc 0.40), so a change that breaks prompting, decoding or the model files shows
+README.md; on them res_attr cIoU 0.398, res_size 0.303, gres_multi 0.438, gres_single 0.334,
+rec 0.530, instances 0.092; T-acc gres_multi 1.0, gres_single 1.0, res_spatial 0.833;
+gres_absent N-acc 0.55), so a change that breaks prompting, decoding or the model files shows
 up as a failure. The word-reading diagnostic (training.demo_diagnose) on the same seeds: the
-object each colour + kind goal's answer overlaps best is the named one in 0.857 of the answers
-on two-object scenes (chance 0.5) and 0.667 on 2 to 6 objects (chance 0.30), and no scene got
-the same mask for all its goals; the floors there sit well above chance, so a model (or a
+object each colour + kind goal's answer overlaps best is the named one in 0.929 of the answers
+on two-object scenes (chance 0.5) and 0.762 on 2 to 6 objects (chance 0.30), and one scene in
+six (2 to 6 objects) got the same mask for all its goals; the floors there sit well above chance, so a model (or a
 prompt layout) that ignores the words fails. The model is weak, so these are regression
 floors, not quality bars.
 """
@@ -34,10 +34,10 @@ torch.set_num_threads(1)
 DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
 SCENES = [scene_seed("heldout", i) for i in range(10)]
 # Floors on SCENES, about half the measured figures (module docstring).
-MIN_CIOU = {"res_attr": 0.16, "res_size": 0.1, "gres_multi": 0.15, "gres_single": 0.11,
-            "rec": 0.2, "instances": 0.03}  # fmt: skip
+MIN_CIOU = {"res_attr": 0.2, "res_size": 0.15, "gres_multi": 0.22, "gres_single": 0.17,
+            "rec": 0.26, "instances": 0.045}  # fmt: skip
 MIN_TACC = {"gres_multi": 0.8, "gres_single": 0.8, "res_spatial": 0.5, "instances": 0.9}
-MIN_NACC = 0.2
+MIN_NACC = 0.27
 # which_object on SCENES: (objects per scene, footprint scale) -> floor of picked_target
 MIN_PICKED = {((2, 2), 1.5): 0.7, ((2, 6), 1.0): 0.5}
 
@@ -78,7 +78,7 @@ def test_the_answer_marks_the_object_the_words_name(segmenter: Segmenter) -> Non
         r = which_object(segmenter, SCENES, n_objects=n_objects, scale=scale)
         assert r["goals"] >= 10 and r["answered"] >= 0.8, r
         assert r["picked_target"] >= floor > r["chance"] + 0.15, r
-        assert r["identical"] <= 0.2, r  # not one mask for every goal of a scene
+        assert r["identical"] <= 0.34, r  # seldom one mask for every goal of a scene
 
 
 def test_answers_have_frame_sized_masks_and_boxes(segmenter: Segmenter) -> None:

@@ -4,7 +4,7 @@
 # question_first) -> vision-language alignment (training.align) -> two answer stages under
 # DeepSpeed ZeRO-2 on 2 gloo ranks -> models/demo + text4seg.json -> held-out evaluation.
 #
-#   make demo-model                       # about 30 minutes on 2 cores (models/demo/README.md)
+#   make demo-model                       # about 40 minutes on 2 cores (models/demo/README.md)
 #   OUT=build/x DEST=build/x/final N1=40 N3=40 STEPS1=4 STEPS2=4 ALIGN_STEPS=4 \
 #     training/scripts/train_demo.sh      # smoke run
 #   FROM_STAGE=2 training/scripts/train_demo.sh   # rerun stage 2 on OUT's data and stage 1
@@ -37,7 +37,7 @@ ALIGN_STEPS=${ALIGN_STEPS:-600}
 N1=${N1:-16000}
 N3=${N3:-6000}
 STEPS1=${STEPS1:-1000}
-STEPS2=${STEPS2:-2000}
+STEPS2=${STEPS2:-4000}
 FG_WEIGHT=${FG_WEIGHT:-4}
 LR=${LR:-3e-3}
 FROM_STAGE=${FROM_STAGE:-1}
