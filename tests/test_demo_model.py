@@ -9,9 +9,9 @@ gres_absent N-acc 0.55), so a change that breaks prompting, decoding or the mode
 up as a failure. The word-reading diagnostic (training.demo_diagnose) on the same seeds: the
 object each colour + kind goal's answer overlaps best is the named one in 0.929 of the answers
 on two-object scenes (chance 0.5) and 0.762 on 2 to 6 objects (chance 0.30), and one scene in
-six (2 to 6 objects) got the same mask for all its goals; the floors there sit well above chance, so a model (or a
-prompt layout) that ignores the words fails. The model is weak, so these are regression
-floors, not quality bars.
+six (2 to 6 objects) got the same mask for all its goals; the floors there sit well above
+chance, so a model (or a prompt layout) that ignores the words fails. The model is weak, so
+these are regression floors, not quality bars.
 """
 
 from __future__ import annotations
