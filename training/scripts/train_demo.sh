@@ -65,6 +65,7 @@ echo "== 3/6 data: stage 1 ($N1 scenes, 2 large objects, colour + kind goals), 2
 [ -f "$OUT/select/train.jsonl" ] ||
 "$PY" -m training.data.build tabletop --first 400000 --n-images "$N1" --objects 2,2 --scale 1.5 \
   --size 128 --grid "$GRID" --out "$OUT/select/train.jsonl" --weights "$ONLY_ATTR"
+# stage 2's scenes, in stage3/: the name the previous recipe gave the same seeds (KEEP_DATA=1 reuses it)
 [ -f "$OUT/stage3/train.jsonl" ] ||
 "$PY" -m training.data.build tabletop --first 100000 --n-images "$N3" --objects 2,6 \
   --size 128 --grid "$GRID" --goals-per-scene 6 --out "$OUT/stage3/train.jsonl" --weights "$ALL_KINDS"
