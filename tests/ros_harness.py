@@ -23,7 +23,7 @@ from rclpy.context import Context
 from rclpy.executors import MultiThreadedExecutor
 from rclpy.node import Node
 
-from text4seg_ros.ros.goal_client import call_service
+from text4seg_ros.ros.service_calls import call_resending
 
 REPO = Path(__file__).resolve().parents[1]
 VENV = REPO / ".venv"
@@ -157,7 +157,7 @@ class RosClient:
         try:
             if not client.wait_for_service(timeout_sec=timeout):
                 raise TimeoutError(f"service {name} not available after {timeout} s")
-            response = call_service(client, request, timeout, resend_s)
+            response = call_resending(client, request, timeout, time.sleep, resend_s)
             if response is None:
                 raise TimeoutError(f"service {name} did not answer within {timeout} s")
             return response

@@ -161,8 +161,9 @@ def _stand_in_node(monkeypatch, **clients):
     import time
 
     from text4seg_ros.bag import node_eval
+    from text4seg_ros.ros import service_calls
 
-    monkeypatch.setattr(node_eval, "RESEND_S", 0.05)
+    monkeypatch.setattr(service_calls, "RESEND_S", 0.05)
     node = object.__new__(node_eval.NodeProcess)
     node.proc = type("Running", (), {"poll": lambda self: None})()
     node.spin = time.sleep

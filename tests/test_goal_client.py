@@ -21,12 +21,10 @@ pytest.importorskip("text4seg_msgs")
 
 from ros_harness import (  # noqa: E402
     VENV,
-    LossyService,
     NodeProcess,
     RosClient,
     node_command,
     ros_env,
-    state_response,
     wait_for,
 )
 from sensor_msgs.msg import Image  # noqa: E402
@@ -113,34 +111,6 @@ def test_no_node_is_a_clear_error_with_status_1(ros_domain, capsys) -> None:
     assert main(["cup", "--namespace", "/nobody_here", "--timeout", "1"]) == 1
     err = capsys.readouterr().err
     assert "no perception node on /nobody_here/goals" in err and "--namespace" in err
-
-
-def test_read_only_calls_are_resent_until_answered_and_others_sent_once() -> None:
-    from text4seg_ros.ros import goal_client as gc
-
-    lost_once = LossyService(None, state_response("inactive"))  # the first response is lost
-    assert gc.call_service(lost_once, None, 5.0, resend_s=0.05).current_state.label == "inactive"
-    assert lost_once.sent == 2
-    never = LossyService()
-    assert gc.call_service(never, None, 0.2) is None and never.sent == 1  # no resend: sent once
-    assert gc.call_service(never, None, 0.2, resend_s=0.05) is None and never.sent >= 4
-
-
-def test_a_transition_whose_response_is_lost_is_seen_in_the_state(monkeypatch) -> None:
-    from lifecycle_msgs.srv import ChangeState
-
-    from text4seg_ros.ros import goal_client as gc
-
-    monkeypatch.setattr(gc, "RESEND_S", 0.05)
-    get = LossyService(state_response("configuring"), state_response("inactive"))
-    change = LossyService()
-    assert gc._transition(change, get, None, "inactive", 5.0) is True
-    assert change.sent == 1  # never sent twice: a transition is not idempotent
-    refused = LossyService(ChangeState.Response(success=False))
-    assert gc._transition(refused, LossyService(), None, "inactive", 5.0) is False
-    # no answer and the state never reaches the target: None after the timeout
-    stuck = LossyService(*[state_response("unconfigured")] * 100)
-    assert gc._transition(LossyService(), stuck, None, "inactive", 0.3) is None
 
 
 # -- against the real node process ---------------------------------------------------------

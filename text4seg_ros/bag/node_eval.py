@@ -40,7 +40,7 @@ from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from std_srvs.srv import Trigger
 
-from ..ros.goal_client import RESEND_S
+from ..ros.service_calls import call_resending, transition_once
 from . import messages as m
 from .play import BagPlayer, ros_message_class
 from .reader import EvalBag, PackedMask
@@ -145,49 +145,39 @@ class NodeProcess:
                 raise TimeoutError(f"{what}: service {client.srv_name} not available")
             self.spin(0.1)
 
-    def _call(self, client: Any, request: Any, timeout_s: float, what: str) -> Any:
-        """The response of an idempotent service (list, clear), resent every RESEND_S s.
+    def _pause(self, seconds: float) -> None:
+        """Spin for up to ``seconds`` (the service calls' pause); RuntimeError if the node died."""
+        self._check_alive()
+        self.spin(min(seconds, 0.1))
 
-        A node that has just started may drop the response to a client it has not fully
-        matched yet (ros2/rmw_fastrtps#467); a repeated request is answered.
-        """
+    def _call(self, client: Any, request: Any, timeout_s: float, what: str) -> Any:
+        """The response of an idempotent service (list, clear), resent until answered
+        (:func:`~text4seg_ros.ros.service_calls.call_resending`); TimeoutError after
+        ``timeout_s`` s."""
         deadline = time.monotonic() + timeout_s
         self._wait_ready(client, deadline, what)
-        futures, sent = [client.call_async(request)], time.monotonic()
-        while not any(f.done() for f in futures):
-            self._check_alive()
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: no reply within {timeout_s} s")
-            if time.monotonic() - sent >= RESEND_S:
-                futures.append(client.call_async(request))
-                sent = time.monotonic()
-            self.spin(0.1)
-        return next(f.result() for f in futures if f.done())
+        response = call_resending(client, request, deadline - time.monotonic(), self._pause)
+        if response is None:
+            raise TimeoutError(f"{what}: no reply within {timeout_s} s")
+        return response
 
     def transition(self, transition_id: int, label: str, timeout_s: float) -> None:
         """Drive one lifecycle transition; RuntimeError (with the node's log) on failure.
 
-        The request is sent once (a transition is not idempotent). While its response has not
-        come, the node's state is asked every RESEND_S s: a lost response (see :meth:`_call`)
-        is seen as the node having reached the transition's goal state.
+        The request is sent once (a transition is not idempotent); a lost response is seen as
+        the node reaching the transition's goal state
+        (:func:`~text4seg_ros.ros.service_calls.transition_once`).
         """
-        target = TRANSITION_GOAL_STATE[transition_id]
         deadline = time.monotonic() + timeout_s
         self._wait_ready(self._change, deadline, label)
         request = ChangeState.Request()
         request.transition.id = transition_id
-        future, polls, asked = self._change.call_async(request), [], time.monotonic()
-        while not future.done():
-            self._check_alive()
-            if any(p.done() and p.result().current_state.label == target for p in polls):
-                return
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{label}: no reply within {timeout_s} s")
-            if time.monotonic() - asked >= RESEND_S:
-                polls.append(self._get.call_async(GetState.Request()))
-                asked = time.monotonic()
-            self.spin(0.1)
-        if not future.result().success:
+        target = TRANSITION_GOAL_STATE[transition_id]
+        left = deadline - time.monotonic()
+        done = transition_once(self._change, self._get, request, target, left, self._pause)
+        if done is None:
+            raise TimeoutError(f"{label}: no reply within {timeout_s} s")
+        if not done:
             raise RuntimeError(f"perception_node refused {label}; log:\n{self.log_tail()}")
 
     def clear_goals(self, timeout_s: float = 10.0) -> None:

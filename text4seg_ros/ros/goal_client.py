@@ -14,7 +14,7 @@ pixel count, the score and the node's latency (frame received to result ready), 
 of a goal that failed on that frame. A standing
 goal is cancelled on exit (``--keep`` leaves it). It joins the ROS domain of the environment
 (``ROS_DOMAIN_ID``). Lifecycle ``get_state`` requests are resent until answered and each
-transition is sent once (:func:`call_service`, :func:`_transition`).
+transition is sent once (:mod:`text4seg_ros.ros.service_calls`).
 
 Exit status: 0 when every expected answer arrived; 1 when no node listens, or an answer did
 not arrive in time (the message says what the node's lifecycle state was); 2 on bad arguments
@@ -36,9 +36,9 @@ import numpy as np
 
 from ..prompts import Task
 from .goals import GoalError, validate_goal
+from .service_calls import call_resending, transition_once
 
 PROG = "text4seg-goal"
-RESEND_S = 5.0  # s between repeated read-only service requests (see call_service)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -217,7 +217,7 @@ class GoalClient:
             if not get.wait_for_service(timeout_sec=timeout):
                 raise RuntimeError(f"no lifecycle node {fqn} (no {fqn}/get_state service)")
             for _ in range(3):  # unconfigured -> inactive -> active
-                state = call_service(get, GetState.Request(), timeout, resend_s=RESEND_S)
+                state = call_resending(get, GetState.Request(), timeout, time.sleep)
                 if state is None:
                     raise RuntimeError(f"{fqn}/get_state did not answer within {timeout:g} s")
                 label = state.current_state.label
@@ -234,7 +234,7 @@ class GoalClient:
                 # configure loads the model: minutes for a 7B model on a slow disk
                 target = "inactive" if configure else "active"
                 wait = max(timeout, 600.0)
-                done = _transition(change, get, req, target, wait)
+                done = transition_once(change, get, req, target, wait, time.sleep)
                 if done is None:
                     raise RuntimeError(
                         f"{fqn} did not finish {steps[label]} within {wait:g} s (see its log)"
@@ -257,7 +257,7 @@ class GoalClient:
             client = self.node.create_client(GetState, f"{fqn}/get_state")
             state = "state unknown"
             if client.wait_for_service(timeout_sec=timeout):
-                response = call_service(client, GetState.Request(), timeout, resend_s=RESEND_S)
+                response = call_resending(client, GetState.Request(), timeout, time.sleep)
                 if response is not None:
                     state = response.current_state.label
             self.node.destroy_client(client)
@@ -272,53 +272,6 @@ class GoalClient:
         if self.context.ok():
             rclpy.shutdown(context=self.context)
         self._thread.join(5.0)
-
-
-def call_service(client: Any, request: Any, timeout: float, resend_s: float = 0.0) -> Any:
-    """A service response, or None when none came within ``timeout`` s.
-
-    ``resend_s`` > 0 (read-only requests only, such as ``GetState``): send the request again
-    every ``resend_s`` s until one is answered. A node that has just started may drop the
-    response to a client whose response reader it has not matched yet (Fast DDS waits 100 ms
-    for it, ros2/rmw_fastrtps#467); a second request is answered.
-    """
-    done = threading.Event()
-    futures = []
-    deadline = time.monotonic() + timeout
-    while True:
-        future = client.call_async(request)
-        future.add_done_callback(lambda _: done.set())
-        futures.append(future)
-        left = deadline - time.monotonic()
-        if done.wait(max(0.0, min(left, resend_s) if resend_s > 0 else left)):
-            return next(f.result() for f in futures if f.done())
-        if time.monotonic() >= deadline:
-            return None
-
-
-def _transition(change: Any, get: Any, request: Any, target: str, timeout: float) -> bool | None:
-    """Send one ``ChangeState`` request; True once it succeeds or the node is in ``target``.
-
-    A transition is never sent twice (it is not idempotent). If its response is lost (see
-    :func:`call_service`), the node's state, polled every :data:`RESEND_S` s, tells that it
-    happened.
-    False when the node refused it; None when neither answer came within ``timeout`` s.
-    """
-    from lifecycle_msgs.srv import GetState
-
-    done = threading.Event()
-    future = change.call_async(request)
-    future.add_done_callback(lambda _: done.set())
-    deadline = time.monotonic() + timeout
-    while not done.wait(max(0.0, min(RESEND_S, deadline - time.monotonic()))):
-        # the node answers get_state between transitions; during one it may not (its executor
-        # is busy), and None then just means "ask again"
-        state = call_service(get, GetState.Request(), RESEND_S)
-        if state is not None and state.current_state.label == target:
-            return True
-        if time.monotonic() >= deadline:
-            return None
-    return bool(future.result().success)
 
 
 def _timeout_message(client: GoalClient, timeout: float, received: int) -> str:
