@@ -1,10 +1,11 @@
-"""`make demo-model`'s script end to end at smoke size (slow: about 90 s on 2 cores).
+"""`make demo-model`'s script end to end at smoke size (slow: about 150 s on 2 cores).
 
 training/scripts/train_demo.sh with tiny scene counts and steps: base (question before the
-image), alignment, two answer stages under DeepSpeed on 2 gloo ranks, the copy to DEST, the
+image), alignment, three answer stages under DeepSpeed on 2 gloo ranks, the copy to DEST, the
 held-out evaluation and the word-reading diagnostic. The aligned parts (vision tower, projector,
 word embeddings) reach DEST unchanged (the answer stages freeze them) and the language model's
-layers do not.
+layers do not. A second run with FROM_STAGE=3 reruns stage 3 alone, from the first run's data
+and stage-2 model.
 """
 
 from __future__ import annotations
@@ -27,8 +28,8 @@ REPO = Path(__file__).resolve().parents[1]
 @pytest.mark.slow
 def test_the_demo_recipe_runs_at_smoke_size(tmp_path: Path) -> None:
     out, dest = tmp_path / "run", tmp_path / "final"
-    env = {**os.environ, "OUT": str(out), "DEST": str(dest), "N1": "12", "N3": "12",
-           "STEPS1": "2", "STEPS2": "2", "ALIGN_STEPS": "3",
+    env = {**os.environ, "OUT": str(out), "DEST": str(dest), "N1": "12", "N3": "12", "N4": "12",
+           "STEPS1": "2", "STEPS2": "2", "STEPS3": "2", "ALIGN_STEPS": "3",
            "MASTER_PORT": "29655"}  # fmt: skip
     proc = subprocess.run(
         ["bash", "training/scripts/train_demo.sh"], cwd=REPO, env=env, capture_output=True,
@@ -51,3 +52,18 @@ def test_the_demo_recipe_runs_at_smoke_size(tmp_path: Path) -> None:
     assert fixed and layers
     assert all(torch.equal(aligned[k], final[k]) for k in fixed)
     assert any(not torch.equal(aligned[k], final[k]) for k in layers)
+    # Every stage starts from the previous stage's model, which carries the prompt layout.
+    for stage in ("run1", "run2", "run3"):
+        assert read_meta(out / stage / "model") == {"grid": 8, "prompt": "question_first"}
+    # FROM_STAGE=3 reruns stage 3 alone, on OUT's data and stage-2 model, and refreshes DEST.
+    stage2 = (out / "run2" / "model" / "model.safetensors").read_bytes()
+    (dest / "model.safetensors").unlink()
+    proc = subprocess.run(
+        ["bash", "training/scripts/train_demo.sh"], cwd=REPO, env={**env, "FROM_STAGE": "3"},
+        capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ran = [line[3:6] for line in proc.stdout.splitlines() if line.startswith("== ")]
+    assert "6/7" in ran and not {"1/7", "2/7", "3/7", "4/7", "5/7"} & set(ran), ran
+    assert (out / "run2" / "model" / "model.safetensors").read_bytes() == stage2
+    assert (dest / "model.safetensors").is_file()

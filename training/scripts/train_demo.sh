@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # The shipped demo model (models/demo), reproducibly, on CPU: tabletop scenes with fixed seeds
 # -> tiny random LLaVA that reads the question before the image (training.demo_base --prompt
-# question_first) -> vision-language alignment (training.align) -> two answer stages under
+# question_first) -> vision-language alignment (training.align) -> three answer stages under
 # DeepSpeed ZeRO-2 on 2 gloo ranks -> models/demo + text4seg.json -> held-out evaluation.
 #
-#   make demo-model                       # about 40 minutes on 2 cores (models/demo/README.md)
-#   OUT=build/x DEST=build/x/final N1=40 N3=40 STEPS1=4 STEPS2=4 ALIGN_STEPS=4 \
+#   make demo-model                       # about 57 minutes on 2 cores (models/demo/README.md)
+#   OUT=build/x DEST=build/x/final N1=40 N3=40 N4=40 STEPS1=4 STEPS2=4 STEPS3=4 ALIGN_STEPS=4 \
 #     training/scripts/train_demo.sh      # smoke run
-#   FROM_STAGE=2 training/scripts/train_demo.sh   # rerun stage 2 on OUT's data and stage 1
+#   FROM_STAGE=2 training/scripts/train_demo.sh   # rerun stages 2 and 3 on OUT's data and stage 1
+#   FROM_STAGE=3 training/scripts/train_demo.sh   # rerun stage 3 on OUT's data and stage 2
 #
 # Alignment (ALIGN_STEPS): every visual token is trained towards the word embeddings of what it
 # shows ("red", "mug", "mugs", "large" / "others"), LLaVA's feature-alignment stage with dense
@@ -19,14 +20,19 @@
 # most conspicuous object on mixed scenes picked the named object 0.61 of the time, against
 # 0.70 from the aligned model (models/demo/README.md, "Training history", runs V and W).
 # Stage 2 (STEPS2): 2 to 6 objects, every goal kind (the held-out scenes' mix), with stage 1's
-# scenes mixed in. Both stages put the loss on every answer token (--loss_on answer): the label
+# scenes mixed in. Stage 3 (STEPS3, at LR3): the same mix plus a set of 2 or 3 large objects
+# with relation goals ("ball left of the green bottle") and absent-target goals ("purple bottle"
+# when there is none) weighted up: the two kinds stage 2 leaves unlearnt (models/demo/README.md,
+# runs AA to AC). Every stage puts the loss on every answer token (--loss_on answer): the label
 # words repeated in each run and the sentence that quotes the goal are what make the answer
-# carry the words (runs R and T). Stage 2 weighs the rows holding a target FG_WEIGHT times:
-# on realistic scenes most answer tokens are "others", and an unweighted mean collapsed to
-# empty answers (run U). Seeds: alignment scenes 5,000,000.., stage 1 400,000.., stage 2
-# 100,000..; held-out scenes (10,000,000 + i) are never trained on. One OpenMP thread per rank:
-# on 2 cores, 2 threads per process ran elementwise ops ten times slower (measured: 20 ms vs
-# 2 ms for a 1.5M-float multiply). KEEP_DATA=1 keeps OUT and reuses the JSONL files already there.
+# carry the words (runs R and T). Stages 2 and 3 weigh the rows holding a target FG_WEIGHT / FG3
+# times: on realistic scenes most answer tokens are "others", and an unweighted mean collapsed
+# to empty answers (run U); stage 3, on a model that already reads, marks less for absent goals
+# at 2 than at 4. Seeds: alignment scenes 5,000,000.., stage 1 400,000.., stage 2 100,000..,
+# stage 3's own set 600,000..; held-out scenes (10,000,000 + i) are never trained on. One OpenMP
+# thread per rank: on 2 cores, 2 threads per process ran elementwise ops ten times slower
+# (measured: 20 ms vs 2 ms for a 1.5M-float multiply). KEEP_DATA=1 keeps OUT and reuses the
+# JSONL files already there.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -36,32 +42,37 @@ GRID=${GRID:-8}
 ALIGN_STEPS=${ALIGN_STEPS:-600}
 N1=${N1:-16000}
 N3=${N3:-6000}
+N4=${N4:-12000}
 STEPS1=${STEPS1:-1000}
 STEPS2=${STEPS2:-4000}
+STEPS3=${STEPS3:-2000}
 FG_WEIGHT=${FG_WEIGHT:-4}
+FG3=${FG3:-2}
 LR=${LR:-3e-3}
+LR3=${LR3:-2e-3}
 FROM_STAGE=${FROM_STAGE:-1}
 BASE_ARGS=${BASE_ARGS:-}  # extra training.demo_base options, e.g. "--layers 8" or "--patch 4"
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/build/torch_extensions}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
 TRAIN=(-m torch.distributed.run --nproc_per_node=2 --master_port="${MASTER_PORT:-29641}"
-  -m training.train --tune full --freeze vision,projector,embeddings --lr "$LR"
+  -m training.train --tune full --freeze vision,projector,embeddings
   --global_batch 16 --per_device_batch 8 --num_workers 0 --log_steps 10 --max_length 2048
   --loss_on answer --gradient_checkpointing false)  # a tiny model needs no activation recomputation
 ALL_KINDS="res_attr=3,res_size=2,res_spatial=2,gres_multi=1.5,gres_single=1,gres_absent=1.5,rec=1,openvocab=0.5,instances=0.5"
 ONLY_ATTR="res_attr=1,res_size=0,res_spatial=0,gres_multi=0,gres_single=0,gres_absent=0,rec=0,openvocab=0,instances=0"
+RELATE="res_attr=1,res_size=1,res_spatial=3,gres_multi=0,gres_single=0,gres_absent=3,rec=0,openvocab=0,instances=0"
 start=$(date +%s)
 if [ "$FROM_STAGE" = 1 ]; then
 if [ "${KEEP_DATA:-0}" != 1 ]; then rm -rf "$OUT"; fi
 rm -rf "$OUT/base" "$OUT/aligned" "$OUT/run1"
 mkdir -p "$OUT"
 
-echo "== 1/6 base model: tiny random LLaVA, question before the image, G = $GRID"
+echo "== 1/7 base model: tiny random LLaVA, question before the image, G = $GRID"
 # shellcheck disable=SC2086  # BASE_ARGS is a list of options
 "$PY" -m training.demo_base --out "$OUT/base" --grid "$GRID" --prompt question_first $BASE_ARGS
-echo "== 2/6 alignment: $ALIGN_STEPS steps"
+echo "== 2/7 alignment: $ALIGN_STEPS steps"
 "$PY" -m training.align --model "$OUT/base" --out "$OUT/aligned" --steps "$ALIGN_STEPS"
-echo "== 3/6 data: stage 1 ($N1 scenes, 2 large objects, colour + kind goals), 2 ($N3, 2-6)"
+echo "== 3/7 data: stage 1 ($N1 scenes, 2 large objects, colour + kind goals), 2 ($N3, 2-6)"
 [ -f "$OUT/select/train.jsonl" ] ||
 "$PY" -m training.data.build tabletop --first 400000 --n-images "$N1" --objects 2,2 --scale 1.5 \
   --size 128 --grid "$GRID" --out "$OUT/select/train.jsonl" --weights "$ONLY_ATTR"
@@ -69,21 +80,33 @@ echo "== 3/6 data: stage 1 ($N1 scenes, 2 large objects, colour + kind goals), 2
 [ -f "$OUT/stage3/train.jsonl" ] ||
 "$PY" -m training.data.build tabletop --first 100000 --n-images "$N3" --objects 2,6 \
   --size 128 --grid "$GRID" --goals-per-scene 6 --out "$OUT/stage3/train.jsonl" --weights "$ALL_KINDS"
-echo "== 4/6 stage 1 (selection): $STEPS1 steps"
-"$PY" "${TRAIN[@]}" --model "$OUT/aligned" --data "$OUT/select/train.jsonl" \
+echo "== 4/7 stage 1 (selection): $STEPS1 steps"
+"$PY" "${TRAIN[@]}" --model "$OUT/aligned" --data "$OUT/select/train.jsonl" --lr "$LR" \
   --output_dir "$OUT/run1" --max_steps "$STEPS1" --fg_weight 1 --save_steps 0
 cp "$OUT/base/text4seg.json" "$OUT/run1/model/"
 fi
+if [ "$FROM_STAGE" -le 2 ]; then
 rm -rf "$OUT/run2"
-echo "== 5/6 stage 2: $STEPS2 steps from stage 1"
-"$PY" "${TRAIN[@]}" --model "$OUT/run1/model" \
+echo "== 5/7 stage 2: $STEPS2 steps from stage 1"
+"$PY" "${TRAIN[@]}" --model "$OUT/run1/model" --lr "$LR" \
   --data "$OUT/stage3/train.jsonl" "$OUT/select/train.jsonl" --fg_weight "$FG_WEIGHT" \
   --output_dir "$OUT/run2" --max_steps "$STEPS2" --save_steps 600 --save_total_limit 1
+cp "$OUT/base/text4seg.json" "$OUT/run2/model/"
+fi
+rm -rf "$OUT/run3"
+echo "== data: stage 3 ($N4 scenes, 2-3 large objects, relation and absent goals weighted up)"
+[ -f "$OUT/relate/train.jsonl" ] ||
+"$PY" -m training.data.build tabletop --first 600000 --n-images "$N4" --objects 2,3 --scale 1.5 \
+  --size 128 --grid "$GRID" --goals-per-scene 4 --out "$OUT/relate/train.jsonl" --weights "$RELATE"
+echo "== 6/7 stage 3 (relations, absent targets): $STEPS3 steps from stage 2"
+"$PY" "${TRAIN[@]}" --model "$OUT/run2/model" --lr "$LR3" --fg_weight "$FG3" \
+  --data "$OUT/stage3/train.jsonl" "$OUT/select/train.jsonl" "$OUT/relate/train.jsonl" \
+  --output_dir "$OUT/run3" --max_steps "$STEPS3" --save_steps 600 --save_total_limit 1
+cp "$OUT/base/text4seg.json" "$OUT/run3/model/"
 mkdir -p "$DEST"
-cp "$OUT"/run2/model/* "$DEST"/
-cp "$OUT/base/text4seg.json" "$DEST/"
+cp "$OUT"/run3/model/* "$DEST"/
 echo "training took $(( ($(date +%s) - start) / 60 )) minutes; model in $DEST"
-echo "== 6/6 held-out evaluation (60 scenes, pixel ground truth, per goal kind)"
+echo "== 7/7 held-out evaluation (60 scenes, pixel ground truth, per goal kind)"
 "$PY" -m training.demo_eval --model "$DEST" --split heldout --scenes 60 \
   --out "$OUT/heldout_eval.json"
 "$PY" -m training.demo_diagnose --model "$DEST" --scenes 40 --out "$OUT/diagnose.json"
