@@ -20,6 +20,7 @@ import numpy as np
 import pytest
 import torch
 
+from text4seg_ros.model.meta import read_meta, write_meta
 from text4seg_ros.model.segmenter import Segmenter
 from text4seg_ros.model.tiny import build_tiny_model
 from text4seg_ros.model.types import Goal
@@ -64,6 +65,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     long = ChatSample(**{**samples[0].__dict__, "id": "too-long", "question": "x " * 3000})
     write_jsonl([*samples, long], data)
     base = build_tiny_model("llava", root / "base")
+    write_meta(base, grid=16)  # carried into the merged and the fully tuned model
     out = root / "run"
     args = ["--model", str(base), "--data", str(data), "--output_dir", str(out),
             "--lora_r", "8", "--lora_alpha", "16", "--lr", "2e-3", "--global_batch", "8",
@@ -136,6 +138,7 @@ def test_merged_model_equals_base_plus_adapter(run: dict, merged: Path) -> None:
         c = base.model(**batch).logits
     assert torch.allclose(a, b, atol=1e-4)
     assert not torch.allclose(a, c, atol=1e-3)  # training changed the model
+    assert read_meta(merged) == {"grid": 16}  # the base's text4seg.json
     provenance = json.loads((merged / "text4seg_training.json").read_text())
     assert provenance["backbone"] == "llava" and provenance["recipe"]["world_size"] == 2
 
@@ -193,6 +196,7 @@ def test_full_fine_tuning_saves_a_model_the_segmenter_loads(run: dict) -> None:
     assert trainable == total  # every weight, vision tower included
     losses = [r["loss"] for r in _log(out)]
     assert losses[-1] < losses[0] - 0.1, losses
+    assert read_meta(out / "model") == {"grid": 16}  # the input model's text4seg.json
     segmenter = Segmenter.from_pretrained(out / "model", grid=16)
     segmenter.set_image(np.asarray(load_image(read_jsonl(run["data"])[0])))
     (result,) = segmenter.segment([Goal("red circle")])

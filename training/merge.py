@@ -3,10 +3,11 @@
     python -m training.merge --adapter OUT/adapter --out merged/ [--base BASE] [--dtype bf16]
 
 The merged directory has the base model's layout (``config.json``, ``model.safetensors``, the
-processor and tokenizer files, and ``text4seg_processor.json`` for the processor subclasses of
-:mod:`text4seg_ros.model.processors`), so ``Segmenter.from_pretrained(merged)`` loads it like
-any base model; no peft at inference. ``text4seg_training.json`` records where it came from.
-The second training stage (gRefCOCO) starts from this directory.
+processor and tokenizer files, ``text4seg_processor.json`` for the processor subclasses of
+:mod:`text4seg_ros.model.processors`, and the base's ``text4seg.json``), so
+``Segmenter.from_pretrained(merged)`` loads it like any base model; no peft at inference.
+``text4seg_training.json`` records where it came from. The second training stage (gRefCOCO)
+starts from this directory.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from pathlib import Path
 import torch
 from peft import PeftConfig
 
+from text4seg_ros.model.meta import read_meta, write_meta
 from text4seg_ros.model.processors import save_processor
 
 from .lora import load_base
@@ -56,6 +58,9 @@ def merge_adapter(
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out))
     save_processor(processor, out, backbone.name)
+    meta = read_meta(base)
+    if meta:  # the base's grid and prompt layout (text4seg.json) hold for the merged model too
+        write_meta(out, **meta)
     provenance = {
         "base": str(base.resolve()),
         "adapter": str(adapter.resolve()),

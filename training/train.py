@@ -15,7 +15,8 @@ Output layout (``output_dir``)::
                            ``save_total_limit`` kept: ``--resume`` continues from ``latest``
                            (decided by rank 0, see training.checkpoints)
     adapter/               the final peft adapter + processor (input of training.merge)
-    model/                 instead of adapter/ with --tune full: the whole trained model
+    model/                 instead of adapter/ with --tune full: the whole trained model, with
+                           the input model's text4seg.json (grid, prompt layout)
     log.jsonl              one line per logged step: step, loss, lr, samples_s, tokens_s
     recipe.json            the resolved recipe of the run
 """
@@ -42,6 +43,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 from transformers import HfArgumentParser, PreTrainedModel, get_linear_schedule_with_warmup
 
+from text4seg_ros.model.meta import read_meta, write_meta
 from text4seg_ros.model.processors import save_processor
 
 from . import checkpoints
@@ -381,6 +383,10 @@ def train(recipe: Recipe) -> Path:
     if main:
         engine.module.save_pretrained(str(result))
         save_processor(processor, result, backbone.name)
+        meta = read_meta(recipe.model)
+        if meta and recipe.tune != "lora":  # an adapter gets them back from its base at merge
+            # the grid and prompt layout the model was trained with go with it (text4seg.json)
+            write_meta(result, **meta)
         print(f"[train] {result.name} saved to {result}", flush=True)
     dist.barrier()
     return result

@@ -83,7 +83,6 @@ echo "== 3/7 data: stage 1 ($N1 scenes, 2 large objects, colour + kind goals), 2
 echo "== 4/7 stage 1 (selection): $STEPS1 steps"
 "$PY" "${TRAIN[@]}" --model "$OUT/aligned" --data "$OUT/select/train.jsonl" --lr "$LR" \
   --output_dir "$OUT/run1" --max_steps "$STEPS1" --fg_weight 1 --save_steps 0
-cp "$OUT/base/text4seg.json" "$OUT/run1/model/"
 fi
 if [ "$FROM_STAGE" -le 2 ]; then
 rm -rf "$OUT/run2"
@@ -91,7 +90,6 @@ echo "== 5/7 stage 2: $STEPS2 steps from stage 1"
 "$PY" "${TRAIN[@]}" --model "$OUT/run1/model" --lr "$LR" \
   --data "$OUT/stage3/train.jsonl" "$OUT/select/train.jsonl" --fg_weight "$FG_WEIGHT" \
   --output_dir "$OUT/run2" --max_steps "$STEPS2" --save_steps 600 --save_total_limit 1
-cp "$OUT/base/text4seg.json" "$OUT/run2/model/"
 fi
 rm -rf "$OUT/run3"
 echo "== data: stage 3 ($N4 scenes, 2-3 large objects, relation and absent goals weighted up)"
@@ -102,7 +100,6 @@ echo "== 6/7 stage 3 (relations, absent targets): $STEPS3 steps from stage 2"
 "$PY" "${TRAIN[@]}" --model "$OUT/run2/model" --lr "$LR3" --fg_weight "$FG3" \
   --data "$OUT/stage3/train.jsonl" "$OUT/select/train.jsonl" "$OUT/relate/train.jsonl" \
   --output_dir "$OUT/run3" --max_steps "$STEPS3" --save_steps 600 --save_total_limit 1
-cp "$OUT/base/text4seg.json" "$OUT/run3/model/"
 mkdir -p "$DEST"
 cp "$OUT"/run3/model/* "$DEST"/
 echo "training took $(( ($(date +%s) - start) / 60 )) minutes; model in $DEST"
