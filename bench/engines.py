@@ -12,6 +12,10 @@ Sections (one JSON, bench/results/engines.json, and a Markdown table printed for
   ``tensorrt`` where it runs): ms per goal (``Segmenter.segment``: decode and reading the answer
   at image size; the decode alone; and with the frame's encoding), sequential forward calls per
   goal, answer tokens per second, and whether every engine wrote the same descriptors as torch.
+  With a question-first model (the demo model: one prefix per goal) at 4 and 8 goals, also the
+  same goals decoded goal after goal (``Segmenter(batch_prefixes=False)``) against one batch
+  over the stacked prefixes (the default): ms per goal, sequential decoder calls per frame, and
+  whether both wrote the same descriptors.
   Baseline, the official way: ``model.generate`` one goal at a time (image and prompt encoded
   per goal), greedy, no grammar, token by token, for as many tokens as our answer to that goal.
 * ``real_width``: the Qwen2-VL-2B and LLaVA-1.5-7B language models at their real widths and
@@ -205,9 +209,12 @@ def _bench_frames(segmenters: dict[str, Segmenter], frames: list, label: str) ->
         # each engine alike; each frame is encoded once untimed first (warm-up of its size)
         acc = {
             name: {"encode": 0.0, "decode": 0.0, "generate": 0.0, "calls": [], "tokens": 0,
-                   "answers": []}
+                   "answers": [], "one_by_one": 0.0, "one_by_one_answers": [],
+                   "frame_calls": [], "one_by_one_frame_calls": []}
             for name in segmenters
         }  # fmt: skip
+        # question first, several goals: the same goals decoded goal after goal as baseline
+        one_by_one = k > 1 and drafts and ref.backbone.per_goal_prefix
         tokens_ref: list[int] = []
         for image, goals in frames:  # untimed: the goals' grammar states are built once
             for seg in segmenters.values():
@@ -225,6 +232,10 @@ def _bench_frames(segmenters: dict[str, Segmenter], frames: list, label: str) ->
                 a["encode"] += mid - start
                 a["decode"] += end - mid
                 a["generate"] += results[0].timings.decode_s
+                # sequential decoder calls of the frame: a goal counts every call it was in,
+                # so one batch takes its longest goal's, goal after goal the sum of them
+                steps = [r.model_steps for r in results]
+                a["frame_calls"].append(max(steps) if seg.batch_prefixes else sum(steps))
                 for r in results:
                     a["calls"].append(r.model_steps)
                     n = len(seg.codec.encode_piece(r.descriptor))
@@ -232,6 +243,14 @@ def _bench_frames(segmenters: dict[str, Segmenter], frames: list, label: str) ->
                     a["answers"].append(r.descriptor)
                     if name == "torch":
                         tokens_ref.append(n)
+                if one_by_one:
+                    seg.batch_prefixes = False
+                    start = time.perf_counter()
+                    alone = seg.segment(goals_for(goals, k))
+                    a["one_by_one"] += time.perf_counter() - start
+                    seg.batch_prefixes = True
+                    a["one_by_one_answers"] += [r.descriptor for r in alone]
+                    a["one_by_one_frame_calls"].append(sum(r.model_steps for r in alone))
         row: dict = {}
         n_goals = len(frames) * k
         for name, a in acc.items():
@@ -245,6 +264,16 @@ def _bench_frames(segmenters: dict[str, Segmenter], frames: list, label: str) ->
                 "tokens_per_s": a["tokens"] / a["decode"],
                 "same_descriptors_as_torch": a["answers"] == acc["torch"]["answers"],
             }
+            if one_by_one:
+                row[name]["decoder_calls_per_frame"] = float(np.mean(a["frame_calls"]))
+                row[name]["decoder_calls_per_frame_goal_after_goal"] = float(
+                    np.mean(a["one_by_one_frame_calls"])
+                )
+                row[name]["ms_per_goal_goal_after_goal"] = 1000 * a["one_by_one"] / n_goals
+                row[name]["batched_speedup_vs_goal_after_goal"] = a["one_by_one"] / a["decode"]
+                row[name]["goal_after_goal_same_descriptors"] = (
+                    a["one_by_one_answers"] == a["answers"]
+                )
         if k == 1 and drafts:  # the official way, one goal at a time (its cost does not batch)
             total = 0.0
             for (image, goals), n in zip(frames, tokens_ref):

@@ -251,3 +251,19 @@ def test_greedy_reference_rows_leave_and_match_singles(codec):
     assert len(batched[1].tokens) <= 4 < max(len(r.tokens) for r in batched)
     assert rec.widths[-1] < 4 and sum(rec.widths) == sum(r.forward_calls for r in batched)
     assert set(rec_kept.widths) == {4}
+
+
+def test_per_row_prefix_lengths_mask_each_rows_padding():
+    """A stacked prefix (one per goal): row r attends to its own first prefix_len[r] slots only,
+    and continues at position prefix_len[r]."""
+    from text4seg_ros.decoding.loop import prefix_lengths
+
+    step = OracleStep([[1]] * 3, [0] * 3, vocab=4)
+    batch = _Batch(step, None, [3, 5, 0], 3, pad=0, device="cpu")
+    assert batch.mask.tolist() == [[1, 1, 1, 0, 0], [1, 1, 1, 1, 1], [0, 0, 0, 0, 0]]
+    assert batch.pos == [3, 5, 0] and batch.live == [3, 5, 0]
+    assert prefix_lengths(4, 2) == [4, 4]
+    with pytest.raises(ValueError, match="2 lengths for 3 rows"):
+        prefix_lengths([1, 2], 3)
+    with pytest.raises(ValueError, match=">= 0"):
+        prefix_lengths([1, -2], 2)

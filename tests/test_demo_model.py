@@ -94,3 +94,22 @@ def test_answers_have_frame_sized_masks_and_boxes(segmenter: Segmenter) -> None:
         assert (r.box is None) == (not r.mask.any())
         if goal.task is Task.OPEN_VOCAB:
             assert r.label_map is not None and r.label_map.max() <= len(goal.classes)
+
+
+def test_empty_answer_check_scores_as_the_decoder_does(segmenter: Segmenter) -> None:
+    """training.demo_empty_check's teacher-forced scores agree with the decoder's own
+    probabilities, and its rule behaves at the extremes (its findings: models/demo/README.md)."""
+    from training.demo_empty_check import apply_rule, collect, summarise
+
+    records = collect(segmenter, SCENES[:2])
+    assert records and {r["kind"] for r in records} <= {"gres_absent", "gres_single", "gres_multi"}
+    for r in records:
+        assert r["greedy_score"] == pytest.approx(r["decoder"], abs=1e-3)
+        assert r["greedy_score"] <= 0 and r["empty_score"] <= 0
+        if r["is_empty"]:  # the greedy answer is the empty one: the same score
+            assert r["empty_score"] == pytest.approx(r["greedy_score"], abs=1e-6)
+    every = apply_rule(records, 1e9)  # the empty answer everywhere
+    assert every["gres_absent"]["N-acc"] == 1.0
+    assert all(every[k]["T-acc"] == 0.0 for k in ("gres_single", "gres_multi") if k in every)
+    summary = summarise(records)
+    assert summary["goals"] == len(records) and summary["greedy"] == apply_rule(records, None)

@@ -1,7 +1,8 @@
 """The question-first prompt layout (``text4seg.json`` ``"prompt": "question_first"``): the
 question before the image, one prefix per goal. Templates, the model directory's setting, the
-Segmenter against the naive masked ``generate`` reference, the training encoder against what
-the Segmenter feeds, and the ONNX Runtime engine against torch."""
+Segmenter against the naive masked ``generate`` reference, a frame's goals decoded in one batch
+over their stacked prefixes against goal after goal, the training encoder against what the
+Segmenter feeds, and the ONNX Runtime engine against torch."""
 
 from __future__ import annotations
 
@@ -13,6 +14,8 @@ import pytest
 import torch
 from test_decoding_reference import GRID, naive_decode
 
+from text4seg_ros.engines.base import Prefix, stack_prefixes
+from text4seg_ros.engines.cuda_graphs import StaticTorchEngine
 from text4seg_ros.model.meta import model_prompt, read_meta, write_meta
 from text4seg_ros.model.registry import get_backbone
 from text4seg_ros.model.segmenter import Segmenter
@@ -84,6 +87,56 @@ def test_segmenter_equals_naive_generate_with_the_question_first(seed) -> None:
     b = backbone.preprocess(processor, image, question="Q two?")["input_ids"][0].tolist()
     image_id = model.config.image_token_index
     assert a != b and a.index(image_id) > 0 and a[-1] == image_id
+
+
+@pytest.mark.parametrize("engine", ("torch", "static"))
+def test_a_frames_goals_decode_in_one_batch_over_stacked_prefixes(engine) -> None:
+    model, processor = build_tiny("llava", grid=GRID, seed=2)
+    model = model.to(torch.float64)
+    backbone = get_backbone("llava").question_first()
+    chosen = "torch" if engine == "torch" else StaticTorchEngine(model, backbone, capture=False)
+    seg = Segmenter(model, processor, backbone, grid=GRID, max_instances=2, engine=chosen)
+    calls: list[int] = []  # language-model passes: prefixes and decoder steps
+    model.model.language_model.register_forward_hook(lambda *_: calls.append(1))
+    image = np.random.default_rng(7).integers(0, 256, (30, 26, 3), dtype=np.uint8)
+    seg.set_image(image)
+    answers, passes = {}, {}
+    for batched in (False, True):
+        seg.batch_prefixes = batched
+        calls.clear()
+        answers[batched] = seg.segment(GOALS)
+        passes[batched] = len(calls)
+    steps = [r.model_steps for r in answers[False]]
+    for a, b in zip(answers[True], answers[False]):
+        assert a.descriptor == b.descriptor and a.model_steps == b.model_steps
+        assert np.array_equal(a.mask, b.mask)
+    # one prefix pass per goal either way; decoder steps: the longest goal's, not their sum
+    assert passes[False] == len(GOALS) + sum(steps)
+    assert passes[True] == len(GOALS) + max(steps) < passes[False]
+
+
+def _prefix(length: int, fill: float, delta: int = 0) -> Prefix:
+    kv = [torch.full((1, 2, length, 4), fill) for _ in range(3)]
+    return Prefix(kv, [t + 1 for t in kv], torch.arange(1, length + 1)[None], (8, 8), delta, 2)
+
+
+def test_stack_prefixes_pads_each_row_after_its_own_prefix() -> None:
+    stacked = stack_prefixes([_prefix(3, 1.0), _prefix(5, 2.0)])
+    assert stacked.lengths == (3, 5) and stacked.length == 5 and stacked.row_lengths == [3, 5]
+    assert [tuple(k.shape) for k in stacked.keys] == [(2, 2, 5, 4)] * 3
+    assert (stacked.keys[0][0, :, :3] == 1).all() and (stacked.keys[0][0, :, 3:] == 0).all()
+    assert (stacked.values[2][1] == 3).all()
+    assert stacked.input_ids.tolist() == [[1, 2, 3, 0, 0], [1, 2, 3, 4, 5]]
+    assert tuple(stacked.cache(2).layers[0].keys.shape) == (2, 2, 5, 4)
+    with pytest.raises(ValueError, match="stacked prefix of 2 rows cannot fill a batch of 3"):
+        stacked.cache(3)
+    with pytest.raises(ValueError, match="one-row prefixes"):
+        stack_prefixes([stacked])
+    with pytest.raises(ValueError, match="not one frame"):
+        stack_prefixes([_prefix(3, 1.0), _prefix(3, 1.0, delta=4)])
+    with pytest.raises(ValueError, match="no prefixes"):
+        stack_prefixes([])
+    assert _prefix(3, 1.0).row_lengths == 3
 
 
 def test_training_encoder_feeds_what_the_segmenter_feeds(tmp_path) -> None:

@@ -178,8 +178,8 @@ def table_engines(results: Path) -> str:
     lines = [
         _row(["frames", "goals / frame", "engine", "ms / goal", "calls / goal", "tokens / s",
               "vs torch", "vs torch, decode only", "vs official (1 goal)",
-              "same descriptors as torch"]),
-        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+              "same descriptors as torch", "one batch vs goal after goal"]),
+        "| --- | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | --- | ---: |",
     ]  # fmt: skip
     for frames, workload in d["workloads"].items():
         for k, row in workload["per_goals"].items():
@@ -188,6 +188,8 @@ def table_engines(results: Path) -> str:
                 decode = v.get("decode_only_speedup_vs_torch")
                 official = v.get("speedup_vs_official")
                 same = v.get("same_descriptors_as_torch")
+                batched = v.get("batched_speedup_vs_goal_after_goal")
+                differ = "" if v.get("goal_after_goal_same_descriptors", True) else ", **differ**"
                 lines.append(
                     _row(
                         [
@@ -201,6 +203,13 @@ def table_engines(results: Path) -> str:
                             f"{decode:.2f}x" if decode else "",
                             f"{official:.1f}x" if official else "",
                             "" if same is None else ("yes" if same else "**no**"),
+                            (
+                                f"{batched:.2f}x ({v['decoder_calls_per_frame']:.0f} vs "
+                                f"{v['decoder_calls_per_frame_goal_after_goal']:.0f} calls / "
+                                f"frame){differ}"
+                            )
+                            if batched
+                            else "",
                         ]
                     )
                 )
@@ -273,6 +282,12 @@ def table_speed_summary(results: Path) -> str:
             lines.append(
                 _row([f"`onnxruntime` vs `torch` per goal, demo model (goals per frame: {k})",
                       f"{ort['speedup_vs_torch']:.2f}x"])
+            )  # fmt: skip
+    for name, v in table.get("8", {}).items():
+        if isinstance(v, dict) and v.get("batched_speedup_vs_goal_after_goal"):
+            lines.append(
+                _row([f"`{name}`, 8 goals per frame in one batch vs goal after goal, demo model",
+                      f"{v['batched_speedup_vs_goal_after_goal']:.2f}x"])
             )  # fmt: skip
     for name, row in d["real_width"]["models"].items():
         best = row.get("jump_forward+drafts", {})

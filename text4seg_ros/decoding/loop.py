@@ -73,6 +73,23 @@ class GenerationResult:
         return float(np.mean(np.log(np.maximum(self.chosen_probs, 1e-45))))
 
 
+def prefix_lengths(prefix_len: int | Sequence[int], rows: int) -> list[int]:
+    """Per-row prefix lengths from the decoder's ``prefix_len``: one int for a prefix every row
+    shares, or one per row (a stacked prefix, see
+    :func:`text4seg_ros.engines.base.stack_prefixes`: row ``r`` holds its prefix in its first
+    ``prefix_len[r]`` cache slots, the cache ``max(prefix_len)`` slots long). ValueError for a
+    negative length or a list of the wrong size."""
+    if isinstance(prefix_len, (int, np.integer)):
+        lens = [int(prefix_len)] * rows
+    else:
+        lens = [int(n) for n in prefix_len]
+        if len(lens) != rows:
+            raise ValueError(f"prefix_len has {len(lens)} lengths for {rows} rows")
+    if any(n < 0 for n in lens):
+        raise ValueError(f"prefix lengths must be >= 0, got {lens}")
+    return lens
+
+
 class _Batch:
     """Cache bookkeeping shared by the constrained and the plain greedy loop.
 
@@ -90,17 +107,21 @@ class _Batch:
         self,
         step: DecodeStep,
         cache: Any,
-        prefix_len: int,
+        prefix_len: int | Sequence[int],
         rows: int,
         pad: int,
         device: Any,
         shrink: bool = True,
     ) -> None:
         self.step, self.cache, self.pad, self.device = step, cache, pad, device
-        self.buf = np.ones((rows, max(64, 2 * prefix_len)), dtype=np.int64)
-        self.length = prefix_len
-        self.live = [prefix_len] * rows
-        self.pos = [prefix_len] * rows
+        lens = prefix_lengths(prefix_len, rows)
+        width = max(lens)
+        self.buf = np.ones((rows, max(64, 2 * width)), dtype=np.int64)
+        for r, n in enumerate(lens):  # a stacked prefix: row r's slots after its own are pads
+            self.buf[r, n:width] = 0
+        self.length = width
+        self.live = list(lens)
+        self.pos = list(lens)
         self.rows = list(range(rows))
         self.index = {g: g for g in self.rows}
         self.select = getattr(step, "select_cache", None) or select_cache
@@ -287,7 +308,7 @@ def constrained_generate(
     grammars: Sequence[TokenGrammar],
     suffix_ids: Sequence[Sequence[int]],
     prefix_cache: Any = None,
-    prefix_len: int = 0,
+    prefix_len: int | Sequence[int] = 0,
     max_new_tokens: int | None = None,
     max_draft_tokens: int = 64,
     pad_token_id: int = 0,
@@ -298,7 +319,8 @@ def constrained_generate(
     """Decode one descriptor per goal, batched, under each goal's grammar.
 
     ``prefix_cache`` holds the shared prefix (image + prompt) for ``len(grammars)`` rows and is
-    extended and sliced in place (pass a copy to reuse it); ``prefix_len`` is its logical length.
+    extended and sliced in place (pass a copy to reuse it); ``prefix_len`` is its logical length,
+    or per row the length of a stacked prefix (one prefix per goal, see :func:`prefix_lengths`).
     ``suffix_ids[b]`` (non-empty) are goal ``b``'s prompt tokens after the prefix. Greedy: at
     every free choice the allowed token with the highest logit. ``max_draft_tokens = 0`` turns
     drafts off (jump-forward only). ``max_new_tokens`` (default: no limit; every grammar here is
@@ -337,7 +359,7 @@ def _decode(
     grammars: Sequence[TokenGrammar],
     suffix_ids: Sequence[Sequence[int]],
     prefix_cache: Any,
-    prefix_len: int,
+    prefix_len: int | Sequence[int],
     max_new: int | None,
     max_draft: int,
     pad: int,
@@ -459,7 +481,7 @@ def greedy_generate(
     suffix_ids: Sequence[Sequence[int]],
     max_new_tokens: int,
     prefix_cache: Any = None,
-    prefix_len: int = 0,
+    prefix_len: int | Sequence[int] = 0,
     eos_token_id: int | None = None,
     stop_ids: Sequence[int] | None = None,
     pad_token_id: int = 0,

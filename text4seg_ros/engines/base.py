@@ -23,6 +23,7 @@ write them in place through their buffer pointers, never through host copies).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -45,6 +46,10 @@ class Prefix:
     prefix's KV cache. ``input_ids``: ``(1, P)``. ``rope_delta``: added to logical text
     positions after the prefix (Qwen2-VL mrope; 0 for 1-D rope backbones). ``image_size``:
     ``(H, W)`` of the frame in pixels.
+
+    A stacked prefix (:func:`stack_prefixes`: one prefix per goal of a question-first frame)
+    has ``B`` rows instead of 1 and ``lengths``: row ``i`` holds its own prefix in its first
+    ``lengths[i]`` of the ``P`` slots, then zeros the decoder masks.
     """
 
     keys: list[torch.Tensor]
@@ -53,16 +58,32 @@ class Prefix:
     image_size: tuple[int, int]
     rope_delta: int = 0
     n_image_tokens: int = 0
+    lengths: tuple[int, ...] = ()
 
     @property
     def length(self) -> int:
-        """Number of prefix tokens P."""
+        """Number of prefix slots P (the longest row's prefix for a stacked prefix)."""
         return int(self.input_ids.shape[1])
+
+    @property
+    def row_lengths(self) -> int | list[int]:
+        """What the decoder takes as ``prefix_len``: ``P``, or per row ``lengths`` when
+        stacked."""
+        return list(self.lengths) if self.lengths else self.length
+
+    def check_batch(self, batch: int) -> None:
+        """ValueError unless ``batch`` rows can hold this prefix (any number for a one-row
+        prefix, exactly its rows for a stacked one)."""
+        if batch < 1:
+            raise ValueError(f"batch must be >= 1, got {batch}")
+        if self.lengths and batch != len(self.lengths):
+            raise ValueError(
+                f"a stacked prefix of {len(self.lengths)} rows cannot fill a batch of {batch}"
+            )
 
     def cache(self, batch: int = 1) -> DynamicCache:
         """A fresh ``DynamicCache`` holding the prefix for ``batch`` rows (prefix left intact)."""
-        if batch < 1:
-            raise ValueError(f"batch must be >= 1, got {batch}")
+        self.check_batch(batch)
         # expand() is a view; the cache's first update concatenates into new tensors, so the
         # stored prefix is never written and can serve every later segment() call.
         data = [
@@ -80,6 +101,49 @@ def image_token_id(model: Any) -> int:
         if value is not None:
             return int(value)
     raise ValueError(f"{type(config).__name__} names no image token id")
+
+
+def stack_prefixes(prefixes: Sequence[Prefix]) -> Prefix:
+    """One-row prefixes of the same frame (one per goal, question first) as one ``B``-row
+    prefix, so that their goals decode in one batch: row ``i`` holds ``prefixes[i]`` in its
+    first ``P_i`` slots and zeros up to ``P = max P_i`` (``lengths``; the decoder masks them
+    and places row ``i``'s next token at position ``P_i``). Keys carry their rotary positions,
+    so a slot's index never matters to attention. ValueError for an empty list, stacked
+    inputs, or prefixes of different frames or rope deltas (one decoder step serves the
+    batch)."""
+    if not prefixes:
+        raise ValueError("no prefixes to stack")
+    first = prefixes[0]
+    for p in prefixes:
+        if p.lengths or p.input_ids.shape[0] != 1:
+            raise ValueError("stack_prefixes takes one-row prefixes")
+        if (p.rope_delta, p.image_size, p.n_image_tokens) != (
+            first.rope_delta, first.image_size, first.n_image_tokens
+        ):  # fmt: skip
+            raise ValueError(
+                "prefixes differ in rope delta, image size or image tokens: not one frame"
+            )
+    lengths = tuple(p.length for p in prefixes)
+    width = max(lengths)
+
+    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
+        extra = width - t.shape[dim]
+        if not extra:
+            return t
+        shape = list(t.shape)
+        shape[dim] = extra
+        return torch.cat([t, t.new_zeros(shape)], dim)
+
+    layers = range(len(first.keys))
+    return Prefix(
+        keys=[torch.cat([pad(p.keys[i], 2) for p in prefixes]) for i in layers],
+        values=[torch.cat([pad(p.values[i], 2) for p in prefixes]) for i in layers],
+        input_ids=torch.cat([pad(p.input_ids, 1) for p in prefixes]),
+        image_size=first.image_size,
+        rope_delta=first.rope_delta,
+        n_image_tokens=first.n_image_tokens,
+        lengths=lengths,
+    )
 
 
 class EngineUnavailable(RuntimeError):
@@ -130,8 +194,7 @@ class ListCache:
     @classmethod
     def from_prefix(cls, prefix: Prefix, batch: int) -> ListCache:
         """``batch`` contiguous copies of the prefix's rows (the runtimes need dense buffers)."""
-        if batch < 1:
-            raise ValueError(f"batch must be >= 1, got {batch}")
+        prefix.check_batch(batch)
         return cls(
             [k.expand(batch, -1, -1, -1).contiguous() for k in prefix.keys],
             [v.expand(batch, -1, -1, -1).contiguous() for v in prefix.values],
@@ -181,4 +244,5 @@ __all__ = [
     "Prefix",
     "image_token_id",
     "select_list_cache",
+    "stack_prefixes",
 ]

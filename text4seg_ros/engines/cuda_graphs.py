@@ -287,6 +287,7 @@ class StaticTorchEngine:
     def cache(self, prefix: Prefix, batch: int) -> StaticKV:
         """The engine's static cache holding ``prefix`` in its first ``batch`` rows (the same
         buffers every frame, so captured graphs stay valid)."""
+        prefix.check_batch(batch)
         need = prefix.length + EXTRA_SLOTS
         if self.kv is None or not self.kv.fits(batch, need):
             layers, heads, dim = kv_shape(self.model)

@@ -70,7 +70,8 @@ class StaticKV:
         return rows <= self.max_rows and length <= self.capacity
 
     def load(self, keys: list[torch.Tensor], values: list[torch.Tensor], rows: int) -> StaticKV:
-        """Fill the first ``rows`` rows with a prefix ``(1, kv_heads, P, head_dim)`` per layer."""
+        """Fill the first ``rows`` rows with a prefix ``(1 or rows, kv_heads, P, head_dim)`` per
+        layer (``rows`` rows: a stacked prefix, one row each)."""
         length = int(keys[0].shape[2])
         if not self.fits(rows, length):
             raise ValueError(

@@ -40,6 +40,7 @@ from ..decoding import StopCheck, constrained_generate
 from ..descriptors import SEG_OPEN
 from ..descriptors.grammar import TokenCodec, bsd_grammar, rrle_grammar
 from ..engines import ENGINES, make_engine
+from ..engines.base import stack_prefixes
 from ..prompts import Task
 from .answers import (
     DESCRIPTORS,
@@ -127,6 +128,9 @@ class Segmenter:
     prompt (None: the backbone's default). ``engine``: ``"torch"`` (the reference),
     ``"onnxruntime"``, ``"tensorrt"`` (:mod:`text4seg_ros.engines`; ``engine_options`` go to it,
     ``model_path`` tells it where the model's exported graphs may be) or an engine object.
+    ``batch_prefixes`` (question-first models): decode a frame's goals in one batch over their
+    stacked per-goal prefixes (the default), or goal after goal (False; same answers, for
+    comparison).
     """
 
     SUFFIX_CACHE = 1024  # prompt suffixes kept tokenized (cleared when full)
@@ -147,6 +151,7 @@ class Segmenter:
         engine: Any = "torch",
         engine_options: dict[str, Any] | None = None,
         model_path: str | Path | None = None,
+        batch_prefixes: bool = True,
     ) -> None:
         if isinstance(grid, bool) or not isinstance(grid, int) or grid < 1:
             raise ValueError(f"grid must be an int >= 1, got {grid!r}")
@@ -170,6 +175,7 @@ class Segmenter:
         self.max_instances, self.max_new_tokens = max_instances, max_new_tokens
         self.max_draft_tokens, self.system = max_draft_tokens, system
         self.refiner = refiner
+        self.batch_prefixes = bool(batch_prefixes)
         if isinstance(engine, str):
             engine = make_engine(
                 engine, self.model, self.backbone, model_path=model_path, **(engine_options or {})
@@ -375,15 +381,13 @@ class Segmenter:
         if self._prefix is not None:  # one prefix for the frame, all goals in one batch
             outputs = self._decode(self._prefix, self._step, ready, should_stop)
         else:  # question first: each goal has its own prefix (image after its question)
-            outputs = []
-            for r in ready:
-                t0 = time.perf_counter()
-                prefix = self.engine.encode_prefix(
-                    self.processor, self._image, self.system, r.plan.question
-                )
-                step = self.engine.make_step(prefix)
-                goal_encode_s += time.perf_counter() - t0
-                outputs += self._decode(prefix, step, [r], should_stop)
+            t0 = time.perf_counter()
+            prefixes = [
+                self.engine.encode_prefix(self.processor, self._image, self.system, r.plan.question)
+                for r in ready
+            ]
+            goal_encode_s = time.perf_counter() - t0
+            outputs = self._decode_per_goal(prefixes, ready, should_stop)
         decode_s = time.perf_counter() - start - goal_encode_s
         encode_s = self._encode_s + goal_encode_s
         results, answers = [], []
@@ -412,6 +416,24 @@ class Segmenter:
                 inst.timings = timings
         return results
 
+    def _decode_per_goal(
+        self,
+        prefixes: Sequence[Prefix],
+        ready: Sequence[PreparedGoal],
+        should_stop: StopCheck | None,
+    ) -> list[Any]:
+        """Question first: ``prefixes[i]`` is goal ``i``'s own. With :attr:`batch_prefixes`
+        they are stacked (:func:`~text4seg_ros.engines.base.stack_prefixes`) and every goal
+        decodes in one batch, as under a shared prefix: the frame costs about one goal's
+        sequential model calls instead of one goal's per goal. Otherwise goal after goal."""
+        if self.batch_prefixes and len(prefixes) > 1:
+            stacked = stack_prefixes(prefixes)
+            return self._decode(stacked, self.engine.make_step(stacked), ready, should_stop)
+        outputs: list[Any] = []
+        for prefix, r in zip(prefixes, ready):
+            outputs += self._decode(prefix, self.engine.make_step(prefix), [r], should_stop)
+        return outputs
+
     def _decode(
         self,
         prefix: Prefix,
@@ -419,13 +441,14 @@ class Segmenter:
         ready: Sequence[PreparedGoal],
         should_stop: StopCheck | None,
     ) -> list[Any]:
-        """Constrained decoding of ``ready``'s answers after ``prefix``, one batch row each."""
+        """Constrained decoding of ``ready``'s answers after ``prefix`` (one row, or one per
+        goal when stacked), one batch row each."""
         return constrained_generate(
             step,
             [r.grammar for r in ready],
             [list(r.suffix) for r in ready],
             prefix_cache=self.engine.cache(prefix, len(ready)),
-            prefix_len=prefix.length,
+            prefix_len=prefix.row_lengths,
             max_new_tokens=self.max_new_tokens,
             max_draft_tokens=self.max_draft_tokens,
             pad_token_id=self.pad_token_id,
