@@ -159,6 +159,14 @@ def test_demo_without_a_model_exits_2_naming_it(tmp_path, monkeypatch, capsys) -
     assert "shipped demo model is missing" in err and "make demo-model" in err
 
 
+def test_params_file_without_an_ament_index_is_the_source_trees(monkeypatch) -> None:
+    from text4seg_ros.demo.run import launch_params_file
+
+    monkeypatch.delenv("AMENT_PREFIX_PATH", raising=False)  # ament_index raises OSError then
+    path = launch_params_file()
+    assert path == Path(__file__).resolve().parents[1] / "config" / "perception.yaml"
+
+
 def shipped_model() -> Path | None:
     try:
         return meta.default_model_dir()

@@ -47,7 +47,7 @@ def launch_params_file() -> Path:
         path = Path(get_package_share_directory("text4seg_ros")) / "config" / "perception.yaml"
         if path.is_file():
             return path
-    except (ImportError, LookupError, ValueError):
+    except (ImportError, LookupError, ValueError, OSError):  # OSError: no AMENT_PREFIX_PATH
         pass
     from ..bag.node_eval import default_params_file
 
