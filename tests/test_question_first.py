@@ -110,9 +110,38 @@ def test_a_frames_goals_decode_in_one_batch_over_stacked_prefixes(engine) -> Non
     for a, b in zip(answers[True], answers[False]):
         assert a.descriptor == b.descriptor and a.model_steps == b.model_steps
         assert np.array_equal(a.mask, b.mask)
-    # one prefix pass per goal either way; decoder steps: the longest goal's, not their sum
+    # goal after goal: a prefix pass and the decoder steps of each goal in turn; batched: one
+    # pass over every goal's prefix, then the longest goal's steps
     assert passes[False] == len(GOALS) + sum(steps)
-    assert passes[True] == len(GOALS) + max(steps) < passes[False]
+    assert passes[True] == 1 + max(steps) < passes[False]
+
+
+@pytest.mark.parametrize("engine", ("torch", "static", "onnxruntime"))
+def test_encode_prefixes_in_one_pass_equals_the_prefixes_stacked(engine, tmp_path) -> None:
+    model, processor = build_tiny("llava", grid=GRID, seed=4)
+    graph = engine == "onnxruntime"  # runs float32 models: padded matmuls round differently
+    tol = 1e-5 if graph else 1e-9
+    model = model.to(torch.float32 if graph else torch.float64)
+    backbone = get_backbone("llava").question_first()
+    if graph:
+        pytest.importorskip("onnxruntime")
+        from text4seg_ros.engines import make_engine
+
+        chosen = make_engine(engine, model, backbone, folder=tmp_path)
+    elif engine == "static":
+        chosen = StaticTorchEngine(model, backbone, capture=False)
+    else:
+        chosen = Segmenter(model, processor, backbone, grid=GRID).engine
+    image = np.random.default_rng(9).integers(0, 256, (20, 28, 3), dtype=np.uint8)
+    questions = ["Where is the red cup?", "Segment every chair in the room, please.", "box"]
+    one_pass = chosen.encode_prefixes(processor, image, None, questions)
+    singles = [chosen.encode_prefix(processor, image, None, q) for q in questions]
+    stacked = stack_prefixes(singles)
+    assert one_pass.lengths == stacked.lengths and len(set(one_pass.lengths)) == 3
+    assert torch.equal(one_pass.input_ids, stacked.input_ids)
+    for got, want in zip(one_pass.keys + one_pass.values, stacked.keys + stacked.values):
+        for row, n in enumerate(one_pass.lengths):  # the padding slots are the decoder's to mask
+            torch.testing.assert_close(got[row, :, :n], want[row, :, :n], rtol=tol, atol=tol)
 
 
 def _prefix(length: int, fill: float, delta: int = 0) -> Prefix:

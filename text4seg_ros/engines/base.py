@@ -103,6 +103,20 @@ def image_token_id(model: Any) -> int:
     raise ValueError(f"{type(config).__name__} names no image token id")
 
 
+def right_pad(rows: Sequence[torch.Tensor], value: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows ``(P_i, ...)`` as one ``(N, max P_i, ...)`` tensor, each padded at its end with
+    ``value``, and the ``(N, max P_i)`` int64 mask of the real entries (1) and the padding
+    (0), on the rows' device."""
+    width = max(int(r.shape[0]) for r in rows)
+    first = rows[0]
+    out = first.new_full((len(rows), width, *first.shape[1:]), value)
+    mask = torch.zeros(len(rows), width, dtype=torch.long, device=first.device)
+    for i, r in enumerate(rows):
+        out[i, : r.shape[0]] = r
+        mask[i, : r.shape[0]] = 1
+    return out, mask
+
+
 def stack_prefixes(prefixes: Sequence[Prefix]) -> Prefix:
     """One-row prefixes of the same frame (one per goal, question first) as one ``B``-row
     prefix, so that their goals decode in one batch: row ``i`` holds ``prefixes[i]`` in its
@@ -126,19 +140,17 @@ def stack_prefixes(prefixes: Sequence[Prefix]) -> Prefix:
     lengths = tuple(p.length for p in prefixes)
     width = max(lengths)
 
-    def pad(t: torch.Tensor, dim: int) -> torch.Tensor:
-        extra = width - t.shape[dim]
+    def pad(t: torch.Tensor) -> torch.Tensor:  # (1, kv_heads, P_i, head_dim): zeros after
+        extra = width - t.shape[2]
         if not extra:
             return t
-        shape = list(t.shape)
-        shape[dim] = extra
-        return torch.cat([t, t.new_zeros(shape)], dim)
+        return torch.cat([t, t.new_zeros(t.shape[0], t.shape[1], extra, t.shape[3])], 2)
 
     layers = range(len(first.keys))
     return Prefix(
-        keys=[torch.cat([pad(p.keys[i], 2) for p in prefixes]) for i in layers],
-        values=[torch.cat([pad(p.values[i], 2) for p in prefixes]) for i in layers],
-        input_ids=torch.cat([pad(p.input_ids, 1) for p in prefixes]),
+        keys=[torch.cat([pad(p.keys[i]) for p in prefixes]) for i in layers],
+        values=[torch.cat([pad(p.values[i]) for p in prefixes]) for i in layers],
+        input_ids=right_pad([p.input_ids[0] for p in prefixes], 0)[0],
         image_size=first.image_size,
         rope_delta=first.rope_delta,
         n_image_tokens=first.n_image_tokens,
@@ -161,6 +173,13 @@ class Engine(Protocol):
     ) -> Prefix:
         """Vision tower + projector + prompt prefix of one ``(H, W, 3)`` uint8 RGB frame: shared
         by the frame's goals, or one goal's (``question``) for a question-first backbone."""
+        ...
+
+    def encode_prefixes(
+        self, processor: Any, image: np.ndarray, system: str | None, questions: Sequence[str]
+    ) -> Prefix:
+        """Question first: one prefix per question of the same frame, as one stacked prefix
+        (:func:`stack_prefixes`' layout), in as few model calls as the engine allows."""
         ...
 
     def cache(self, prefix: Prefix, batch: int) -> Any:
@@ -243,6 +262,7 @@ __all__ = [
     "ListCache",
     "Prefix",
     "image_token_id",
+    "right_pad",
     "select_list_cache",
     "stack_prefixes",
 ]

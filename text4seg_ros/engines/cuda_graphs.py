@@ -284,6 +284,12 @@ class StaticTorchEngine:
         """Vision tower + projector + prompt prefix through the language model (batch 1)."""
         return self.backbone.encode_prefix(self.model, processor, image, system, question)
 
+    def encode_prefixes(
+        self, processor: Any, image: np.ndarray, system: str | None, questions: Sequence[str]
+    ) -> Prefix:
+        """Question first: the goals' prefixes of one frame in one pass, stacked."""
+        return self.backbone.encode_prefixes(self.model, processor, image, system, questions)
+
     def cache(self, prefix: Prefix, batch: int) -> StaticKV:
         """The engine's static cache holding ``prefix`` in its first ``batch`` rows (the same
         buffers every frame, so captured graphs stay valid)."""

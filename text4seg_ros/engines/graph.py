@@ -11,12 +11,21 @@ it); per step: embeddings of the block and its positions. Subclasses implement
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import torch
 
-from .base import Backbone, ListCache, Prefix, image_token_id, select_list_cache
+from .base import (
+    Backbone,
+    ListCache,
+    Prefix,
+    image_token_id,
+    right_pad,
+    select_list_cache,
+    stack_prefixes,
+)
 from .export import OnnxBundle, kv_shape, vision_inputs
 
 
@@ -101,22 +110,9 @@ class GraphEngine:
         self, processor: Any, image: np.ndarray, system: str | None, question: str | None = None
     ) -> Prefix:
         """Vision graph, embeddings with the image features, decoder graph over the prefix."""
-        inputs = self.backbone.preprocess(processor, image, system, question)
-        inputs = {
-            k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
-            for k, v in inputs.items()
-            if isinstance(v, torch.Tensor)
-        }
+        inputs = self._inputs(processor, image, system, question)
         ids = inputs["input_ids"]
-        pixels, extra = vision_inputs(inputs)
-        feats = self.run_vision(pixels, extra)
-        embeds = self.embed(ids)
-        where = ids == self.image_token
-        if int(where.sum()) != feats.shape[0]:
-            raise RuntimeError(
-                f"{int(where.sum())} image tokens in the prompt but {feats.shape[0]} features"
-            )
-        embeds[where] = feats.to(embeds.dtype)
+        embeds = self._embed_prefix(ids, self._features(inputs))
         rope_delta = 0
         if self.backbone.mrope:
             positions, deltas = self.model.model.get_rope_index(
@@ -128,22 +124,87 @@ class GraphEngine:
             rope_delta = int(deltas.reshape(-1)[0])
         else:
             positions = torch.arange(ids.shape[1], device=self.device)[None]
-        empty = torch.zeros(
-            1, self.kv_heads, 0, self.head_dim, dtype=self.dtype, device=self.device
-        )
-        cache = ListCache([empty] * self.layers, [empty] * self.layers)
-        select = torch.zeros(0, dtype=torch.long, device=self.device)
-        _, cache = self.run_decoder(
-            embeds.contiguous(), positions.contiguous(), inputs["attention_mask"], select, cache
-        )
+        cache = self._prefill(embeds, positions, inputs["attention_mask"])
         return Prefix(
             keys=cache.keys,
             values=cache.values,
             input_ids=ids,
             image_size=(int(image.shape[0]), int(image.shape[1])),
             rope_delta=rope_delta,
-            n_image_tokens=int(where.sum()),
+            n_image_tokens=int((ids == self.image_token).sum()),
         )
+
+    @torch.no_grad()
+    def encode_prefixes(
+        self, processor: Any, image: np.ndarray, system: str | None, questions: Sequence[str]
+    ) -> Prefix:
+        """Question first: every goal's prefix of one frame in one decoder call, stacked
+        (:func:`.base.stack_prefixes`' layout); the vision graph runs once. Qwen's 3-D rope
+        index and a single question take :meth:`encode_prefix` per question."""
+        if self.backbone.mrope or len(questions) < 2 or not self.batched_prefill:
+            return stack_prefixes(
+                [self.encode_prefix(processor, image, system, q) for q in questions]
+            )
+        inputs = [self._inputs(processor, image, system, q) for q in questions]
+        feats = self._features(inputs[0])  # the same frame for every question
+        rows = [self._embed_prefix(i["input_ids"], feats)[0] for i in inputs]
+        embeds, mask = right_pad(rows, 0)
+        ids, _ = right_pad([i["input_ids"][0] for i in inputs], 0)
+        width = ids.shape[1]
+        positions = torch.arange(width, device=self.device)[None].expand(len(rows), -1)
+        cache = self._prefill(embeds, positions, mask.to(self.device))
+        return Prefix(
+            keys=cache.keys,
+            values=cache.values,
+            input_ids=ids,
+            image_size=(int(image.shape[0]), int(image.shape[1])),
+            n_image_tokens=int((inputs[0]["input_ids"] == self.image_token).sum()),
+            lengths=tuple(int(r.shape[0]) for r in rows),
+        )
+
+    batched_prefill = True  # False: the runtime prefills one row at a time (TensorRT's profile)
+
+    def _inputs(
+        self, processor: Any, image: np.ndarray, system: str | None, question: str | None
+    ) -> dict[str, torch.Tensor]:
+        """The processor's tensors for one prefix, on the engine's device and dtype."""
+        inputs = self.backbone.preprocess(processor, image, system, question)
+        return {
+            k: (v.to(self.device, self.dtype) if v.is_floating_point() else v.to(self.device))
+            for k, v in inputs.items()
+            if isinstance(v, torch.Tensor)
+        }
+
+    def _features(self, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Image features ``(n_image_tokens, hidden)`` of the frame (the vision graph)."""
+        pixels, extra = vision_inputs(inputs)
+        return self.run_vision(pixels, extra)
+
+    def _embed_prefix(self, ids: torch.Tensor, feats: torch.Tensor) -> torch.Tensor:
+        """Embeddings ``(1, P, hidden)`` of ``ids (1, P)`` with the image features put at the
+        image placeholder tokens."""
+        embeds = self.embed(ids)
+        where = ids == self.image_token
+        if int(where.sum()) != feats.shape[0]:
+            raise RuntimeError(
+                f"{int(where.sum())} image tokens in the prompt but {feats.shape[0]} features"
+            )
+        embeds[where] = feats.to(embeds.dtype)
+        return embeds
+
+    def _prefill(
+        self, embeds: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor
+    ) -> ListCache:
+        """The decoder graph over ``embeds (B, P, hidden)`` from an empty cache."""
+        b = embeds.shape[0]
+        empty = torch.zeros(
+            b, self.kv_heads, 0, self.head_dim, dtype=self.dtype, device=self.device
+        )
+        cache = ListCache([empty] * self.layers, [empty] * self.layers)
+        select = torch.zeros(0, dtype=torch.long, device=self.device)
+        embeds, positions = embeds.contiguous(), positions.contiguous()
+        _, cache = self.run_decoder(embeds, positions, mask.contiguous(), select, cache)
+        return cache
 
     def cache(self, prefix: Prefix, batch: int) -> ListCache:
         """Dense ``batch``-row copies of the prefix cache."""

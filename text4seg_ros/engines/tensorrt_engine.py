@@ -80,6 +80,7 @@ class TensorRTEngine(GraphEngine):
     """Decoder and vision plans on TensorRT (see the module doc)."""
 
     name = "tensorrt"
+    batched_prefill = False  # its prefill profile holds one row: per-goal prefixes go one by one
 
     def __init__(
         self,

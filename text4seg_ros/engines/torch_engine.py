@@ -8,6 +8,7 @@ Prefix: the backbone's processor and ``model.model`` over the prompt prefix
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,12 @@ class TorchEngine:
     ) -> Prefix:
         """Vision tower + projector + prompt prefix through the language model (batch 1)."""
         return self.backbone.encode_prefix(self.model, processor, image, system, question)
+
+    def encode_prefixes(
+        self, processor: Any, image: np.ndarray, system: str | None, questions: Sequence[str]
+    ) -> Prefix:
+        """Question first: the goals' prefixes of one frame in one pass, stacked."""
+        return self.backbone.encode_prefixes(self.model, processor, image, system, questions)
 
     def cache(self, prefix: Prefix, batch: int) -> Any:
         """A ``DynamicCache`` of the prefix for ``batch`` rows."""

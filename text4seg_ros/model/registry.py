@@ -37,7 +37,7 @@ prefix's rope delta, since the image's positions are 2-D and compressed).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -55,7 +55,7 @@ from transformers import (
 
 from ..checks import check_image
 from ..decoding.step import gather_positions
-from ..engines.base import Prefix, image_token_id
+from ..engines.base import Prefix, image_token_id, right_pad, stack_prefixes
 from .processors import PROCESSOR_CLASSES
 from .tokenizer import LLAVA_SYSTEM
 
@@ -195,6 +195,43 @@ class Backbone:
             image_size=(int(image.shape[0]), int(image.shape[1])),
             rope_delta=rope_delta,
             n_image_tokens=int((input_ids == image_id).sum()),
+        )
+
+    @torch.no_grad()
+    def encode_prefixes(
+        self,
+        model: PreTrainedModel,
+        processor: Any,
+        image: np.ndarray,
+        system: str | None,
+        questions: Sequence[str],
+    ) -> Prefix:
+        """Question first: every goal's prefix of one frame in one language-model pass, as one
+        stacked prefix (:func:`~text4seg_ros.engines.base.stack_prefixes`' layout: row ``i``
+        is question ``i``'s prefix in its first ``P_i`` slots, right-padded). Qwen's 3-D rope
+        index and a single question take :meth:`encode_prefix` per question."""
+        if self.mrope or len(questions) < 2:
+            return stack_prefixes(
+                [self.encode_prefix(model, processor, image, system, q) for q in questions]
+            )
+        device, dtype = model.device, model.dtype
+        inputs = [self.preprocess(processor, image, system, q) for q in questions]
+        ids, mask = right_pad([i["input_ids"][0] for i in inputs], 0)
+        batch: dict[str, Any] = {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+        for key, value in inputs[0].items():  # pixels and the like: the same frame per row
+            if key in batch or key == "mm_token_type_ids" or not isinstance(value, torch.Tensor):
+                continue
+            rows = torch.cat([i[key] for i in inputs])
+            batch[key] = rows.to(device, dtype) if rows.is_floating_point() else rows.to(device)
+        cache = DynamicCache(config=model.config)
+        model.model(**batch, past_key_values=cache, use_cache=True)  # positions 0 .. P_i - 1
+        return Prefix(
+            keys=[layer.keys for layer in cache.layers],
+            values=[layer.values for layer in cache.layers],
+            input_ids=ids,
+            image_size=(int(image.shape[0]), int(image.shape[1])),
+            n_image_tokens=int((inputs[0]["input_ids"] == image_token_id(model)).sum()),
+            lengths=tuple(int(i["input_ids"].shape[1]) for i in inputs),
         )
 
     def make_step(self, model: PreTrainedModel, prefix: Prefix) -> DecodeStep:

@@ -128,8 +128,9 @@ class Segmenter:
     prompt (None: the backbone's default). ``engine``: ``"torch"`` (the reference),
     ``"onnxruntime"``, ``"tensorrt"`` (:mod:`text4seg_ros.engines`; ``engine_options`` go to it,
     ``model_path`` tells it where the model's exported graphs may be) or an engine object.
-    ``batch_prefixes`` (question-first models): decode a frame's goals in one batch over their
-    stacked per-goal prefixes (the default), or goal after goal (False; same answers, for
+    ``batch_prefixes`` (question-first models): encode a frame's per-goal prefixes in one pass
+    where the engine can (``encode_prefixes``) and decode its goals in one batch over them,
+    stacked (the default), or encode and decode goal after goal (False; same answers, for
     comparison).
     """
 
@@ -382,10 +383,17 @@ class Segmenter:
             outputs = self._decode(self._prefix, self._step, ready, should_stop)
         else:  # question first: each goal has its own prefix (image after its question)
             t0 = time.perf_counter()
-            prefixes = [
-                self.engine.encode_prefix(self.processor, self._image, self.system, r.plan.question)
-                for r in ready
-            ]
+            questions = [r.plan.question for r in ready]
+            encode_many = getattr(self.engine, "encode_prefixes", None)
+            if self.batch_prefixes and len(ready) > 1 and encode_many is not None:
+                prefixes: Prefix | list[Prefix] = encode_many(
+                    self.processor, self._image, self.system, questions
+                )
+            else:
+                prefixes = [
+                    self.engine.encode_prefix(self.processor, self._image, self.system, q)
+                    for q in questions
+                ]
             goal_encode_s = time.perf_counter() - t0
             outputs = self._decode_per_goal(prefixes, ready, should_stop)
         decode_s = time.perf_counter() - start - goal_encode_s
@@ -418,14 +426,18 @@ class Segmenter:
 
     def _decode_per_goal(
         self,
-        prefixes: Sequence[Prefix],
+        prefixes: Prefix | Sequence[Prefix],
         ready: Sequence[PreparedGoal],
         should_stop: StopCheck | None,
     ) -> list[Any]:
-        """Question first: ``prefixes[i]`` is goal ``i``'s own. With :attr:`batch_prefixes`
-        they are stacked (:func:`~text4seg_ros.engines.base.stack_prefixes`) and every goal
-        decodes in one batch, as under a shared prefix: the frame costs about one goal's
-        sequential model calls instead of one goal's per goal. Otherwise goal after goal."""
+        """Question first: ``prefixes[i]`` is goal ``i``'s own, or row ``i`` of one stacked
+        prefix (an engine's ``encode_prefixes``). With :attr:`batch_prefixes` every goal
+        decodes in one batch over the stacked prefixes
+        (:func:`~text4seg_ros.engines.base.stack_prefixes`), as under a shared prefix: the
+        frame costs its longest goal's sequential model calls instead of the sum of all of
+        them. Otherwise goal after goal."""
+        if isinstance(prefixes, Prefix):  # already stacked
+            return self._decode(prefixes, self.engine.make_step(prefixes), ready, should_stop)
         if self.batch_prefixes and len(prefixes) > 1:
             stacked = stack_prefixes(prefixes)
             return self._decode(stacked, self.engine.make_step(stacked), ready, should_stop)
