@@ -47,9 +47,10 @@ class Prefix:
     positions after the prefix (Qwen2-VL mrope; 0 for 1-D rope backbones). ``image_size``:
     ``(H, W)`` of the frame in pixels.
 
-    A stacked prefix (:func:`stack_prefixes`: one prefix per goal of a question-first frame)
-    has ``B`` rows instead of 1 and ``lengths``: row ``i`` holds its own prefix in its first
-    ``lengths[i]`` of the ``P`` slots, then zeros the decoder masks.
+    A stacked prefix (one prefix per goal of a question-first frame: :func:`stack_prefixes`,
+    or an engine's ``encode_prefixes`` in one padded pass) has ``B`` rows instead of 1 and
+    ``lengths``: row ``i`` holds its own prefix in its first ``lengths[i]`` of the ``P``
+    slots, then padding (zeros, or what the padded pass wrote there) that the decoder masks.
     """
 
     keys: list[torch.Tensor]

@@ -34,6 +34,7 @@ class GraphEngine:
 
     name = "graph"
     bundle: OnnxBundle  # the exported graphs; each subclass sets it in its __init__
+    batched_prefill = True  # False: the runtime prefills one row at a time (TensorRT's profile)
 
     def __init__(self, model: torch.nn.Module, backbone: Backbone) -> None:
         self.model, self.backbone = model, backbone
@@ -161,8 +162,6 @@ class GraphEngine:
             n_image_tokens=int((inputs[0]["input_ids"] == self.image_token).sum()),
             lengths=tuple(int(r.shape[0]) for r in rows),
         )
-
-    batched_prefill = True  # False: the runtime prefills one row at a time (TensorRT's profile)
 
     def _inputs(
         self, processor: Any, image: np.ndarray, system: str | None, question: str | None
