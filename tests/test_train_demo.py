@@ -5,7 +5,7 @@ image), alignment, three answer stages under DeepSpeed on 2 gloo ranks, the copy
 held-out evaluation and the word-reading diagnostic. The aligned parts (vision tower, projector,
 word embeddings) reach DEST unchanged (the answer stages freeze them) and the language model's
 layers do not. A second run with FROM_STAGE=3 reruns stage 3 alone, from the first run's data
-and stage-2 model.
+and stage-2 model, and builds stage 3's data set again when its arguments changed.
 """
 
 from __future__ import annotations
@@ -55,15 +55,22 @@ def test_the_demo_recipe_runs_at_smoke_size(tmp_path: Path) -> None:
     # Every stage starts from the previous stage's model, which carries the prompt layout.
     for stage in ("run1", "run2", "run3"):
         assert read_meta(out / stage / "model") == {"grid": 8, "prompt": "question_first"}
-    # FROM_STAGE=3 reruns stage 3 alone, on OUT's data and stage-2 model, and refreshes DEST.
+    # Each data set records the arguments it was built with.
+    assert "--n-images 12" in (out / "relate" / "args.txt").read_text()
+    stage_data = (out / "stage3" / "train.jsonl").stat().st_mtime_ns
+    # FROM_STAGE=3 reruns stage 3 alone, on OUT's stage-2 model and data, and refreshes DEST;
+    # stage 3's own data set is built again because its arguments changed (N4), never reused.
     stage2 = (out / "run2" / "model" / "model.safetensors").read_bytes()
     (dest / "model.safetensors").unlink()
     proc = subprocess.run(
-        ["bash", "training/scripts/train_demo.sh"], cwd=REPO, env={**env, "FROM_STAGE": "3"},
-        capture_output=True, text=True, timeout=900,
+        ["bash", "training/scripts/train_demo.sh"], cwd=REPO,
+        env={**env, "FROM_STAGE": "3", "N4": "10"}, capture_output=True, text=True, timeout=900,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     ran = [line[3:6] for line in proc.stdout.splitlines() if line.startswith("== ")]
     assert "6/7" in ran and not {"1/7", "2/7", "3/7", "4/7", "5/7"} & set(ran), ran
     assert (out / "run2" / "model" / "model.safetensors").read_bytes() == stage2
     assert (dest / "model.safetensors").is_file()
+    assert "--n-images 10" in (out / "relate" / "args.txt").read_text()
+    assert len((out / "relate" / "train.jsonl").read_text().splitlines()) <= 10 * 4
+    assert (out / "stage3" / "train.jsonl").stat().st_mtime_ns == stage_data

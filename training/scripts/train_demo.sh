@@ -22,8 +22,9 @@
 # Stage 2 (STEPS2): 2 to 6 objects, every goal kind (the held-out scenes' mix), with stage 1's
 # scenes mixed in. Stage 3 (STEPS3, at LR3): the same mix plus a set of 2 or 3 large objects
 # with relation goals ("ball left of the green bottle") and absent-target goals ("purple bottle"
-# when there is none) weighted up: the two kinds stage 2 leaves unlearnt (models/demo/README.md,
-# runs AA to AC). Every stage puts the loss on every answer token (--loss_on answer): the label
+# when there is none) weighted up, the two kinds stage 2 leaves unlearnt, next to GRES goals
+# whose targets are there, so that "is it there?" is learnt from the contrast and goals with
+# targets are not answered empty (models/demo/README.md, runs AA to AD). Every stage puts the loss on every answer token (--loss_on answer): the label
 # words repeated in each run and the sentence that quotes the goal are what make the answer
 # carry the words (runs R and T). Stages 2 and 3 weigh the rows holding a target FG_WEIGHT / FG3
 # times: on realistic scenes most answer tokens are "others", and an unweighted mean collapsed
@@ -32,7 +33,7 @@
 # stage 3's own set 600,000..; held-out scenes (10,000,000 + i) are never trained on. One OpenMP
 # thread per rank: on 2 cores, 2 threads per process ran elementwise ops ten times slower
 # (measured: 20 ms vs 2 ms for a 1.5M-float multiply). KEEP_DATA=1 keeps OUT and reuses the
-# JSONL files already there.
+# JSONL files already there that were built with the same arguments (args.txt beside each).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY=${PY:-.venv/bin/python}
@@ -60,7 +61,17 @@ TRAIN=(-m torch.distributed.run --nproc_per_node=2 --master_port="${MASTER_PORT:
   --loss_on answer --gradient_checkpointing false)  # a tiny model needs no activation recomputation
 ALL_KINDS="res_attr=3,res_size=2,res_spatial=2,gres_multi=1.5,gres_single=1,gres_absent=1.5,rec=1,openvocab=0.5,instances=0.5"
 ONLY_ATTR="res_attr=1,res_size=0,res_spatial=0,gres_multi=0,gres_single=0,gres_absent=0,rec=0,openvocab=0,instances=0"
-RELATE="res_attr=1,res_size=1,res_spatial=3,gres_multi=0,gres_single=0,gres_absent=3,rec=0,openvocab=0,instances=0"
+RELATE="res_attr=1,res_size=1,res_spatial=3,gres_multi=1,gres_single=1,gres_absent=3,rec=0,openvocab=0,instances=0"
+# data DIR ARGS...: DIR/train.jsonl from `training.data.build tabletop ARGS`, reused only when
+# DIR/args.txt says it was built with the same ARGS (a changed weight never trains on old data)
+data() {
+  local dir=$1
+  shift
+  if [ -f "$dir/train.jsonl" ] && [ "$(cat "$dir/args.txt" 2>/dev/null)" = "$*" ]; then return; fi
+  rm -rf "$dir"
+  "$PY" -m training.data.build tabletop "$@" --out "$dir/train.jsonl"
+  echo "$*" >"$dir/args.txt"
+}
 start=$(date +%s)
 if [ "$FROM_STAGE" = 1 ]; then
 if [ "${KEEP_DATA:-0}" != 1 ]; then rm -rf "$OUT"; fi
@@ -73,13 +84,11 @@ echo "== 1/7 base model: tiny random LLaVA, question before the image, G = $GRID
 echo "== 2/7 alignment: $ALIGN_STEPS steps"
 "$PY" -m training.align --model "$OUT/base" --out "$OUT/aligned" --steps "$ALIGN_STEPS"
 echo "== 3/7 data: stage 1 ($N1 scenes, 2 large objects, colour + kind goals), 2 ($N3, 2-6)"
-[ -f "$OUT/select/train.jsonl" ] ||
-"$PY" -m training.data.build tabletop --first 400000 --n-images "$N1" --objects 2,2 --scale 1.5 \
-  --size 128 --grid "$GRID" --out "$OUT/select/train.jsonl" --weights "$ONLY_ATTR"
+data "$OUT/select" --first 400000 --n-images "$N1" --objects 2,2 --scale 1.5 \
+  --size 128 --grid "$GRID" --weights "$ONLY_ATTR"
 # stage 2's scenes, in stage3/: the name the previous recipe gave the same seeds (KEEP_DATA=1 reuses it)
-[ -f "$OUT/stage3/train.jsonl" ] ||
-"$PY" -m training.data.build tabletop --first 100000 --n-images "$N3" --objects 2,6 \
-  --size 128 --grid "$GRID" --goals-per-scene 6 --out "$OUT/stage3/train.jsonl" --weights "$ALL_KINDS"
+data "$OUT/stage3" --first 100000 --n-images "$N3" --objects 2,6 \
+  --size 128 --grid "$GRID" --goals-per-scene 6 --weights "$ALL_KINDS"
 echo "== 4/7 stage 1 (selection): $STEPS1 steps"
 "$PY" "${TRAIN[@]}" --model "$OUT/aligned" --data "$OUT/select/train.jsonl" --lr "$LR" \
   --output_dir "$OUT/run1" --max_steps "$STEPS1" --fg_weight 1 --save_steps 0
@@ -92,10 +101,9 @@ echo "== 5/7 stage 2: $STEPS2 steps from stage 1"
   --output_dir "$OUT/run2" --max_steps "$STEPS2" --save_steps 600 --save_total_limit 1
 fi
 rm -rf "$OUT/run3"
-echo "== data: stage 3 ($N4 scenes, 2-3 large objects, relation and absent goals weighted up)"
-[ -f "$OUT/relate/train.jsonl" ] ||
-"$PY" -m training.data.build tabletop --first 600000 --n-images "$N4" --objects 2,3 --scale 1.5 \
-  --size 128 --grid "$GRID" --goals-per-scene 4 --out "$OUT/relate/train.jsonl" --weights "$RELATE"
+echo "== data: stage 3 ($N4 scenes, 2-3 large objects, relation and GRES goals weighted up)"
+data "$OUT/relate" --first 600000 --n-images "$N4" --objects 2,3 --scale 1.5 \
+  --size 128 --grid "$GRID" --goals-per-scene 4 --weights "$RELATE"
 echo "== 6/7 stage 3 (relations, absent targets): $STEPS3 steps from stage 2"
 "$PY" "${TRAIN[@]}" --model "$OUT/run2/model" --lr "$LR3" --fg_weight "$FG3" \
   --data "$OUT/stage3/train.jsonl" "$OUT/select/train.jsonl" "$OUT/relate/train.jsonl" \
