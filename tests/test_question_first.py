@@ -1,8 +1,8 @@
 """The question-first prompt layout (``text4seg.json`` ``"prompt": "question_first"``): the
 question before the image, one prefix per goal. Templates, the model directory's setting, the
-Segmenter against the naive masked ``generate`` reference, a frame's goals decoded in one batch
-over their stacked prefixes against goal after goal, the training encoder against what the
-Segmenter feeds, and the ONNX Runtime engine against torch."""
+Segmenter against the naive masked ``generate`` reference, a frame's goals encoded in one pass
+and decoded in one batch over their stacked prefixes against goal after goal, the training
+encoder against what the Segmenter feeds, and the ONNX Runtime engine against torch."""
 
 from __future__ import annotations
 

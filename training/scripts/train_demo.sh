@@ -24,9 +24,9 @@
 # with relation goals ("ball left of the green bottle") and absent-target goals ("purple bottle"
 # when there is none) weighted up, the two kinds stage 2 leaves unlearnt, next to GRES goals
 # whose targets are there, so that "is it there?" is learnt from the contrast and goals with
-# targets are not answered empty (models/demo/README.md, runs AA to AD). Every stage puts the loss on every answer token (--loss_on answer): the label
-# words repeated in each run and the sentence that quotes the goal are what make the answer
-# carry the words (runs R and T). Stages 2 and 3 weigh the rows holding a target FG_WEIGHT / FG3
+# targets are not answered empty (models/demo/README.md, runs AA to AD). Every stage puts the
+# loss on every answer token (--loss_on answer): the label words repeated in each run and the
+# sentence that quotes the goal are what make the answer carry the words (runs R and T). Stages 2 and 3 weigh the rows holding a target FG_WEIGHT / FG3
 # times: on realistic scenes most answer tokens are "others", and an unweighted mean collapsed
 # to empty answers (run U); stage 3, on a model that already reads, marks less for absent goals
 # at 2 than at 4. Seeds: alignment scenes 5,000,000.., stage 1 400,000.., stage 2 100,000..,
@@ -104,7 +104,7 @@ rm -rf "$OUT/run3"
 echo "== data: stage 3 ($N4 scenes, 2-3 large objects, relation and GRES goals weighted up)"
 data "$OUT/relate" --first 600000 --n-images "$N4" --objects 2,3 --scale 1.5 \
   --size 128 --grid "$GRID" --goals-per-scene 4 --weights "$RELATE"
-echo "== 6/7 stage 3 (relations, absent targets): $STEPS3 steps from stage 2"
+echo "== 6/7 stage 3 (relations, absent and present targets): $STEPS3 steps from stage 2"
 "$PY" "${TRAIN[@]}" --model "$OUT/run2/model" --lr "$LR3" --fg_weight "$FG3" \
   --data "$OUT/stage3/train.jsonl" "$OUT/select/train.jsonl" "$OUT/relate/train.jsonl" \
   --output_dir "$OUT/run3" --max_steps "$STEPS3" --save_steps 600 --save_total_limit 1
