@@ -233,9 +233,8 @@ def _bench_frames(segmenters: dict[str, Segmenter], frames: list, label: str) ->
                 a["decode"] += end - mid
                 a["generate"] += results[0].timings.decode_s
                 # sequential decoder calls of the frame: a goal counts every call it was in,
-                # so one batch takes its longest goal's, goal after goal the sum of them
-                steps = [r.model_steps for r in results]
-                a["frame_calls"].append(max(steps) if seg.batch_prefixes else sum(steps))
+                # so one batch takes its longest goal's (goal after goal: the sum, below)
+                a["frame_calls"].append(max(r.model_steps for r in results))
                 for r in results:
                     a["calls"].append(r.model_steps)
                     n = len(seg.codec.encode_piece(r.descriptor))

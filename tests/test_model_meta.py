@@ -20,6 +20,17 @@ def test_grid_is_read_from_text4seg_json(tmp_path: Path) -> None:
     assert meta.resolve_grid(tmp_path, 4) == 4  # an explicit grid wins
 
 
+def test_copy_meta_carries_a_models_settings_and_nothing_when_it_has_none(tmp_path) -> None:
+    src, dst, bare = tmp_path / "src", tmp_path / "dst", tmp_path / "bare"
+    for d in (src, dst, bare):
+        d.mkdir()
+    meta.write_meta(src, grid=8, prompt="question_first")
+    assert meta.copy_meta(src, dst) == dst / meta.META_FILE
+    assert meta.read_meta(dst) == {"grid": 8, "prompt": "question_first"}
+    assert meta.copy_meta(bare, tmp_path / "none") is None
+    assert not (tmp_path / "none").exists()
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [

@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 from peft import PeftConfig
 
-from text4seg_ros.model.meta import read_meta, write_meta
+from text4seg_ros.model.meta import copy_meta
 from text4seg_ros.model.processors import save_processor
 
 from .lora import load_base
@@ -58,9 +58,7 @@ def merge_adapter(
     out.mkdir(parents=True, exist_ok=True)
     merged.save_pretrained(str(out))
     save_processor(processor, out, backbone.name)
-    meta = read_meta(base)
-    if meta:  # the base's grid and prompt layout (text4seg.json) hold for the merged model too
-        write_meta(out, **meta)
+    copy_meta(base, out)  # the base's grid and prompt layout hold for the merged model too
     provenance = {
         "base": str(base.resolve()),
         "adapter": str(adapter.resolve()),

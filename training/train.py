@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader, DistributedSampler
 from tqdm import tqdm
 from transformers import HfArgumentParser, PreTrainedModel, get_linear_schedule_with_warmup
 
-from text4seg_ros.model.meta import read_meta, write_meta
+from text4seg_ros.model.meta import copy_meta
 from text4seg_ros.model.processors import save_processor
 
 from . import checkpoints
@@ -383,10 +383,8 @@ def train(recipe: Recipe) -> Path:
     if main:
         engine.module.save_pretrained(str(result))
         save_processor(processor, result, backbone.name)
-        meta = read_meta(recipe.model)
-        if meta and recipe.tune != "lora":  # an adapter gets them back from its base at merge
-            # the grid and prompt layout the model was trained with go with it (text4seg.json)
-            write_meta(result, **meta)
+        if recipe.tune != "lora":  # an adapter gets them back from its base at merge
+            copy_meta(recipe.model, result)  # the grid and prompt layout go with the model
         print(f"[train] {result.name} saved to {result}", flush=True)
     dist.barrier()
     return result

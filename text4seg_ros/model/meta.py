@@ -88,6 +88,14 @@ def write_meta(model_dir: str | Path, **fields: Any) -> Path:
     return path
 
 
+def copy_meta(source: str | Path, model_dir: str | Path) -> Path | None:
+    """Give ``model_dir`` the ``text4seg.json`` settings of ``source`` (a model trained,
+    merged or aligned from it keeps its grid and prompt layout); returns the path written,
+    None when ``source`` has none."""
+    fields = read_meta(source)
+    return write_meta(model_dir, **fields) if fields else None
+
+
 def demo_model_candidates() -> list[Path]:
     """Where the shipped demo model may be, in search order: the source tree, then the share
     folder of this interpreter's prefix and of every ``AMENT_PREFIX_PATH`` entry."""

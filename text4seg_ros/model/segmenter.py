@@ -383,19 +383,20 @@ class Segmenter:
             outputs = self._decode(self._prefix, self._step, ready, should_stop)
         else:  # question first: each goal has its own prefix (image after its question)
             t0 = time.perf_counter()
-            questions = [r.plan.question for r in ready]
-            encode_many = getattr(self.engine, "encode_prefixes", None)
-            if self.batch_prefixes and len(ready) > 1 and encode_many is not None:
-                prefixes: Prefix | list[Prefix] = encode_many(
-                    self.processor, self._image, self.system, questions
-                )
-            else:
+            if self.batch_prefixes and len(ready) > 1:  # stacked: all goals in one batch
+                prefixes = [self._encode_prefixes([r.plan.question for r in ready])]
+                groups = [list(ready)]
+            else:  # goal after goal
                 prefixes = [
                     self.engine.encode_prefix(self.processor, self._image, self.system, q)
-                    for q in questions
+                    for q in (r.plan.question for r in ready)
                 ]
+                groups = [[r] for r in ready]
             goal_encode_s = time.perf_counter() - t0
-            outputs = self._decode_per_goal(prefixes, ready, should_stop)
+            outputs = []
+            for prefix, group in zip(prefixes, groups):
+                step = self.engine.make_step(prefix)
+                outputs += self._decode(prefix, step, group, should_stop)
         decode_s = time.perf_counter() - start - goal_encode_s
         encode_s = self._encode_s + goal_encode_s
         results, answers = [], []
@@ -424,27 +425,21 @@ class Segmenter:
                 inst.timings = timings
         return results
 
-    def _decode_per_goal(
-        self,
-        prefixes: Prefix | Sequence[Prefix],
-        ready: Sequence[PreparedGoal],
-        should_stop: StopCheck | None,
-    ) -> list[Any]:
-        """Question first: ``prefixes[i]`` is goal ``i``'s own, or row ``i`` of one stacked
-        prefix (an engine's ``encode_prefixes``). With :attr:`batch_prefixes` every goal
-        decodes in one batch over the stacked prefixes
-        (:func:`~text4seg_ros.engines.base.stack_prefixes`), as under a shared prefix: the
-        frame costs its longest goal's sequential model calls instead of the sum of all of
-        them. Otherwise goal after goal."""
-        if isinstance(prefixes, Prefix):  # already stacked
-            return self._decode(prefixes, self.engine.make_step(prefixes), ready, should_stop)
-        if self.batch_prefixes and len(prefixes) > 1:
-            stacked = stack_prefixes(prefixes)
-            return self._decode(stacked, self.engine.make_step(stacked), ready, should_stop)
-        outputs: list[Any] = []
-        for prefix, r in zip(prefixes, ready):
-            outputs += self._decode(prefix, self.engine.make_step(prefix), [r], should_stop)
-        return outputs
+    def _encode_prefixes(self, questions: Sequence[str]) -> Prefix:
+        """Question first: the goals' prefixes of the current frame as one stacked prefix
+        (:func:`~text4seg_ros.engines.base.stack_prefixes`' layout), in one pass where the
+        engine has ``encode_prefixes``, else encoded one by one and stacked. Decoding all
+        goals over it costs the frame its longest goal's sequential model calls instead of
+        the sum of all of them."""
+        encode_many = getattr(self.engine, "encode_prefixes", None)
+        if encode_many is not None:
+            return encode_many(self.processor, self._image, self.system, questions)
+        return stack_prefixes(
+            [
+                self.engine.encode_prefix(self.processor, self._image, self.system, q)
+                for q in questions
+            ]
+        )
 
     def _decode(
         self,
