@@ -51,6 +51,15 @@ def real_masks() -> dict[str, list[tuple[str, str, np.ndarray]]]:
     return out
 
 
+def image_of(dataset: str, name: str) -> np.ndarray:
+    """The ``(H, W, 3)`` uint8 RGB frame that mask ``name`` of :func:`real_masks` belongs to."""
+    if dataset == "coco_tiny16":
+        path = require_data("coco_tiny16", "images", name.split("_", 1)[0] + ".jpg")
+    else:
+        path = require_data("davis_blackswan", "JPEGImages", name.rsplit(".", 1)[0] + ".jpg")
+    return np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8)
+
+
 def write_json(name: str, payload: dict) -> Path:
     """Write ``bench/results/<name>`` with machine facts added; returns the path."""
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -23,14 +23,13 @@ from collections import defaultdict
 
 import numpy as np
 import torch
-from PIL import Image
 
 from text4seg_ros.descriptors import decode_mask, encode_mask
 from text4seg_ros.metrics import MaskMetrics
 from text4seg_ros.refine import HfSamBackend, RefinerConfig, SamRefiner, load_refiner
 from text4seg_ros.refine.backends import build_processor
 
-from common import real_masks, require_data, write_json
+from common import image_of, real_masks, write_json
 
 # Encoder sizes of the released SAM models (width, depth, heads, global attention blocks).
 SAM_SIZES = {
@@ -56,15 +55,6 @@ def random_backend(kind: str, device: str) -> HfSamBackend:
     )
     torch.manual_seed(0)
     return HfSamBackend(SamModel(cfg), build_processor(1024), device)
-
-
-def image_of(dataset: str, name: str) -> np.ndarray:
-    """The RGB frame a mask belongs to."""
-    if dataset == "coco_tiny16":
-        path = require_data("coco_tiny16", "images", name.split("_", 1)[0] + ".jpg")
-    else:
-        path = require_data("davis_blackswan", "JPEGImages", name.rsplit(".", 1)[0] + ".jpg")
-    return np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8)
 
 
 def sync(device: str) -> None:

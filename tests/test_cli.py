@@ -62,7 +62,7 @@ def test_parser_defaults_and_options() -> None:
     args = build_parser().parse_args(["img.jpg", "the cup", "a chair", "--model", "m"])
     assert args.goals == ["the cup", "a chair"] and args.model == Path("m")
     assert args.task == "res" and args.grid is None and args.device == "cpu"  # None: model's
-    assert args.refiner is None and args.refine_prompt == "points" and args.backbone is None
+    assert args.refiner == "auto" and args.refine_prompt == "points" and args.backbone is None
     assert (args.dtype, args.descriptor, args.adapter, args.vision_tower) == (
         "float32",
         "isd",
@@ -99,7 +99,7 @@ def test_parser_defaults_and_options() -> None:
         "box",
         "llava",
     )
-    assert args.refiner == Path("sam.pth") and args.out == Path("o")
+    assert args.refiner == "sam.pth" and args.out == Path("o")
 
 
 def test_dtype_choices_are_the_model_loaders() -> None:

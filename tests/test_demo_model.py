@@ -56,7 +56,8 @@ def segmenter() -> Segmenter:
 def test_the_model_is_small_and_carries_its_grid_and_layout() -> None:
     assert (DEMO / "model.safetensors").stat().st_size <= 20 * 2**20
     meta = json.loads((DEMO / "text4seg.json").read_text())
-    assert meta == {"grid": 8, "prompt": "question_first"}  # the question before the image
+    # the question before the image; refiner "auto" (the node, the CLI) runs GrabCut
+    assert meta == {"grid": 8, "prompt": "question_first", "refiner": "grabcut"}
     assert (DEMO / "config.json").is_file() and (DEMO / "tokenizer.json").is_file()
 
 

@@ -31,6 +31,18 @@ def test_copy_meta_carries_a_models_settings_and_nothing_when_it_has_none(tmp_pa
     assert not (tmp_path / "none").exists()
 
 
+def test_a_model_names_its_refiner_and_update_meta_keeps_the_rest(tmp_path) -> None:
+    assert meta.model_refiner(tmp_path) == "none"  # no file: no refiner
+    meta.write_meta(tmp_path, grid=8, prompt="question_first")
+    assert meta.model_refiner(tmp_path) == "none"
+    meta.update_meta(tmp_path, refiner="grabcut")
+    assert meta.read_meta(tmp_path) == {"grid": 8, "prompt": "question_first", "refiner": "grabcut"}
+    assert meta.model_refiner(tmp_path) == "grabcut"
+    with pytest.raises(ValueError, match="refiner must be one of"):
+        meta.update_meta(tmp_path, refiner="crf")
+    assert meta.model_refiner(tmp_path) == "grabcut"  # a refused value is never written
+
+
 @pytest.mark.parametrize(
     ("text", "match"),
     [
@@ -39,6 +51,7 @@ def test_copy_meta_carries_a_models_settings_and_nothing_when_it_has_none(tmp_pa
         ('{"grid": "16"}', "grid must be an int"),
         ('{"grid": 1}', r"grid must be an int in \[2, 64\]"),
         ('{"grid": true}', "grid must be an int"),
+        ('{"refiner": "sam"}', "refiner must be one of none, grabcut"),
     ],
 )
 def test_bad_text4seg_json_is_refused_with_the_file_named(tmp_path, text, match) -> None:

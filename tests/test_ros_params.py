@@ -32,7 +32,7 @@ def test_defaults_validate():
         ("grid", 65, r"outside \[0, 64\]"),
         ("grid", "16", "must be int"),
         ("descriptor", "rle", "allowed: isd, bsd"),
-        ("refiner", "crf", "allowed: none, sam"),
+        ("refiner", "crf", "allowed: auto, none, sam, grabcut"),
         ("max_goals", 0, r"outside \[1, 64\]"),
         ("score_threshold", 1.5, r"outside \[0.0, 1.0\]"),
         ("image_qos_reliability", "sometimes", "allowed: best_effort, reliable"),
@@ -49,6 +49,8 @@ def test_sam_refiner_needs_a_path():
     with pytest.raises(ValueError, match="refiner_path is required"):
         config_from_values({"refiner": "sam"})
     assert config_from_values({"refiner": "sam", "refiner_path": "/sam"}).refiner == "sam"
+    # GrabCut needs no weights, so no path.
+    assert config_from_values({"refiner": "grabcut"}).refiner == "grabcut"
 
 
 def test_ints_are_accepted_for_floats():

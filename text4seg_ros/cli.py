@@ -4,7 +4,7 @@ Usage::
 
     text4seg-segment IMAGE "goal" ["goal" ...] [--model DIR] [--backbone NAME]
         [--task res|gres|rec|open_vocab|instances|reason] [--classes a,b,...] [--grid G]
-        [--max-image-pixels N] [--refiner PATH] [--refine-prompt points|box] [--out DIR]
+        [--max-image-pixels N] [--refiner auto|none|grabcut|PATH] [--refine-prompt points|box] [--out DIR]
         [--device cpu]
         [--dtype float32|bfloat16|float16] [--descriptor isd|bsd] [--adapter DIR]
         [--vision-tower DIR]
@@ -65,7 +65,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog=PROG,
         description="Segment an image for language goals with a Text4Seg model "
-        "(masks as text: semantic descriptors), optionally refined by SAM.",
+        "(masks as text: semantic descriptors), optionally refined by SAM or GrabCut.",
     )
     p.add_argument("image", type=Path, help="input image (any format Pillow reads)")
     p.add_argument("goals", nargs="+", help="one or more goals, e.g. 'the red mug'")
@@ -100,7 +100,12 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"largest image accepted, width x height (default {DEFAULT_MAX_PIXELS}: 4K, the "
         "node's max_image_pixels)",
     )
-    p.add_argument("--refiner", type=Path, default=None, help="SAM directory or sam_vit_*.pth")
+    p.add_argument(
+        "--refiner",
+        default="auto",
+        help="mask refiner: 'auto' (the model's own, from its text4seg.json; else none), "
+        "'none', 'grabcut' (OpenCV, no weights) or a SAM directory / sam_vit_*.pth",
+    )
     p.add_argument(
         "--refine-prompt",
         default="points",
@@ -337,9 +342,10 @@ def load_segmenter(args: argparse.Namespace, refiner: Any) -> Any:
 
 
 def load_sam(args: argparse.Namespace) -> Any:
-    """The SAM refiner for ``--refiner``, or None."""
-    if args.refiner is None:
-        return None
+    """The refiner for ``--refiner``: ``"auto"``, ``"none"`` or ``"grabcut"`` (resolved by the
+    Segmenter, which knows the model and its grid) or the SAM refiner loaded from the path."""
+    if args.refiner in ("auto", "none", "grabcut"):
+        return args.refiner
     from .refine import RefinerConfig, load_refiner
 
     try:
@@ -373,7 +379,7 @@ def run(args: argparse.Namespace) -> list[dict[str, Path]]:
         raise UserError(str(exc)) from exc
     written = []
     for i, result in enumerate(results):
-        paths = write_result(args.out, i, image, result, refined=refiner is not None)
+        paths = write_result(args.out, i, image, result, refined=segmenter.refiner is not None)
         box = "none" if result.box is None else ",".join(str(v) for v in result.box)
         print(
             f"[{i}] {result.goal.text!r}: box={box} score={result.score:.3f} "

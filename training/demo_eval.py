@@ -1,6 +1,7 @@
 """Evaluate a model on tabletop scenes against pixel ground truth, per goal kind.
 
     python -m training.demo_eval --model models/demo --split heldout --scenes 60 [--size 128]
+        [--refiner auto|none|grabcut]
 
 Each scene is drawn from its seed (:mod:`training.data.tabletop`), encoded once with
 ``Segmenter.set_image`` and all its goals answered in one ``segment`` batch, as the node does.
@@ -87,9 +88,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--grid", type=int, default=None, help="default: the model's text4seg.json")
     ap.add_argument("--kinds", default=",".join(GOAL_KINDS))
+    ap.add_argument(
+        "--refiner",
+        choices=("auto", "none", "grabcut"),
+        default="auto",
+        help="mask refiner (auto: the model's own, its text4seg.json)",
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
-    segmenter = Segmenter.from_pretrained(args.model, grid=args.grid)
+    segmenter = Segmenter.from_pretrained(args.model, grid=args.grid, refiner=args.refiner)
     seeds = [scene_seed(args.split, i) for i in range(args.first, args.first + args.scenes)]
     start = time.perf_counter()
     report = evaluate_scenes(
@@ -98,7 +105,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     for kind, r in report.items():
         print(kind, json.dumps({k: round(v, 3) for k, v in r.items()}))
     took = time.perf_counter() - start
-    print(f"{args.scenes} {args.split} scenes in {took:.0f} s (G = {segmenter.grid})")
+    print(
+        f"{args.scenes} {args.split} scenes in {took:.0f} s (G = {segmenter.grid}, "
+        f"refiner {'none' if segmenter.refiner is None else type(segmenter.refiner).__name__})"
+    )
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=1))
     return 0

@@ -9,6 +9,10 @@ with, one of :data:`PROMPT_LAYOUTS`: ``"image_first"`` (the default, every publi
 checkpoint) or ``"question_first"`` (the question before the image; see
 :meth:`text4seg_ros.model.registry.Backbone.question_first`); :func:`text4seg_ros.model.loading.
 load_pretrained` applies it, so the Segmenter, the node and training all prompt the model alike.
+``"refiner"``: the mask refiner the model's figures were measured with, one of
+:data:`MODEL_REFINERS` (``"none"`` when absent; ``"grabcut"``: :class:`text4seg_ros.refine.
+GrabCutRefiner`, which needs no weights); refiner ``"auto"`` of the Segmenter, the node and the
+CLI uses it.
 
 The shipped demo model is ``models/demo`` of the package: in the source tree (``pip install
 -e .``, a clone) or in the ament share folder (``<prefix>/share/text4seg_ros/models/demo``,
@@ -29,24 +33,15 @@ META_FILE = "text4seg.json"
 DEFAULT_GRID = 16
 GRID_RANGE = (2, 64)  # the node's accepted range; a grid outside it is refused here too
 PROMPT_LAYOUTS = ("image_first", "question_first")
+MODEL_REFINERS = ("none", "grabcut")  # refiners a model may name: none needs weights of its own
 PACKAGE = "text4seg_ros"
 DEMO_MODEL = Path("models") / "demo"
 REPO = Path(__file__).resolve().parents[2]  # the source tree (an editable install points here)
 
 
-def read_meta(model_dir: str | Path) -> dict[str, Any]:
-    """The object in ``model_dir/text4seg.json`` ({} when the file does not exist).
-
-    Raises ``ValueError`` when the file is not a JSON object, its ``grid`` is not an int in
-    :data:`GRID_RANGE` or its ``prompt`` is not one of :data:`PROMPT_LAYOUTS`.
-    """
-    path = Path(model_dir) / META_FILE
-    if not path.is_file():
-        return {}
-    try:
-        meta = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+def _checked(meta: Any, path: Path) -> dict[str, Any]:
+    """``meta`` when it is valid ``text4seg.json`` content (see :func:`read_meta`), named
+    ``path`` in the ValueError otherwise."""
     if not isinstance(meta, dict):
         raise ValueError(f"{path} must hold a JSON object, got {type(meta).__name__}")
     grid = meta.get("grid")
@@ -59,12 +54,40 @@ def read_meta(model_dir: str | Path) -> dict[str, Any]:
         raise ValueError(
             f"{path}: prompt must be one of {', '.join(PROMPT_LAYOUTS)}, got {prompt!r}"
         )
+    refiner = meta.get("refiner", MODEL_REFINERS[0])
+    if refiner not in MODEL_REFINERS:
+        raise ValueError(
+            f"{path}: refiner must be one of {', '.join(MODEL_REFINERS)}, got {refiner!r}"
+        )
     return meta
+
+
+def read_meta(model_dir: str | Path) -> dict[str, Any]:
+    """The object in ``model_dir/text4seg.json`` ({} when the file does not exist).
+
+    Raises ``ValueError`` when the file is not a JSON object, its ``grid`` is not an int in
+    :data:`GRID_RANGE`, its ``prompt`` is not one of :data:`PROMPT_LAYOUTS` or its
+    ``refiner`` not one of :data:`MODEL_REFINERS`.
+    """
+    path = Path(model_dir) / META_FILE
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from None
+    return _checked(meta, path)
 
 
 def model_prompt(model_dir: str | Path) -> str:
     """The prompt layout ``model_dir`` was trained with (:data:`PROMPT_LAYOUTS`; default first)."""
     return read_meta(model_dir).get("prompt", PROMPT_LAYOUTS[0])
+
+
+def model_refiner(model_dir: str | Path) -> str:
+    """The refiner ``model_dir``'s figures were measured with (:data:`MODEL_REFINERS`; "none"
+    when it names none): what refiner ``"auto"`` runs."""
+    return read_meta(model_dir).get("refiner", MODEL_REFINERS[0])
 
 
 def model_grid(model_dir: str | Path) -> int | None:
@@ -83,9 +106,14 @@ def resolve_grid(model_dir: str | Path, grid: int | None) -> int:
 def write_meta(model_dir: str | Path, **fields: Any) -> Path:
     """Write ``fields`` (e.g. ``grid=16``) to ``model_dir/text4seg.json``; returns the path."""
     path = Path(model_dir) / META_FILE
+    _checked(fields, path)  # refuse to write a file the loaders would reject
     path.write_text(json.dumps(fields, indent=1, sort_keys=True) + "\n")
-    read_meta(model_dir)  # refuse to leave a file the loaders would reject
     return path
+
+
+def update_meta(model_dir: str | Path, **fields: Any) -> Path:
+    """Set ``fields`` in ``model_dir/text4seg.json``, keeping its other settings."""
+    return write_meta(model_dir, **{**read_meta(model_dir), **fields})
 
 
 def copy_meta(source: str | Path, model_dir: str | Path) -> Path | None:

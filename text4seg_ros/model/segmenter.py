@@ -52,7 +52,7 @@ from .answers import (
     to_result,
 )
 from .loading import as_dtype, load_pretrained
-from .meta import META_FILE, model_grid, resolve_grid
+from .meta import META_FILE, model_grid, model_refiner, resolve_grid
 from .registry import Backbone, Prefix, check_image, get_backbone
 from .types import Goal, GoalResult, Timings
 
@@ -82,11 +82,16 @@ class PreparedGoal:
 
 
 def _load_refiner(
-    refiner: Any, refiner_path: str | Path, device: str, dtype: str | torch.dtype = "float32"
+    refiner: Any,
+    refiner_path: str | Path,
+    device: str,
+    dtype: str | torch.dtype = "float32",
+    grid: int = 16,
 ) -> Any:
     """``None``/``"none"``: no refinement; ``"sam"``: SAM from ``refiner_path`` with weights in
-    ``dtype``; else an object with ``refine(image, mask, box)`` (the
-    :class:`~text4seg_ros.refine.Refiner` protocol)."""
+    ``dtype``; ``"grabcut"``: :class:`~text4seg_ros.refine.GrabCutRefiner` for masks of a
+    ``grid`` x ``grid`` descriptor (no weights); else an object with ``refine(image, mask, box)``
+    (the :class:`~text4seg_ros.refine.Refiner` protocol)."""
     if refiner is None or refiner == "none":
         return None
     if refiner == "sam":
@@ -95,8 +100,14 @@ def _load_refiner(
         from ..refine import load_refiner
 
         return load_refiner(refiner_path, device=str(device), dtype=dtype)
+    if refiner == "grabcut":
+        from ..refine import GrabCutRefiner
+
+        return GrabCutRefiner(grid)
     if isinstance(refiner, str):
-        raise ValueError(f"unknown refiner {refiner!r}; allowed: 'none', 'sam' or a Refiner")
+        raise ValueError(
+            f"unknown refiner {refiner!r}; allowed: 'none', 'sam', 'grabcut' or a Refiner"
+        )
     if not callable(getattr(refiner, "refine", None)):
         raise TypeError(f"refiner must have refine(image, mask, box), got {type(refiner).__name__}")
     return refiner
@@ -224,7 +235,9 @@ class Segmenter:
         ``backbone``: registry name or None (from ``config.json``). ``grid``: None uses the
         model's own grid (``text4seg.json``, :mod:`.meta`; 16 without one); a grid that differs
         from the model's is used as given, with a warning. ``refiner``: None/``"none"``,
-        ``"sam"`` (with ``refiner_path``; SAM's weights in ``dtype`` too) or a Refiner object.
+        ``"sam"`` (with ``refiner_path``; SAM's weights in ``dtype`` too), ``"grabcut"`` (OpenCV,
+        no weights), ``"auto"`` (the refiner the model names in ``text4seg.json``, else none;
+        :func:`~text4seg_ros.model.meta.model_refiner`) or a Refiner object.
         ``engine``: one of :data:`text4seg_ros.engines.ENGINES` (``"torch"``, the reference;
         ``"onnxruntime"``, ``"tensorrt"``: graphs exported once, see :mod:`text4seg_ros.engines`;
         an engine that cannot run here raises ``EngineUnavailable``, one line). ``options`` go
@@ -244,6 +257,8 @@ class Segmenter:
                 stacklevel=2,
             )
         grid = resolve_grid(path, grid)
+        if isinstance(refiner, str) and refiner == "auto":
+            refiner = model_refiner(path)
         loaded = load_pretrained(
             path,
             backbone=backbone or None,
@@ -259,7 +274,7 @@ class Segmenter:
             loaded.processor,
             loaded.backbone,
             grid=grid,
-            refiner=_load_refiner(refiner, refiner_path, device, dtype),
+            refiner=_load_refiner(refiner, refiner_path, device, dtype, grid),
             descriptor=descriptor,
             engine=engine,
             model_path=path,

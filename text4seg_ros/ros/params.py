@@ -31,7 +31,7 @@ from ..goals import GoalError, check_grid
 ENGINES = ("torch", "onnxruntime", "tensorrt")  # text4seg_ros.engines.ENGINES (no torch here)
 DTYPES = DTYPE_NAMES
 DESCRIPTORS = ("isd", "bsd")
-REFINERS = ("none", "sam")
+REFINERS = ("auto", "none", "sam", "grabcut")
 RELIABILITIES = ("best_effort", "reliable")
 MASK_MODES = ("union", "label_map")
 
@@ -49,7 +49,7 @@ class NodeConfig:
     dtype: str = "float32"
     grid: int = 0  # 0: the model's grid (text4seg.json), 16 when it names none
     descriptor: str = "isd"
-    refiner: str = "none"
+    refiner: str = "auto"  # the model's own (text4seg.json), else none
     refiner_path: str = ""
     max_goals: int = 8
     max_goal_chars: int = 256
@@ -149,7 +149,11 @@ SPECS: dict[str, ParamSpec] = {
     "descriptor": ParamSpec(
         "Descriptor kind: isd (image-wise) or bsd (box-wise)", choices=DESCRIPTORS
     ),
-    "refiner": ParamSpec("Mask refiner", choices=REFINERS),
+    "refiner": ParamSpec(
+        "Mask refiner: auto (the model's own, text4seg.json; else none), none, sam (SAM weights "
+        "at refiner_path) or grabcut (OpenCV, no weights)",
+        choices=REFINERS,
+    ),
     "refiner_path": ParamSpec("SAM model directory when refiner is sam"),
     "max_goals": ParamSpec("Most active goals; more are rejected", int_range=(1, 64), live=True),
     "max_goal_chars": ParamSpec(

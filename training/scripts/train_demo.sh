@@ -110,6 +110,9 @@ echo "== 6/7 stage 3 (relations, absent and present targets): $STEPS3 steps from
   --output_dir "$OUT/run3" --max_steps "$STEPS3" --save_steps 600 --save_total_limit 1
 mkdir -p "$DEST"
 cp "$OUT"/run3/model/* "$DEST"/
+# The card's node figures are measured with GrabCut (refiner "auto" of the node and CLIs reads
+# this); the model's raw answers stay one `--refiner none` away.
+"$PY" -c 'import sys; from text4seg_ros.model.meta import update_meta; update_meta(sys.argv[1], refiner="grabcut")' "$DEST"
 echo "training took $(( ($(date +%s) - start) / 60 )) minutes; model in $DEST"
 echo "== 7/7 held-out evaluation (60 scenes, pixel ground truth, per goal kind)"
 "$PY" -m training.demo_eval --model "$DEST" --split heldout --scenes 60 \

@@ -1,0 +1,90 @@
+"""GrabCut refinement bench: what the weight-free refiner recovers from a G x G descriptor mask.
+
+For every real mask in ../shared/data (COCO tiny instances, DAVIS blackswan frames) the coarse
+mask is the *perfect* G x G image-wise descriptor (encoded and decoded through the codec, as a
+model that answers without error would give), the baseline of the same run. It is refined with
+:class:`~text4seg_ros.refine.GrabCutRefiner` at each band and scored against the real mask
+(cIoU, gIoU; ratios refined / coarse), with the refiner's time per mask on this machine.
+
+It bounds what the refiner can add to a model's answer; the demo model's own answers, refined
+and not, are scored by ``python -m training.demo_eval --refiner grabcut`` (models/demo/README.md).
+
+Usage: python bench/refine_grabcut.py [--grids 8 16] [--bands 0.25 0.5 1] [--limit N]
+       [--out refine_grabcut.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from collections import defaultdict
+
+import numpy as np
+
+from text4seg_ros.descriptors import decode_mask, encode_mask
+from text4seg_ros.metrics import MaskMetrics
+from text4seg_ros.refine import GrabCutConfig, GrabCutRefiner
+
+from common import image_of, real_masks, write_json
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--grids", type=int, nargs="+", default=[8, 16])
+    p.add_argument("--bands", type=float, nargs="+", default=[0.25, 0.5, 1.0])
+    p.add_argument("--limit", type=int, default=0, help="at most N masks per dataset (0: all)")
+    p.add_argument("--out", default="refine_grabcut.json")
+    args = p.parse_args()
+
+    data = real_masks()
+    images = {}
+    rows: dict[str, dict] = {}
+    for grid in args.grids:
+        refiners = {b: GrabCutRefiner(grid, GrabCutConfig(band=b)) for b in args.bands}
+        for dataset, items in data.items():
+            items = items[: args.limit] if args.limit else items
+            coarse_m = MaskMetrics()
+            fine_m: dict[float, MaskMetrics] = defaultdict(MaskMetrics)
+            took: dict[float, list[float]] = defaultdict(list)
+            for name, label, mask in items:
+                key = (dataset, name)
+                if key not in images:
+                    images[key] = image_of(dataset, name)
+                image = images[key]
+                coarse = decode_mask(encode_mask(mask, label, grid), label, mask.shape, grid)
+                coarse_m.update(coarse, mask)
+                for band, refiner in refiners.items():
+                    t0 = time.perf_counter()
+                    fine = refiner.refine(image, coarse)
+                    took[band].append(time.perf_counter() - t0)
+                    fine_m[band].update(fine, mask)
+            base = coarse_m.compute()
+            row: dict = {"masks": len(items), "coarse": base}
+            for band in args.bands:
+                m = fine_m[band].compute()
+                row[f"band_{band:g}"] = {
+                    **m,
+                    "cIoU_ratio": m["cIoU"] / base["cIoU"],
+                    "gIoU_ratio": m["gIoU"] / base["gIoU"],
+                    "ms_per_mask": 1000 * float(np.mean(took[band])),
+                }
+            rows[f"{dataset} G={grid}"] = row
+            line = ", ".join(
+                f"band {b:g}: cIoU {row[f'band_{b:g}']['cIoU']:.3f} "
+                f"({row[f'band_{b:g}']['cIoU_ratio']:.2f}x, "
+                f"{row[f'band_{b:g}']['ms_per_mask']:.0f} ms)"
+                for b in args.bands
+            )
+            print(f"{dataset} G={grid}: coarse cIoU {base['cIoU']:.3f}; {line}")
+    payload = {
+        "what": "perfect G x G descriptor masks of real images, refined by GrabCut",
+        "defaults": GrabCutConfig().__dict__,
+        "grids": args.grids,
+        "bands": args.bands,
+        "metrics": rows,
+    }
+    print(f"wrote {write_json(args.out, payload)}")
+
+
+if __name__ == "__main__":
+    main()
