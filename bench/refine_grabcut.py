@@ -8,9 +8,11 @@ model that answers without error would give), the baseline of the same run. It i
 
 It bounds what the refiner can add to a model's answer; the demo model's own answers, refined
 and not, are scored by ``python -m training.demo_eval --refiner grabcut`` (models/demo/README.md).
+``--tabletop N`` adds the RES and REC goals of N held-out synthetic tabletop scenes (the demo
+model's domain, drawn from their seeds; not real data) as a third set.
 
 Usage: python bench/refine_grabcut.py [--grids 8 16] [--bands 0.25 0.5 1] [--limit N]
-       [--out refine_grabcut.json]
+       [--tabletop 150] [--out refine_grabcut.json]
 """
 
 from __future__ import annotations
@@ -18,6 +20,8 @@ from __future__ import annotations
 import argparse
 import time
 from collections import defaultdict
+from collections.abc import Callable
+from functools import partial
 
 import numpy as np
 
@@ -27,17 +31,45 @@ from text4seg_ros.refine import GrabCutConfig, GrabCutRefiner
 
 from common import image_of, real_masks, write_json
 
+Item = tuple[str, str, np.ndarray, Callable[[], np.ndarray]]  # name, label, mask, its image
+
+
+def real_items() -> dict[str, list[Item]]:
+    """The real masks of ../shared/data with a loader of their frames."""
+    return {
+        dataset: [(n, lab, m, partial(image_of, dataset, n)) for n, lab, m in items]
+        for dataset, items in real_masks().items()
+    }
+
+
+def tabletop_items(scenes: int) -> list[Item]:
+    """RES and REC goals with a target on held-out tabletop scenes 0 .. scenes - 1."""
+    from training.data.tabletop import draw_tabletop, scene_seed, tabletop_goals
+
+    out: list[Item] = []
+    for i in range(scenes):
+        seed = scene_seed("heldout", i)
+        scene = draw_tabletop(seed, (128, 128))
+        for g in tabletop_goals(scene, seed):
+            if g.kind in ("res_attr", "res_size", "res_spatial", "rec") and g.mask.any():
+                out.append((f"{i}:{g.kind}", g.text, g.mask, lambda im=scene.image: im))
+    return out
+
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--grids", type=int, nargs="+", default=[8, 16])
     p.add_argument("--bands", type=float, nargs="+", default=[0.25, 0.5, 1.0])
     p.add_argument("--limit", type=int, default=0, help="at most N masks per dataset (0: all)")
+    p.add_argument("--tabletop", type=int, default=150, help="held-out tabletop scenes (0: none)")
     p.add_argument("--out", default="refine_grabcut.json")
     args = p.parse_args()
 
-    data = real_masks()
-    images = {}
+    start = time.perf_counter()
+    data = real_items()
+    if args.tabletop:
+        data["tabletop_heldout"] = tabletop_items(args.tabletop)
+    images: dict[tuple[str, str], np.ndarray] = {}
     rows: dict[str, dict] = {}
     for grid in args.grids:
         refiners = {b: GrabCutRefiner(grid, GrabCutConfig(band=b)) for b in args.bands}
@@ -46,10 +78,10 @@ def main() -> None:
             coarse_m = MaskMetrics()
             fine_m: dict[float, MaskMetrics] = defaultdict(MaskMetrics)
             took: dict[float, list[float]] = defaultdict(list)
-            for name, label, mask in items:
-                key = (dataset, name)
+            for name, label, mask, load in items:
+                key = (dataset, name.split(":")[0])
                 if key not in images:
-                    images[key] = image_of(dataset, name)
+                    images[key] = load()
                 image = images[key]
                 coarse = decode_mask(encode_mask(mask, label, grid), label, mask.shape, grid)
                 coarse_m.update(coarse, mask)
@@ -82,6 +114,7 @@ def main() -> None:
         "grids": args.grids,
         "bands": args.bands,
         "metrics": rows,
+        "seconds": time.perf_counter() - start,
     }
     print(f"wrote {write_json(args.out, payload)}")
 

@@ -116,9 +116,10 @@ def test_demo_report_names_the_bars_and_says_real_images_need_real_weights(tmp_p
     text = write_summary(
         tmp_path / "report.md", fake_report(0.7, 0.9), davis, model="models/demo",
         params_file="share/text4seg_ros/config/perception.yaml",
-        timings_s={"total": 200.0},
+        timings_s={"total": 200.0}, refiner="`grabcut` (the params file)",
     )  # fmt: skip
     assert text == (tmp_path / "report.md").read_text()
+    assert "- mask refiner: `grabcut` (the params file)" in text
     assert "| RES single target | res_attr, res_size | cIoU | >= 0.6 | 0.700 | yes |" in text
     assert "| answer tokens per model call | - | tokens/call | >= 5 | 8.000 | yes |" in text
     assert "8.00 answer tokens per sequential model call" in text
@@ -165,6 +166,24 @@ def test_params_file_without_an_ament_index_is_the_source_trees(monkeypatch) -> 
     monkeypatch.delenv("AMENT_PREFIX_PATH", raising=False)  # ament_index raises OSError then
     path = launch_params_file()
     assert path == Path(__file__).resolve().parents[1] / "config" / "perception.yaml"
+
+
+def test_the_report_names_the_refiner_the_params_file_gives_the_node(tmp_path) -> None:
+    from text4seg_ros.demo.run import launch_params_file, refiner_in_use
+
+    model = tmp_path / "m"
+    model.mkdir()
+    meta.write_meta(model, grid=8, refiner="grabcut")
+    assert refiner_in_use(launch_params_file(), model) == (
+        "`grabcut` (`auto` in the params file: the one the model names)"
+    )
+    meta.write_meta(model, grid=8)
+    assert refiner_in_use(launch_params_file(), model).startswith("`none` (`auto`")
+    own = tmp_path / "p.yaml"
+    own.write_text("/**:\n  ros__parameters:\n    grid: 8\n/**/perception_node:\n"
+                   "  ros__parameters:\n    refiner: none\n")  # fmt: skip
+    meta.write_meta(model, grid=8, refiner="grabcut")
+    assert refiner_in_use(own, model) == "`none` (the params file)"
 
 
 def shipped_model() -> Path | None:

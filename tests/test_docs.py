@@ -58,6 +58,21 @@ def test_tables_are_built_from_the_json(tmp_path: Path) -> None:
     assert "run `python bench/oracle.py`" in gen.render("oracle", results)
 
 
+def test_refine_grabcut_table_gives_each_set_grid_and_band(tmp_path: Path) -> None:
+    gen = _gen()
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "bench" / "results", results)
+    data = json.loads((results / "refine_grabcut.json").read_text())
+    row = data["metrics"]["davis_blackswan G=8"]
+    row["coarse"]["cIoU"] = 0.5
+    row["band_0.5"].update(cIoU=0.75, cIoU_ratio=1.5, ms_per_mask=12.0)
+    (results / "refine_grabcut.json").write_text(json.dumps(data))
+    table = gen.render("refine_grabcut", results)
+    line = next(t for t in table.splitlines() if t.startswith("| davis_blackswan | 8 |"))
+    assert "| 0.500 |" in line and "| 0.750 (1.50x), 12 |" in line
+    assert table.count("\n") == 2 + len(data["metrics"])  # header, rule, one row per set
+
+
 def test_every_table_marker_is_known_and_every_docs_table_of_figures_is_generated() -> None:
     gen = _gen()
     for path in PAGES:

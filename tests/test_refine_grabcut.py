@@ -138,9 +138,7 @@ def test_segmenter_refiner_auto_cuts_each_answer_at_the_models_grid() -> None:
 
     seed = scene_seed("heldout", 3)
     scene = draw_tabletop(seed, (128, 128))
-    goals = [
-        Goal(g.text, g.task) for g in tabletop_goals(scene, seed) if g.kind.startswith("res_")
-    ]
+    goals = [Goal(g.text, g.task) for g in tabletop_goals(scene, seed) if g.kind.startswith("res_")]
     plain = Segmenter.from_pretrained(DEMO)  # no refiner unless asked for
     refined = Segmenter.from_pretrained(DEMO, refiner="auto")  # the model names grabcut
     assert plain.refiner is None

@@ -4,8 +4,8 @@ Usage::
 
     text4seg-segment IMAGE "goal" ["goal" ...] [--model DIR] [--backbone NAME]
         [--task res|gres|rec|open_vocab|instances|reason] [--classes a,b,...] [--grid G]
-        [--max-image-pixels N] [--refiner auto|none|grabcut|PATH] [--refine-prompt points|box] [--out DIR]
-        [--device cpu]
+        [--max-image-pixels N] [--refiner auto|none|grabcut|PATH] [--refine-prompt points|box]
+        [--out DIR] [--device cpu]
         [--dtype float32|bfloat16|float16] [--descriptor isd|bsd] [--adapter DIR]
         [--vision-tower DIR]
 

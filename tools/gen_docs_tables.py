@@ -356,6 +356,23 @@ def table_node_params(results: Path) -> str:
     return "\n".join(lines)
 
 
+def table_refine_grabcut(results: Path) -> str:
+    """GrabCut on perfect G x G answers: cIoU before and after per set, grid and band."""
+    d = _load(results, "refine_grabcut.json", "bench/refine_grabcut.py")
+    bands = d["bands"]
+    head = ["set", "G", "masks", "perfect answer cIoU"]
+    head += [f"band {b:g}: cIoU (x), ms/mask" for b in bands]
+    lines = [_row(head), _row(["---"] * len(head))]
+    for key, r in d["metrics"].items():
+        name, grid = key.rsplit(" G=", 1)
+        cells = [name, grid, str(r["masks"]), _f(r["coarse"]["cIoU"])]
+        for b in bands:
+            m = r[f"band_{b:g}"]
+            cells.append(f"{_f(m['cIoU'])} ({m['cIoU_ratio']:.2f}x), {m['ms_per_mask']:.0f}")
+        lines.append(_row(cells))
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "oracle": table_oracle,
     "decode_steps": table_decode_steps,
@@ -367,6 +384,7 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "bench_machines": table_bench_machines,
     "speed_summary": table_speed_summary,
     "node_params": table_node_params,
+    "refine_grabcut": table_refine_grabcut,
 }
 
 

@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..bag import cli as bag_cli
 from ..bag.report import per_kind_table
-from ..model.meta import REPO, default_model_dir, resolve_model
+from ..model.meta import REPO, default_model_dir, model_refiner, resolve_model
 from .scenes import GOALS_FILE, write_heldout_scenes
 from .summary import bars_table, write_summary
 
@@ -52,6 +52,21 @@ def launch_params_file() -> Path:
     from ..bag.node_eval import default_params_file
 
     return default_params_file()
+
+
+def refiner_in_use(params: Path, model: Path) -> str:
+    """What the node refines masks with: the params file's ``refiner`` (the last node entry
+    that sets it; ``auto``, the default, is the refiner the model names in text4seg.json)."""
+    import yaml
+
+    value = "auto"
+    doc = yaml.safe_load(params.read_text()) or {}
+    for entry in doc.values() if isinstance(doc, dict) else ():
+        if isinstance(entry, dict):
+            value = (entry.get("ros__parameters") or {}).get("refiner", value)
+    if value != "auto":
+        return f"`{value}` (the params file)"
+    return f"`{model_refiner(model)}` (`auto` in the params file: the one the model names)"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -201,7 +216,7 @@ def run(args: argparse.Namespace) -> dict:
     timings["total"] = time.monotonic() - start
     write_summary(
         out / "report.md", tabletop, davis, model=str(model), params_file=str(params),
-        threads=threads,
+        threads=threads, refiner=refiner_in_use(Path(params), model),
         timings_s=timings, davis_note=note, shipped=_is_shipped(model),
     )  # fmt: skip
     print("\nPer goal kind (held-out tabletop scenes, through the node):\n")

@@ -104,9 +104,11 @@ def write_summary(
     davis_note: str = "",
     shipped: bool = True,
     threads: str | None = None,
+    refiner: str = "",
 ) -> str:
     """Write the demo's ``report.md`` to ``path``; returns its text. ``shipped``: ``model`` is
-    the shipped demo model (trained on tabletop scenes only; the DAVIS part says so)."""
+    the shipped demo model (trained on tabletop scenes only; the DAVIS part says so).
+    ``refiner``: what the node refined masks with, as the report names it."""
     from ..model.meta import model_grid
 
     dec = tabletop.get("decoding") or {}
@@ -119,6 +121,7 @@ def write_summary(
         f"- model: `{model}` ({grid_text})",
         f"- node parameters: `{params_file}` (the file the launch file uses)"
         + (f"; node process with `OMP_NUM_THREADS={threads}`" if threads else ""),
+        *([f"- mask refiner: {refiner}"] if refiner else []),
         f"- created: {tabletop.get('created', '')}",
         "- wall time: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings_s.items()),
         "",

@@ -115,6 +115,6 @@ cp "$OUT"/run3/model/* "$DEST"/
 "$PY" -c 'import sys; from text4seg_ros.model.meta import update_meta; update_meta(sys.argv[1], refiner="grabcut")' "$DEST"
 echo "training took $(( ($(date +%s) - start) / 60 )) minutes; model in $DEST"
 echo "== 7/7 held-out evaluation (60 scenes, pixel ground truth, per goal kind)"
-"$PY" -m training.demo_eval --model "$DEST" --split heldout --scenes 60 \
-  --out "$OUT/heldout_eval.json"
+"$PY" -m training.demo_eval --model "$DEST" --split heldout --scenes 60 --refiner none \
+  --out "$OUT/heldout_eval.json"  # the raw answers: what training changed
 "$PY" -m training.demo_diagnose --model "$DEST" --scenes 40 --out "$OUT/diagnose.json"
