@@ -36,6 +36,7 @@ from text4seg_msgs.msg import Goal, SegmentationArray  # noqa: E402
 from text4seg_msgs.srv import ListGoals  # noqa: E402
 
 from text4seg_ros.descriptors import decode_mask  # noqa: E402
+from text4seg_ros.refine import GrabCutRefiner  # noqa: E402
 from text4seg_ros.ros.image import array_to_image, image_to_array  # noqa: E402
 
 pytestmark = pytest.mark.ros
@@ -201,12 +202,16 @@ def test_integers_for_floats_from_file_command_line_and_param_set(tiny_model, tm
         node.stop()
 
 
-def _frame(seq: int) -> Image:
+def _rgb() -> np.ndarray:
     rgb = np.full((48, 64, 3), 40, np.uint8)
     rgb[10:30, 8:40] = (220, 30, 30)
+    return rgb
+
+
+def _frame(seq: int) -> Image:
     header = Header(frame_id="cam")
     header.stamp.sec = seq
-    return array_to_image(rgb, "rgb8", header)
+    return array_to_image(_rgb(), "rgb8", header)
 
 
 def test_bad_overrides_fail_configure_not_the_process_and_non_live_apply_next_configure(
@@ -229,6 +234,7 @@ def test_bad_overrides_fail_configure_not_the_process_and_non_live_apply_next_co
         assert client.transition(fqn, "configure"), node.log()[-3000:]
         # a non-live parameter set while configured: logged, applied at the next configure
         assert _set(client, fqn, "grid", 8)[0]
+        assert _set(client, fqn, "refiner", "grabcut")[0]  # the tiny model names none
         assert wait_for(lambda: "takes effect at the next configure" in node.log(), 10)
         segs = client.collect(SegmentationArray, "/p_bad/segmentations")
         goals = client.node.create_publisher(Goal, "/p_bad/goals", 10)
@@ -249,14 +255,17 @@ def test_bad_overrides_fail_configure_not_the_process_and_non_live_apply_next_co
             assert client.transition(fqn, "deactivate")
             return segs[-1].segmentations[0]
 
+        assert f"(grid {GRID}, refiner none)" in node.log()  # auto: the tiny model names none
         seg = answer(1)  # still the configured grid
         assert np.array_equal(
             image_to_array(seg.mask) == 255, decode_mask(seg.descriptor, "red mug", (48, 64), GRID)
         )
         assert client.transition(fqn, "cleanup") and client.transition(fqn, "configure")
-        seg = answer(2)
+        assert "(grid 8, refiner GrabCutRefiner)" in node.log()
+        seg = answer(2)  # grid 8 and GrabCut, for that grid, on the decoded descriptor
+        coarse = decode_mask(seg.descriptor, "red mug", (48, 64), 8)
         assert np.array_equal(
-            image_to_array(seg.mask) == 255, decode_mask(seg.descriptor, "red mug", (48, 64), 8)
+            image_to_array(seg.mask) == 255, GrabCutRefiner(8).refine(_rgb(), coarse)
         )
         assert node.alive()
     finally:

@@ -139,8 +139,11 @@ class PerceptionNode(GuardedLifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.model_state = "loaded"
         freeze_heap()
+        refiner = getattr(self.segmenter, "refiner", None)  # what refiner "auto" resolved to
         self.get_logger().info(
-            f"model {self.config.model_path!r} loaded in {time.monotonic() - t0:.1f} s"
+            f"model {self.config.model_path!r} loaded in {time.monotonic() - t0:.1f} s (grid "
+            f"{getattr(self.segmenter, 'grid', '?')}, refiner "
+            f"{'none' if refiner is None else type(refiner).__name__})"
         )
         out_qos = _qos(self.config.output_qos_depth, self.config.output_qos_reliability)
         self._outputs = ResultPublisher(self, out_qos)
