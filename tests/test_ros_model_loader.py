@@ -30,7 +30,7 @@ def test_load_segmenter_passes_the_model_parameters_to_from_pretrained(tmp_path,
     assert kwargs == {
         "backbone": None,  # empty: read from the model config
         "device": "cuda:1", "dtype": "bfloat16", "grid": 24, "descriptor": "isd",
-        "engine": config.engine, "refiner": "none", "refiner_path": "",
+        "engine": config.engine, "refiner": "auto", "refiner_path": "",
     }  # fmt: skip
     load_segmenter(NodeConfig(model_path=str(tmp_path), backbone="qwen2-vl"))
     assert calls[-1][1]["backbone"] == "qwen2-vl"
