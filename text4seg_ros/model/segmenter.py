@@ -106,7 +106,7 @@ def _load_refiner(
         return GrabCutRefiner(grid)
     if isinstance(refiner, str):
         raise ValueError(
-            f"unknown refiner {refiner!r}; allowed: 'none', 'sam', 'grabcut' or a Refiner"
+            f"unknown refiner {refiner!r}; allowed: 'none', 'auto', 'sam', 'grabcut' or a Refiner"
         )
     if not callable(getattr(refiner, "refine", None)):
         raise TypeError(f"refiner must have refine(image, mask, box), got {type(refiner).__name__}")

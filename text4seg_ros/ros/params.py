@@ -150,8 +150,8 @@ SPECS: dict[str, ParamSpec] = {
         "Descriptor kind: isd (image-wise) or bsd (box-wise)", choices=DESCRIPTORS
     ),
     "refiner": ParamSpec(
-        "Mask refiner: auto (the model's own, text4seg.json; else none), none, sam (SAM weights "
-        "at refiner_path) or grabcut (OpenCV, no weights)",
+        "Mask refiner; auto: the one the model names (text4seg.json), else none; sam: SAM "
+        "weights at refiner_path; grabcut: OpenCV, no weights",
         choices=REFINERS,
     ),
     "refiner_path": ParamSpec("SAM model directory when refiner is sam"),
