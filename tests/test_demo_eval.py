@@ -3,10 +3,12 @@ targets) with oracle and blind segmenters, so the numbers are known exactly."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from text4seg_ros.metrics import mask_to_box
 from text4seg_ros.model.types import Goal, GoalResult
@@ -77,3 +79,33 @@ def test_training_evaluate_groups_by_kind(tmp_path: Path) -> None:
     # but boxes of the object (meta["box"]) still match.
     assert report["by_kind"]["rec"]["Acc@0.5"] == 1.0
     assert report["by_kind"]["gres_absent"]["N-acc"] == 1.0
+
+
+DEMO = Path(__file__).resolve().parents[1] / "models" / "demo"
+
+
+def test_demo_eval_command_refines_with_the_band_asked_for(tmp_path, monkeypatch) -> None:
+    """``--refiner grabcut --band B`` cuts with that band; ``--band`` alone is refused."""
+    from text4seg_ros.model.segmenter import Segmenter
+    from text4seg_ros.refine import GrabCutRefiner
+    from training.demo_eval import main
+
+    if not (DEMO / "model.safetensors").is_file():
+        pytest.skip("models/demo has no model.safetensors")
+    with pytest.raises(SystemExit) as exc:
+        main(["--model", str(DEMO), "--band", "0.25"])
+    assert exc.value.code == 2
+    used = []
+    real_segment = Segmenter.segment
+
+    def spy(self, goals, *a, **kw):
+        used.append(self.refiner)
+        return real_segment(self, goals, *a, **kw)
+
+    monkeypatch.setattr(Segmenter, "segment", spy)
+    out = tmp_path / "eval.json"
+    argv = ["--model", str(DEMO), "--scenes", "2", "--kinds", "res_attr", "--out", str(out)]
+    assert main([*argv, "--refiner", "grabcut", "--band", "0.25"]) == 0
+    assert isinstance(used[-1], GrabCutRefiner) and used[-1].config.band == 0.25
+    assert json.loads(out.read_text())["res_attr"]["goals"] > 0
+    assert main([*argv, "--refiner", "none"]) == 0 and used[-1] is None

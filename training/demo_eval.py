@@ -1,7 +1,7 @@
 """Evaluate a model on tabletop scenes against pixel ground truth, per goal kind.
 
     python -m training.demo_eval --model models/demo --split heldout --scenes 60 [--size 128]
-        [--refiner auto|none|grabcut]
+        [--refiner auto|none|grabcut] [--band CELLS]
 
 Each scene is drawn from its seed (:mod:`training.data.tabletop`), encoded once with
 ``Segmenter.set_image`` and all its goals answered in one ``segment`` batch, as the node does.
@@ -94,9 +94,18 @@ def main(argv: Sequence[str] | None = None) -> int:
         default="auto",
         help="mask refiner (auto: the model's own, its text4seg.json)",
     )
+    ap.add_argument(
+        "--band", type=float, default=None, help="with --refiner grabcut: its band, in grid cells"
+    )
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.band is not None and args.refiner != "grabcut":
+        ap.error("--band needs --refiner grabcut")
     segmenter = Segmenter.from_pretrained(args.model, grid=args.grid, refiner=args.refiner)
+    if args.band is not None:
+        from text4seg_ros.refine import GrabCutConfig, GrabCutRefiner
+
+        segmenter.refiner = GrabCutRefiner(segmenter.grid, GrabCutConfig(band=args.band))
     seeds = [scene_seed(args.split, i) for i in range(args.first, args.first + args.scenes)]
     start = time.perf_counter()
     report = evaluate_scenes(

@@ -49,7 +49,7 @@ class GrabCutConfig:
     """How the coarse mask becomes GrabCut's trimap (module docstring)."""
 
     band: float = 0.5  # width of the "probably background" ring around the mask, in grid cells
-    iterations: int = 3  # GrabCut rounds (colour-model fit + graph cut); 5 cut the same here
+    iterations: int = 3  # GrabCut rounds (colour-model fit + graph cut); 5 gained nothing
     max_side: int = 320  # longest side (px) refined at full size; larger frames are reduced
     seed: int = 0  # OpenCV's random generator, reseeded before each cut
 
