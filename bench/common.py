@@ -51,12 +51,18 @@ def real_masks() -> dict[str, list[tuple[str, str, np.ndarray]]]:
     return out
 
 
+def frame_name(dataset: str, name: str) -> str:
+    """The image file that mask ``name`` of :func:`real_masks` belongs to (several COCO
+    instance masks share one image)."""
+    if dataset == "coco_tiny16":
+        return name.split("_", 1)[0] + ".jpg"
+    return name.rsplit(".", 1)[0] + ".jpg"
+
+
 def image_of(dataset: str, name: str) -> np.ndarray:
     """The ``(H, W, 3)`` uint8 RGB frame that mask ``name`` of :func:`real_masks` belongs to."""
-    if dataset == "coco_tiny16":
-        path = require_data("coco_tiny16", "images", name.split("_", 1)[0] + ".jpg")
-    else:
-        path = require_data("davis_blackswan", "JPEGImages", name.rsplit(".", 1)[0] + ".jpg")
+    folder = "images" if dataset == "coco_tiny16" else "JPEGImages"
+    path = require_data(dataset, folder, frame_name(dataset, name))
     return np.asarray(Image.open(path).convert("RGB"), dtype=np.uint8)
 
 

@@ -29,15 +29,17 @@ from text4seg_ros.descriptors import decode_mask, encode_mask
 from text4seg_ros.metrics import MaskMetrics
 from text4seg_ros.refine import GrabCutConfig, GrabCutRefiner
 
-from common import image_of, real_masks, write_json
+from common import frame_name, image_of, real_masks, write_json
 
-Item = tuple[str, str, np.ndarray, Callable[[], np.ndarray]]  # name, label, mask, its image
+Item = tuple[str, str, np.ndarray, Callable[[], np.ndarray]]  # frame, label, mask, frame loader
 
 
 def real_items() -> dict[str, list[Item]]:
-    """The real masks of ../shared/data with a loader of their frames."""
+    """The real masks of ../shared/data with their frame's name and loader."""
     return {
-        dataset: [(n, lab, m, partial(image_of, dataset, n)) for n, lab, m in items]
+        dataset: [
+            (frame_name(dataset, n), lab, m, partial(image_of, dataset, n)) for n, lab, m in items
+        ]
         for dataset, items in real_masks().items()
     }
 
@@ -52,7 +54,7 @@ def tabletop_items(scenes: int) -> list[Item]:
         scene = draw_tabletop(seed, (128, 128))
         for g in tabletop_goals(scene, seed):
             if g.kind in ("res_attr", "res_size", "res_spatial", "rec") and g.mask.any():
-                out.append((f"{i}:{g.kind}", g.text, g.mask, lambda im=scene.image: im))
+                out.append((f"scene {i}", g.text, g.mask, lambda im=scene.image: im))
     return out
 
 
@@ -78,11 +80,10 @@ def main() -> None:
             coarse_m = MaskMetrics()
             fine_m: dict[float, MaskMetrics] = defaultdict(MaskMetrics)
             took: dict[float, list[float]] = defaultdict(list)
-            for name, label, mask, load in items:
-                key = (dataset, name.split(":")[0])
-                if key not in images:
-                    images[key] = load()
-                image = images[key]
+            for frame, label, mask, load in items:
+                if (dataset, frame) not in images:  # each frame read once for all its masks
+                    images[(dataset, frame)] = load()
+                image = images[(dataset, frame)]
                 coarse = decode_mask(encode_mask(mask, label, grid), label, mask.shape, grid)
                 coarse_m.update(coarse, mask)
                 for band, refiner in refiners.items():

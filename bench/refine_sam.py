@@ -29,7 +29,7 @@ from text4seg_ros.metrics import MaskMetrics
 from text4seg_ros.refine import HfSamBackend, RefinerConfig, SamRefiner, load_refiner
 from text4seg_ros.refine.backends import build_processor
 
-from common import image_of, real_masks, write_json
+from common import frame_name, image_of, real_masks, write_json
 
 # Encoder sizes of the released SAM models (width, depth, heads, global attention blocks).
 SAM_SIZES = {
@@ -86,8 +86,7 @@ def main() -> None:
     by_image: dict[tuple[str, str], list[tuple[str, str, np.ndarray]]] = defaultdict(list)
     for dataset, items in real_masks().items():
         for name, label, mask in items:
-            key = name.split("_", 1)[0] if dataset == "coco_tiny16" else name
-            by_image[(dataset, key)].append((name, label, mask))
+            by_image[(dataset, frame_name(dataset, name))].append((name, label, mask))
     if args.limit:
         kept: dict[str, int] = defaultdict(int)
         selected = {}

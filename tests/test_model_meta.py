@@ -38,6 +38,9 @@ def test_a_model_names_its_refiner_and_update_meta_keeps_the_rest(tmp_path) -> N
     meta.update_meta(tmp_path, refiner="grabcut")
     assert meta.read_meta(tmp_path) == {"grid": 8, "prompt": "question_first", "refiner": "grabcut"}
     assert meta.model_refiner(tmp_path) == "grabcut"
+    assert meta.resolve_refiner(tmp_path, "auto") == "grabcut"
+    assert meta.resolve_refiner(tmp_path, "none") == "none"  # a given refiner is used as it is
+    assert meta.resolve_refiner(tmp_path, None) is None
     with pytest.raises(ValueError, match="refiner must be one of"):
         meta.update_meta(tmp_path, refiner="crf")
     assert meta.model_refiner(tmp_path) == "grabcut"  # a refused value is never written

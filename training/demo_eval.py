@@ -101,11 +101,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if args.band is not None and args.refiner != "grabcut":
         ap.error("--band needs --refiner grabcut")
-    segmenter = Segmenter.from_pretrained(args.model, grid=args.grid, refiner=args.refiner)
-    if args.band is not None:
+    refiner: Any = args.refiner
+    if args.band is not None:  # the Segmenter takes a refiner object as it is
+        from text4seg_ros.model.meta import resolve_grid
         from text4seg_ros.refine import GrabCutConfig, GrabCutRefiner
 
-        segmenter.refiner = GrabCutRefiner(segmenter.grid, GrabCutConfig(band=args.band))
+        grid = resolve_grid(args.model, args.grid)
+        refiner = GrabCutRefiner(grid, GrabCutConfig(band=args.band))
+    segmenter = Segmenter.from_pretrained(args.model, grid=args.grid, refiner=refiner)
     seeds = [scene_seed(args.split, i) for i in range(args.first, args.first + args.scenes)]
     start = time.perf_counter()
     report = evaluate_scenes(

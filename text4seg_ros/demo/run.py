@@ -29,7 +29,7 @@ from pathlib import Path
 
 from ..bag import cli as bag_cli
 from ..bag.report import per_kind_table
-from ..model.meta import REPO, default_model_dir, model_refiner, resolve_model
+from ..model.meta import REPO, default_model_dir, resolve_model, resolve_refiner
 from .scenes import GOALS_FILE, write_heldout_scenes
 from .summary import bars_table, write_summary
 
@@ -66,7 +66,7 @@ def refiner_in_use(params: Path, model: Path) -> str:
             value = (entry.get("ros__parameters") or {}).get("refiner", value)
     if value != "auto":
         return f"`{value}` (the params file)"
-    return f"`{model_refiner(model)}` (`auto` in the params file: the one the model names)"
+    return f"`{resolve_refiner(model, value)}` (`auto` in the params file: the one the model names)"
 
 
 def build_parser() -> argparse.ArgumentParser:

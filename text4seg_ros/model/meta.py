@@ -90,6 +90,12 @@ def model_refiner(model_dir: str | Path) -> str:
     return read_meta(model_dir).get("refiner", MODEL_REFINERS[0])
 
 
+def resolve_refiner(model_dir: str | Path, refiner: Any) -> Any:
+    """``refiner`` as given, except ``"auto"``: the refiner the model names
+    (:func:`model_refiner`)."""
+    return model_refiner(model_dir) if isinstance(refiner, str) and refiner == "auto" else refiner
+
+
 def model_grid(model_dir: str | Path) -> int | None:
     """The grid ``model_dir`` was trained with (``text4seg.json``), or None when it says none."""
     return read_meta(model_dir).get("grid")

@@ -52,7 +52,7 @@ from .answers import (
     to_result,
 )
 from .loading import as_dtype, load_pretrained
-from .meta import META_FILE, model_grid, model_refiner, resolve_grid
+from .meta import META_FILE, model_grid, resolve_grid, resolve_refiner
 from .registry import Backbone, Prefix, check_image, get_backbone
 from .types import Goal, GoalResult, Timings
 
@@ -257,8 +257,7 @@ class Segmenter:
                 stacklevel=2,
             )
         grid = resolve_grid(path, grid)
-        if isinstance(refiner, str) and refiner == "auto":
-            refiner = model_refiner(path)
+        refiner = resolve_refiner(path, refiner)
         loaded = load_pretrained(
             path,
             backbone=backbone or None,
@@ -403,8 +402,10 @@ class Segmenter:
                 groups = [list(ready)]
             else:  # goal after goal
                 prefixes = [
-                    self.engine.encode_prefix(self.processor, self._image, self.system, q)
-                    for q in (r.plan.question for r in ready)
+                    self.engine.encode_prefix(
+                        self.processor, self._image, self.system, r.plan.question
+                    )
+                    for r in ready
                 ]
                 groups = [[r] for r in ready]
             goal_encode_s = time.perf_counter() - t0
