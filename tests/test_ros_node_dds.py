@@ -241,7 +241,10 @@ def test_3_camera_faster_than_model_keeps_latency_bounded_memory_flat_newest_fra
         f"{lat.max():.3f} s; rss {start['rss_mb']} -> {mid['rss_mb']} MiB"
     )
     assert len(answered) >= 3, rig.node.log()[-3000:]
-    assert len(answered) < sent / 2, "the model is slower than the camera here"
+    # The premise: the node gets frames faster than it answers them. Compare with the frames
+    # it received, not those sent: how many 921 kB frames transport delivers varies by machine
+    # (CI received 153 of 181 where this machine received 98, at the same model speed).
+    assert len(answered) < received, "the model keeps up with the camera here: no load to test"
     assert seqs == sorted(seqs) and len(set(seqs)) == len(seqs)
     assert seqs[-1] >= sent - 1 - max(3, int(30 * 2 * proc_s)), "answers the newest frames"
     # no backlog: latency stays near one processing time (not growing with time)
