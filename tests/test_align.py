@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from text4seg_ros.model.meta import read_meta
-from training.align import COVER, align, cell_objects, cell_targets, main, word_ids
+from training.align import COVER, align, cell_objects, cell_targets, main, probe, word_ids
 from training.data.tabletop import KINDS, PLURALS, draw_tabletop
 from training.demo_base import build_demo_base
 from training.lora import load_base
@@ -68,6 +68,14 @@ def test_alignment_makes_patches_read_as_their_colour_words(base: Path, tmp_path
     assert result["row"] > 0.3 and result["col"] > 0.3, result  # chance 1 in 8; 1.0 at 600 steps
     # The language model's layers do not take part.
     assert all(torch.equal(v, dict(model.named_parameters())[k]) for k, v in lm_before.items())
+    # The held-out probe reads each word group on its own: colours after alignment, where the
+    # random base reads them near chance (1/6).
+    before = probe(load_base(base)[0], processor, grid=8, scenes=30)
+    after = probe(model, processor, grid=8, scenes=30)
+    assert after["probe_objects"] == before["probe_objects"] > 30
+    assert before["probe_colour"] < 0.45 and after["probe_colour"] > 0.8, (before, after)
+    assert set(after) == {"probe_colour", "probe_kind", "probe_size", "probe_objects"}
+    assert all(0.0 <= after[k] <= 1.0 for k in ("probe_kind", "probe_size"))
 
 
 def test_cli_saves_a_loadable_model_with_its_grid(base: Path, tmp_path: Path) -> None:
@@ -75,7 +83,8 @@ def test_cli_saves_a_loadable_model_with_its_grid(base: Path, tmp_path: Path) ->
     assert main(["--model", str(base), "--out", str(out), "--scenes", "16", "--steps", "2",
                  "--batch", "4"]) == 0  # fmt: skip
     assert read_meta(out)["grid"] == 8
-    assert json.loads((out / "align.json").read_text())["step"] == 2
+    result = json.loads((out / "align.json").read_text())
+    assert result["step"] == 2 and result["probe_objects"] > 0  # the probe runs by default
     model, _, _ = load_base(out)
     assert model.config.model_type == "llava"
 

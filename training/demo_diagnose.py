@@ -18,7 +18,16 @@ of a scene's goals in one ``segment`` batch, as the node does. Per answer that m
 
 ``answered`` is the share of goals with a non-empty answer. Two settings: scenes of exactly two
 objects at 1.5 times the normal footprint (``chance`` 0.5) and the held-out mix of 2 to 6
-objects. Prints one JSON line per setting; ``--out`` writes both as a JSON object.
+objects.
+
+Third, ``absent``: which words a model checks before it marks something. Goals whose target is
+not in the scene (``gres_absent``, up to six per held-out scene of 2 to 6 objects) are grouped
+by which of their words name something that is there (:data:`ABSENT_GROUPS`), and for each
+group the share of goals the model marked anything for is given (the empty answer is right for
+all). A model that checks colour and kind marks none; one that checks only the colour marks
+the ``both_present`` and ``colour_present`` goals and leaves the rest.
+
+Prints one JSON line per setting; ``--out`` writes them all as a JSON object.
 """
 
 from __future__ import annotations
@@ -36,13 +45,80 @@ from text4seg_ros.metrics import mask_iou
 from text4seg_ros.model.types import Goal
 from text4seg_ros.prompts import Task
 
-from .data.tabletop import TabletopScene, draw_tabletop, scene_seed
+from .data.tabletop import PLURALS, TabletopScene, draw_tabletop, scene_seed, tabletop_goals
 
 # name -> (objects per scene (min, max), footprint scale)
 SETTINGS: dict[str, tuple[tuple[int, int], float]] = {
     "two_objects": ((2, 2), 1.5),
     "two_to_six": ((2, 6), 1.0),
 }
+
+
+# Absent-target goals by which of their words name something in the scene: "<colour> <kind>"
+# with both words on (different) objects, only the colour, only the kind, neither; a kind's
+# plural ("plates") and a colour's group ("purple objects"), whose one word is absent.
+ABSENT_GROUPS: tuple[str, ...] = (
+    "both_present",
+    "colour_present",
+    "kind_present",
+    "neither_present",
+    "kind_group",
+    "colour_group",
+)
+_KIND_OF_PLURAL = {plural: kind for kind, plural in PLURALS.items()}
+
+
+def absent_group(text: str, scene: TabletopScene) -> str:
+    """The :data:`ABSENT_GROUPS` entry of an absent-target goal ``text`` in ``scene``.
+
+    ValueError when ``text`` is not a tabletop absent-goal form or names something present."""
+    words = text.split()
+    colours = {o.colour for o in scene.objects}
+    kinds = {o.kind for o in scene.objects}
+    if len(words) == 2 and words[1] == "objects" and words[0] not in colours:
+        return "colour_group"
+    if len(words) == 1 and _KIND_OF_PLURAL.get(words[0], "") not in kinds | {""}:
+        return "kind_group"
+    if len(words) == 2 and words[1] != "objects":
+        colour, kind = words
+        if any(o.colour == colour and o.kind == kind for o in scene.objects):
+            raise ValueError(f"{text!r} is in the scene")
+        return {
+            (True, True): "both_present",
+            (True, False): "colour_present",
+            (False, True): "kind_present",
+            (False, False): "neither_present",
+        }[(colour in colours, kind in kinds)]
+    raise ValueError(f"{text!r} is not an absent-target goal of this scene")
+
+
+def absent_marked(
+    segmenter: Any, seeds: Sequence[int], size: tuple[int, int] = (128, 128), per_scene: int = 6
+) -> dict[str, float]:
+    """The module docstring's ``absent`` figures: ``goals`` and ``marked`` over all absent
+    goals, and per group of :data:`ABSENT_GROUPS` the share marked (NaN for a group with no
+    goal) and the count (``<group>_goals``)."""
+    asked = dict.fromkeys(ABSENT_GROUPS, 0)
+    marked = dict.fromkeys(ABSENT_GROUPS, 0)
+    for seed in seeds:
+        scene = draw_tabletop(seed, size)
+        goals = tabletop_goals(scene, seed, absent=per_scene)
+        goals = [g for g in goals if g.kind == "gres_absent"]
+        if not goals:
+            continue
+        segmenter.set_image(scene.image)
+        for goal, result in zip(goals, segmenter.segment([Goal(g.text, g.task) for g in goals])):
+            group = absent_group(goal.text, scene)
+            asked[group] += 1
+            marked[group] += bool(np.asarray(result.mask).any())
+    total = sum(asked.values())
+    nan = float("nan")
+    out: dict[str, float] = {"goals": total}
+    out["marked"] = sum(marked.values()) / total if total else nan
+    for group in ABSENT_GROUPS:
+        out[group] = marked[group] / asked[group] if asked[group] else nan
+    out.update({f"{group}_goals": asked[group] for group in ABSENT_GROUPS})
+    return out
 
 
 def named_objects(scene: TabletopScene) -> list[tuple[str, np.ndarray]]:
@@ -96,7 +172,7 @@ def which_object(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: one JSON line per setting of :data:`SETTINGS`."""
+    """Command line: one JSON line per setting of :data:`SETTINGS`, then ``absent``."""
     from text4seg_ros.model.segmenter import Segmenter
 
     ap = argparse.ArgumentParser(prog="python -m training.demo_diagnose", description=__doc__)
@@ -112,6 +188,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         r = which_object(segmenter, seeds, (args.size, args.size), n_objects, scale)
         report[name] = r
         print(name, json.dumps({k: round(v, 3) for k, v in r.items()}), flush=True)
+    report["absent"] = r = absent_marked(segmenter, seeds, (args.size, args.size))
+    print("absent", json.dumps({k: round(v, 3) for k, v in r.items()}), flush=True)
     if args.out is not None:
         args.out.write_text(json.dumps(report, indent=1))
     return 0
