@@ -90,7 +90,7 @@ demo: setup
 
 # Retrain the shipped demo model (models/demo) from fixed seeds: tabletop scenes, a tiny random
 # LLaVA, vision-language alignment, three answer stages (selection, mixed scenes, relations and
-# absent targets) under DeepSpeed ZeRO-2 on 2 CPU ranks, held-out evaluation (about 57 minutes;
+# absent targets) under DeepSpeed ZeRO-2 on 2 CPU ranks, held-out evaluation (about 60 minutes;
 # models/demo/README.md has the commands and the measured times).
 demo-model: setup
 	$(RUN_ENV) bash training/scripts/train_demo.sh

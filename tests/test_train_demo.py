@@ -30,7 +30,7 @@ def test_the_demo_recipe_runs_at_smoke_size(tmp_path: Path) -> None:
     out, dest = tmp_path / "run", tmp_path / "final"
     env = {**os.environ, "OUT": str(out), "DEST": str(dest), "N1": "12", "N3": "12", "N4": "12",
            "STEPS1": "2", "STEPS2": "2", "STEPS3": "2", "ALIGN_STEPS": "3",
-           "MASTER_PORT": "29655"}  # fmt: skip
+           "ALIGN_SCENES": "8", "MASTER_PORT": "29655"}  # fmt: skip
     proc = subprocess.run(
         ["bash", "training/scripts/train_demo.sh"], cwd=REPO, env=env, capture_output=True,
         text=True, timeout=900,
@@ -46,6 +46,8 @@ def test_the_demo_recipe_runs_at_smoke_size(tmp_path: Path) -> None:
     assert {"two_objects", "two_to_six"} <= set(diagnosis)
     # a 2-step model may answer nothing (then picked_target and chance are NaN)
     assert all(d["goals"] > 0 and 0.0 <= d["answered"] <= 1.0 for d in diagnosis.values())
+    # the alignment stage reports what its frozen tokens tell apart (held-out probe)
+    assert json.loads((out / "aligned" / "align.json").read_text())["probe_objects"] > 0
     aligned = dict(load_base(out / "aligned")[0].named_parameters())
     final = dict(load_base(dest)[0].named_parameters())
     fixed = [k for k in aligned if "vision_tower" in k or "projector" in k or "embed_tokens" in k]
