@@ -43,9 +43,11 @@ def test_the_demo_recipe_runs_at_smoke_size(tmp_path: Path) -> None:
     assert set(report) == set(GOAL_KINDS)
     assert all(r["valid"] == 1.0 and r["goals"] > 0 for r in report.values())
     diagnosis = json.loads((out / "diagnose.json").read_text())
-    assert {"two_objects", "two_to_six"} <= set(diagnosis)
+    assert set(diagnosis) == {"two_objects", "two_to_six", "absent"}
     # a 2-step model may answer nothing (then picked_target and chance are NaN)
-    assert all(d["goals"] > 0 and 0.0 <= d["answered"] <= 1.0 for d in diagnosis.values())
+    settings = [diagnosis["two_objects"], diagnosis["two_to_six"]]
+    assert all(d["goals"] > 0 and 0.0 <= d["answered"] <= 1.0 for d in settings)
+    assert diagnosis["absent"]["goals"] > 0 and 0.0 <= diagnosis["absent"]["marked"] <= 1.0
     # the alignment stage reports what its frozen tokens tell apart (held-out probe)
     assert json.loads((out / "aligned" / "align.json").read_text())["probe_objects"] > 0
     aligned = dict(load_base(out / "aligned")[0].named_parameters())
