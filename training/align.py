@@ -217,11 +217,13 @@ def probe(
     emb = model.get_input_embeddings().weight
     was_training = model.training
     model.eval()
-    for i in range(scenes):
-        scene = draw_tabletop(scene_seed("heldout", PROBE_FIRST + i), (size, size))
-        pixels = processor.image_processor(images=[scene.image], return_tensors="pt")
-        with torch.no_grad():
-            logits = _features(model, pixels["pixel_values"])[0] @ emb.T  # (T, V)
+    drawn = [
+        draw_tabletop(scene_seed("heldout", PROBE_FIRST + i), (size, size)) for i in range(scenes)
+    ]
+    pixels = processor.image_processor(images=[s.image for s in drawn], return_tensors="pt")
+    with torch.no_grad():  # every scene in one batch, as align() encodes its scenes
+        all_logits = _features(model, pixels["pixel_values"]) @ emb.T  # (scenes, T, V)
+    for scene, logits in zip(drawn, all_logits):
         which = torch.from_numpy(cell_objects(scene, grid))
         for j, obj in enumerate(scene.objects):
             cells = which == j

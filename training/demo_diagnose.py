@@ -77,7 +77,7 @@ def absent_group(text: str, scene: TabletopScene) -> str:
     kinds = {o.kind for o in scene.objects}
     if len(words) == 2 and words[1] == "objects" and words[0] not in colours:
         return "colour_group"
-    if len(words) == 1 and _KIND_OF_PLURAL.get(words[0], "") not in kinds | {""}:
+    if len(words) == 1 and words[0] in _KIND_OF_PLURAL and _KIND_OF_PLURAL[words[0]] not in kinds:
         return "kind_group"
     if len(words) == 2 and words[1] != "objects":
         colour, kind = words
