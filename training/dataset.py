@@ -280,6 +280,7 @@ class ChatDataset(Dataset):
             raise ValueError(f"no samples in {list(paths)}")
         lengths = sample_lengths(samples, backbone, processor)
         self.samples = [s for s, n in zip(samples, lengths) if n <= max_length]
+        self.lengths = [n for n in lengths if n <= max_length]  # token counts of self.samples
         self.dropped: list[str] = [s.id for s, n in zip(samples, lengths) if n > max_length]
         if not self.samples:
             raise ValueError(

@@ -94,6 +94,13 @@ class Recipe:
             "e.g. after training.align"
         ),
     )
+    group_by_length: bool = field(
+        default=False,
+        metadata=_help(
+            "micro-batches of similar token length (less padding; training/sampling.py), "
+            "the transformers Trainer's option of the same name"
+        ),
+    )
     num_workers: int = field(default=4, metadata=_help("data loader workers per rank"))
     seed: int = field(default=42, metadata=_help("data order, dropout, LoRA init"))
     log_steps: int = field(default=10, metadata=_help("log every N optimizer steps"))

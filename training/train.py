@@ -50,6 +50,7 @@ from . import checkpoints
 from .dataset import ChatDataset, Collator
 from .lora import freeze_parts, load_base, lora_config
 from .recipe import Recipe
+from .sampling import length_grouped_order
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -316,8 +317,15 @@ def train(recipe: Recipe) -> Path:
     while step < total:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
         sampler.set_epoch(epoch)
+        order = (
+            length_grouped_order(
+                dataset.lengths, recipe.seed, epoch, rank, world, recipe.per_device_batch
+            )
+            if recipe.group_by_length
+            else list(sampler)
+        )
         indices = epoch_indices(
-            list(sampler), done_in_epoch, steps_per_epoch, accum, recipe.per_device_batch
+            order, done_in_epoch, steps_per_epoch, accum, recipe.per_device_batch
         )
         loader = DataLoader(
             dataset,
