@@ -16,9 +16,9 @@
 # and word embeddings fixed (--freeze), so a label written in an answer stays the same vector
 # as the patches it names, and a word the tokens do not tell apart is one no answer stage can
 # learn to check. Colours are learnt in a few hundred steps, kinds and sizes far more slowly:
-# its held-out probe (align.json) read kinds at 0.27 (chance 0.2) and sizes at 0.51 after the
-# 600 steps of the previous recipe, 0.81 and 0.71 after 6,000 on 4,000 scenes
-# (models/demo/README.md, run AF).
+# its held-out probe (align.json) read kinds at 0.27 (chance 0.2) and sizes at 0.51 after 600
+# steps on 2,000 scenes, 0.81 and 0.71 after 6,000 on 4,000 (run AF), 0.88 and 0.78 after
+# 12,000 on 8,000 (run AH; models/demo/README.md).
 # Stage 1, selection (STEPS1): two large objects per scene and colour + kind goals only, so
 # that the words are the only way to tell which object to mark; this is where the model learns
 # to read them, and it must come first: the same stage after a model had learnt to draw the
@@ -51,7 +51,7 @@ N1=${N1:-16000}
 N3=${N3:-6000}
 N4=${N4:-12000}
 STEPS1=${STEPS1:-1000}
-STEPS2=${STEPS2:-4500}
+STEPS2=${STEPS2:-4000}
 STEPS3=${STEPS3:-2000}
 FG_WEIGHT=${FG_WEIGHT:-4}
 FG3=${FG3:-2}
