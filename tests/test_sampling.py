@@ -82,26 +82,3 @@ def test_dataset_lengths_are_the_encoded_lengths(tmp_path) -> None:
     for i in range(len(ds)):
         assert ds.lengths[i] == encode_sample(ds.samples[i], spec, processor)["input_ids"].shape[0]
     assert torch.is_tensor(ds[0]["input_ids"])
-
-
-def test_running_token_mean_weighs_a_token_the_same_in_short_and_long_batches() -> None:
-    """Grouped batches of 40- and 400-token answers: dividing by each batch's own sum would
-    weigh a short batch's tokens ten times more; the running mean weighs them alike."""
-    from training.sampling import RunningTokenMean
-    from training.train import weighted_loss
-
-    norm = RunningTokenMean()
-    sums = [40.0, 400.0] * 50
-    denominators = [norm.update(s) for s in sums]
-    assert denominators[-1] == pytest.approx(220.0)
-    assert denominators[-2] == pytest.approx(sum(sums[:-1]) / 99)
-    # a batch whose every token has cross-entropy c: loss = c * sum / denominator
-    labels = torch.zeros(1, 5, dtype=torch.long)
-    weights = torch.ones(1, 5)
-    logits = torch.zeros(1, 5, 3)  # uniform: ce = ln 3 per token
-    own = weighted_loss(logits, labels, weights)
-    assert own.item() == pytest.approx(torch.log(torch.tensor(3.0)).item())
-    fixed = weighted_loss(logits, labels, weights, denominator=8.0)
-    assert fixed.item() == pytest.approx(4 * own.item() / 8.0)  # 4 predicted tokens / 8
-    with pytest.raises(ValueError, match=">= 0"):
-        norm.update(float("nan"))

@@ -1,11 +1,12 @@
-"""`make demo-model`'s script end to end at smoke size (slow: about 150 s on 2 cores).
+"""`make demo-model`'s script end to end at smoke size (slow: about 200 s on 2 cores).
 
 training/scripts/train_demo.sh with tiny scene counts and steps: base (question before the
 image), alignment, three answer stages under DeepSpeed on 2 gloo ranks, the copy to DEST, the
 held-out evaluation and the word-reading diagnostic. The aligned parts (vision tower, projector,
 word embeddings) reach DEST unchanged (the answer stages freeze them) and the language model's
 layers do not. A second run with FROM_STAGE=3 reruns stage 3 alone, from the first run's data
-and stage-2 model, and builds stage 3's data set again when its arguments changed.
+and stage-2 model, and builds stage 3's data set again when its arguments changed; a third with
+KEEP_DATA=1 keeps the alignment and the data and trains the answer stages again.
 """
 
 from __future__ import annotations
@@ -78,4 +79,17 @@ def test_the_demo_recipe_runs_at_smoke_size(tmp_path: Path) -> None:
     assert (dest / "model.safetensors").is_file()
     assert "--n-images 10" in (out / "relate" / "args.txt").read_text()
     assert len((out / "relate" / "train.jsonl").read_text().splitlines()) <= 10 * 4
+    assert (out / "stage3" / "train.jsonl").stat().st_mtime_ns == stage_data
+    # KEEP_DATA=1 from stage 1 keeps the alignment its args.txt matches and every data set whose
+    # arguments match (built beside the alignment), and trains the answer stages again.
+    aligned = out / "aligned" / "model.safetensors"
+    aligned_time = aligned.stat().st_mtime_ns
+    proc = subprocess.run(
+        ["bash", "training/scripts/train_demo.sh"], cwd=REPO,
+        env={**env, "N4": "10", "KEEP_DATA": "1"}, capture_output=True, text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    ran = [line[3:6] for line in proc.stdout.splitlines() if line.startswith("== ")]
+    assert "1-2" in ran and {"4/7", "5/7", "6/7"} <= set(ran) and "2/7" not in ran, ran
+    assert aligned.stat().st_mtime_ns == aligned_time
     assert (out / "stage3" / "train.jsonl").stat().st_mtime_ns == stage_data

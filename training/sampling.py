@@ -7,15 +7,6 @@ quarter of its tokens on padding; on the demo's tabletop mix, batches of 8 drawn
 ``group_by_length``, made distributed-aware: every optimizer micro-step takes ``world x batch``
 consecutive samples of one sorted megabatch, so all ranks of a step get similar lengths and none
 waits on a longer batch of another rank.
-
-Grouping changes what a batch-mean loss weighs: a micro-batch's mean over its own tokens gives
-every batch the same total weight, so a batch of short answers weighs each of its tokens several
-times more than a batch of long ones, and goal kinds with long answers (relations quoting their
-label in every run, label maps) lose weight against short ones (absent targets: `others` rows).
-Trained that way, the demo model's relations fell from cIoU 0.45 to 0.22 and its label maps
-from 0.35 to 0.14 while absent targets rose (models/demo/README.md, run AH). Under grouping the
-trainer therefore divides by :class:`RunningTokenMean` instead, which keeps a token's weight the
-same whichever batch it lands in, as the batch mean of a random order does on average.
 """
 
 from __future__ import annotations
@@ -58,25 +49,3 @@ def length_grouped_order(
         steps += [block[i : i + span] for i in range(0, len(block), span)]
     shuffled = torch.randperm(len(steps), generator=g).tolist()
     return [i for s in shuffled for i in steps[s][rank * batch : (rank + 1) * batch]]
-
-
-class RunningTokenMean:
-    """The loss denominator under length-grouped batches: the running mean of the micro-batch
-    loss-weight sums seen so far (the current one included), not the batch's own sum.
-
-    ``update(s)`` takes this micro-step's weight sum (mean over ranks) and returns the
-    denominator. After a few steps it is nearly constant, so every token weighs about the same
-    wherever it lands; the first steps (warm-up, small learning rate) see a noisier mean. It
-    restarts on resume.
-    """
-
-    def __init__(self) -> None:
-        self.total = 0.0
-        self.count = 0
-
-    def update(self, batch_sum: float) -> float:
-        if not batch_sum >= 0:
-            raise ValueError(f"a weight sum must be >= 0, got {batch_sum!r}")
-        self.total += float(batch_sum)
-        self.count += 1
-        return max(self.total / self.count, 1e-8)

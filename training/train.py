@@ -50,7 +50,7 @@ from . import checkpoints
 from .dataset import ChatDataset, Collator
 from .lora import freeze_parts, load_base, lora_config
 from .recipe import Recipe
-from .sampling import RunningTokenMean, length_grouped_order
+from .sampling import length_grouped_order
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -176,32 +176,21 @@ def _to_device(batch: dict[str, torch.Tensor], device: torch.device, dtype: torc
     }
 
 
-def target_weights(labels: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    """``(B, L - 1)`` weight of each predicted token (``weights[t + 1]``, 0 where the label is
-    ``-100``): what :func:`weighted_loss` sums."""
-    return weights[:, 1:].float() * (labels[:, 1:] != -100)
-
-
 def weighted_loss(
-    logits: torch.Tensor,
-    labels: torch.Tensor,
-    weights: torch.Tensor,
-    denominator: float | None = None,
+    logits: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor
 ) -> torch.Tensor:
     """Next-token cross-entropy, weighted per target token: ``logits (B, L, V)``, ``labels``
     and ``weights`` ``(B, L)`` aligned with the inputs (token ``t`` predicts ``labels[t + 1]``
-    with weight ``weights[t + 1]``); ``-100`` labels count 0. Divided by the batch's weight sum
-    (equals the model's own loss when every labelled token weighs 1), or by ``denominator``
-    (length-grouped batches: training.sampling.RunningTokenMean)."""
-    target, w = labels[:, 1:], target_weights(labels, weights)
+    with weight ``weights[t + 1]``); ``-100`` labels count 0. Equals the model's own loss when
+    every labelled token weighs 1."""
+    target, w = labels[:, 1:], weights[:, 1:].float() * (labels[:, 1:] != -100)
     ce = torch.nn.functional.cross_entropy(
         logits[:, :-1].float().reshape(-1, logits.shape[-1]),
         target.reshape(-1),
         ignore_index=-100,
         reduction="none",
     )
-    total = w.sum().clamp_min(1e-8) if denominator is None else denominator
-    return (ce * w.reshape(-1)).sum() / total
+    return (ce * w.reshape(-1)).sum() / w.sum().clamp_min(1e-8)
 
 
 def _all_mean(value: float, device: torch.device) -> float:
@@ -324,7 +313,6 @@ def train(recipe: Recipe) -> Path:
     bar = tqdm(total=total, initial=step, disable=not main, desc="train", dynamic_ncols=True)
     window_loss, window_micro, window_tokens = 0.0, 0, 0
     window_start, window_steps = time.perf_counter(), 0
-    token_mean = RunningTokenMean() if recipe.group_by_length else None
     engine.train()
     while step < total:
         epoch, done_in_epoch = divmod(step, steps_per_epoch)
@@ -352,14 +340,11 @@ def train(recipe: Recipe) -> Path:
             inputs = _to_device(batch, device, dtype)
             weights = inputs.pop("loss_weights", None)
             outputs = engine(**inputs)
-            if weights is None:
-                loss = outputs.loss
-            else:
-                denominator = None
-                if token_mean is not None:  # grouped: a token weighs the same in every batch
-                    local = float(target_weights(inputs["labels"], weights).sum())
-                    denominator = token_mean.update(_all_mean(local, device))
-                loss = weighted_loss(outputs.logits, inputs["labels"], weights, denominator)
+            loss = (
+                outputs.loss
+                if weights is None
+                else weighted_loss(outputs.logits, inputs["labels"], weights)
+            )
             engine.backward(loss)
             boundary = engine.is_gradient_accumulation_boundary()
             engine.step()
