@@ -26,17 +26,23 @@ from training.lora import load_base
 REPO = Path(__file__).resolve().parents[1]
 
 
+def _recipe(env: dict[str, str]) -> list[str]:
+    """Run train_demo.sh with ``env``; returns the step markers it printed ("1/7", "1-2", ...)."""
+    proc = subprocess.run(
+        ["bash", "training/scripts/train_demo.sh"], cwd=REPO, env=env, capture_output=True,
+        text=True, timeout=900,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return [line[3:6] for line in proc.stdout.splitlines() if line.startswith("== ")]
+
+
 @pytest.mark.slow
 def test_the_demo_recipe_runs_at_smoke_size(tmp_path: Path) -> None:
     out, dest = tmp_path / "run", tmp_path / "final"
     env = {**os.environ, "OUT": str(out), "DEST": str(dest), "N1": "12", "N3": "12", "N4": "12",
            "STEPS1": "2", "STEPS2": "2", "STEPS3": "2", "ALIGN_STEPS": "3",
            "ALIGN_SCENES": "8", "MASTER_PORT": "29655"}  # fmt: skip
-    proc = subprocess.run(
-        ["bash", "training/scripts/train_demo.sh"], cwd=REPO, env=env, capture_output=True,
-        text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    _recipe(env)
     # the shipped model names the refiner its node figures were measured with
     assert read_meta(dest) == {"grid": 8, "prompt": "question_first", "refiner": "grabcut"}
     report = json.loads((out / "heldout_eval.json").read_text())
@@ -68,12 +74,7 @@ def test_the_demo_recipe_runs_at_smoke_size(tmp_path: Path) -> None:
     # stage 3's own data set is built again because its arguments changed (N4), never reused.
     stage2 = (out / "run2" / "model" / "model.safetensors").read_bytes()
     (dest / "model.safetensors").unlink()
-    proc = subprocess.run(
-        ["bash", "training/scripts/train_demo.sh"], cwd=REPO,
-        env={**env, "FROM_STAGE": "3", "N4": "10"}, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ran = [line[3:6] for line in proc.stdout.splitlines() if line.startswith("== ")]
+    ran = _recipe({**env, "FROM_STAGE": "3", "N4": "10"})
     assert "6/7" in ran and not {"1/7", "2/7", "3/7", "4/7", "5/7"} & set(ran), ran
     assert (out / "run2" / "model" / "model.safetensors").read_bytes() == stage2
     assert (dest / "model.safetensors").is_file()
@@ -84,12 +85,7 @@ def test_the_demo_recipe_runs_at_smoke_size(tmp_path: Path) -> None:
     # arguments match (built beside the alignment), and trains the answer stages again.
     aligned = out / "aligned" / "model.safetensors"
     aligned_time = aligned.stat().st_mtime_ns
-    proc = subprocess.run(
-        ["bash", "training/scripts/train_demo.sh"], cwd=REPO,
-        env={**env, "N4": "10", "KEEP_DATA": "1"}, capture_output=True, text=True, timeout=900,
-    )  # fmt: skip
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    ran = [line[3:6] for line in proc.stdout.splitlines() if line.startswith("== ")]
+    ran = _recipe({**env, "N4": "10", "KEEP_DATA": "1"})
     assert "1-2" in ran and {"4/7", "5/7", "6/7"} <= set(ran) and "2/7" not in ran, ran
     assert aligned.stat().st_mtime_ns == aligned_time
     assert (out / "stage3" / "train.jsonl").stat().st_mtime_ns == stage_data

@@ -18,9 +18,9 @@
 # learn to check. Colours are learnt in a few hundred steps, kinds and sizes far more slowly:
 # its held-out probe (align.json) read kinds at 0.27 (chance 0.2) and sizes at 0.51 after 600
 # steps on 2,000 scenes, 0.81 and 0.71 after 6,000 on 4,000 (run AF). 12,000 steps on 8,000
-# read 0.88 and 0.78 but took 22 minutes, and the answer stages that fitted it into the hour
-# (batches grouped by length, runs AH and AI) answered relations and label maps worse
-# (models/demo/README.md).
+# read 0.88 and 0.78 but took 22 minutes; with it and answer stages grouped by length to make
+# room (runs AH and AI, 65 minutes all the same) relations and label maps were answered half
+# as well (models/demo/README.md).
 # Stage 1, selection (STEPS1): two large objects per scene and colour + kind goals only, so
 # that the words are the only way to tell which object to mark; this is where the model learns
 # to read them, and it must come first: the same stage after a model had learnt to draw the
@@ -102,6 +102,7 @@ echo "== data, beside the alignment: stage 1 ($N1 scenes, 2 large objects, colou
   relate_data
 ) >"$OUT/data.log" 2>&1 &
 data_pid=$!
+trap 'kill "$data_pid" 2>/dev/null || true' EXIT  # a failed alignment stops the data build
 # KEEP_DATA=1 also keeps base/ and aligned/ when aligned/args.txt records the same alignment
 align_args="grid $GRID base $BASE_ARGS steps $ALIGN_STEPS scenes $ALIGN_SCENES"
 if [ "$(cat "$OUT/aligned/args.txt" 2>/dev/null)" = "$align_args" ]; then
@@ -121,6 +122,7 @@ if ! wait "$data_pid"; then
   echo "data build failed (log above)" >&2
   exit 1
 fi
+trap - EXIT
 echo "== 3/7 data: built ($(( ($(date +%s) - start) / 60 )) minutes in)"
 echo "== 4/7 stage 1 (selection): $STEPS1 steps"
 "$PY" "${TRAIN[@]}" --model "$OUT/aligned" --data "$OUT/select/train.jsonl" --lr "$LR" \
