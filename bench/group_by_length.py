@@ -18,6 +18,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import time
@@ -41,16 +42,21 @@ def _run(args: list[str], env: dict[str, str]) -> None:
     subprocess.run([sys.executable, *args], cwd=REPO, env=env, check=True, capture_output=True)
 
 
-def padding(data: Path, model: Path, grouped: bool) -> dict[str, float]:
-    """Padded and real tokens per micro-batch of 8 over rank 0's epoch order."""
+def sample_lengths(data: Path, model: Path) -> list[int]:
+    """Token count of every sample of ``data`` as ``training.train`` encodes it for ``model``."""
     import torch
 
     from training.dataset import ChatDataset
     from training.lora import load_base
-    from training.sampling import length_grouped_order
 
     _, processor, backbone = load_base(model, torch.float32)
-    lengths = ChatDataset([str(data)], backbone, processor).lengths
+    return ChatDataset([str(data)], backbone, processor).lengths
+
+
+def padding(lengths: list[int], grouped: bool) -> dict[str, float]:
+    """Padded and real tokens per micro-batch of 8 over rank 0's epoch order."""
+    from training.sampling import length_grouped_order
+
     if grouped:
         order = length_grouped_order(lengths, 42, 0, 0, 2, 8)
     else:
@@ -78,10 +84,11 @@ def main() -> int:
     if not base.exists():
         _run(["-m", "training.demo_base", "--out", str(base), "--grid", "8",
               "--prompt", "question_first"], env)  # fmt: skip
+    lengths = sample_lengths(data, base)
     modes: dict[str, dict[str, float]] = {}
     for name, grouped in (("random", False), ("grouped", True)):
         out = args.work / name
-        subprocess.run(["rm", "-rf", str(out)], check=True)
+        shutil.rmtree(out, ignore_errors=True)
         flag = str(grouped).lower()
         _run(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29659", *TRAIN,
               "--model", str(base), "--data", str(data), "--output_dir", str(out),
@@ -91,7 +98,7 @@ def main() -> int:
         modes[name] = {
             "samples_per_s": sum(r["samples_s"] for r in later) / len(later),
             "final_loss": log[-1]["loss"],
-            **padding(data, base, grouped),
+            **padding(lengths, grouped),
         }
         print(name, modes[name], flush=True)
     ratio = modes["grouped"]["samples_per_s"] / modes["random"]["samples_per_s"]

@@ -205,8 +205,8 @@ def test_full_fine_tuning_saves_a_model_the_segmenter_loads(run: dict) -> None:
 
 def test_freeze_keeps_the_named_parts_fixed_in_full_tuning(run: dict) -> None:
     """``--freeze vision,projector,embeddings`` (after training.align): those weights leave the
-    run bit-identical, the language model's layers train (batches grouped by length, as the
-    demo recipe trains)."""
+    run bit-identical, the language model's layers train (with batches grouped by length, so
+    that option runs under DeepSpeed too)."""
     from training.lora import load_base
 
     out = run["root"] / "frozen"
@@ -214,7 +214,7 @@ def test_freeze_keeps_the_named_parts_fixed_in_full_tuning(run: dict) -> None:
             "--tune", "full", "--freeze", "vision,projector,embeddings", "--lr", "1e-3",
             "--global_batch", "8", "--per_device_batch", "8", "--max_steps", "4",
             "--log_steps", "2", "--save_steps", "0", "--num_workers", "0",
-            "--group_by_length", "true"]  # fmt: skip  # the demo recipe's settings
+            "--group_by_length", "true"]  # fmt: skip
     proc = _torchrun(args, nproc=1)
     trainable, total = re.search(r"([\d,]+) trainable of ([\d,]+) params", proc.stdout).groups()
     assert 0 < int(trainable.replace(",", "")) < int(total.replace(",", ""))
