@@ -70,6 +70,7 @@ bench: setup
 	$(RUN_ENV) $(PY) bench/batch_decode.py
 	$(RUN_ENV) $(PY) bench/refine_grabcut.py
 	$(RUN_ENV) $(PY) bench/group_by_length.py
+	$(RUN_ENV) $(PY) bench/align_ranks.py
 
 # The GPU check (docs/gpu.md): on a CUDA machine the full run; GPU_CHECK_ARGS=--dry-run runs the
 # same code at tiny sizes on the CPU (tests/test_gpu_check.py does that in `make test`).

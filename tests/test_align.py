@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from text4seg_ros.model.meta import read_meta
 from training.align import COVER, align, cell_objects, cell_targets, main, probe, word_ids
@@ -15,6 +20,7 @@ from training.data.tabletop import KINDS, PLURALS, draw_tabletop
 from training.demo_base import build_demo_base
 from training.lora import load_base
 
+REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
@@ -93,3 +99,48 @@ def test_alignment_refuses_a_model_whose_tokens_are_not_the_grid(base: Path) -> 
     model, processor, _ = load_base(base)
     with pytest.raises(ValueError, match="visual tokens"):
         align(model, processor, grid=16, scenes=2, steps=1, batch=2)
+
+
+def _align_on_two_ranks(base: Path, out: Path, batch: int) -> subprocess.CompletedProcess:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
+           f"--master_port={port}", "-m", "training.align", *_ARGS, "--batch", str(batch),
+           "--model", str(base), "--out", str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+_ARGS = ["--scenes", "16", "--steps", "4", "--lr", "3e-3", "--probe_scenes", "0"]
+
+
+def test_data_parallel_alignment_takes_the_steps_one_process_takes(
+    base: Path, tmp_path: Path
+) -> None:
+    """Two gloo ranks (torch.distributed.run), each on half of every batch, end where one
+    process ends: the same batches and the averaged gradient of the whole batch."""
+    one_dir, two_dir = tmp_path / "one", tmp_path / "two"
+    assert main([*_ARGS, "--batch", "8", "--model", str(base), "--out", str(one_dir)]) == 0
+    proc = _align_on_two_ranks(base, two_dir, batch=8)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert proc.stdout.count("[align] step 1/4") == 1  # rank 0 alone logs
+    start, one, two = (load_file(str(d / "model.safetensors")) for d in (base, one_dir, two_dir))
+    assert set(one) == set(two)
+    trained = [k for k in one if not torch.equal(one[k], start[k])]
+    assert any("vision_tower" in k for k in trained) and any("embed_tokens" in k for k in trained)
+    moved = torch.cat([(one[k] - start[k]).ravel() for k in trained]).norm()
+    apart = torch.cat([(two[k] - one[k]).ravel() for k in trained]).norm()
+    # The same steps, summed in another order: a rounding apart, against the steps' size (not
+    # per tensor: where the true gradient is zero, as for attention's key bias, Adam turns
+    # rounding noise into full-size steps of either sign).
+    assert apart < 0.01 * moved, (apart, moved)
+    assert read_meta(two_dir)["grid"] == 8
+
+
+def test_data_parallel_alignment_refuses_a_batch_the_ranks_cannot_split(
+    base: Path, tmp_path: Path
+) -> None:
+    proc = _align_on_two_ranks(base, tmp_path / "bad", batch=7)
+    assert proc.returncode != 0
+    assert "batch 7 does not split over 2 ranks" in proc.stdout + proc.stderr

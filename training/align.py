@@ -20,7 +20,13 @@ out single-object cIoU 0.27 after 100 answer steps with alignment, 0.0 after 400
 The vision tower, the projector and the word embeddings train here; the language model's
 layers do not run. Scenes: :func:`training.data.tabletop.draw_tabletop` seeds ``5_000_000 +
 i`` (training range, disjoint from every stage's scenes and from the held-out split), 1 to 6
-objects at footprint scales 1 to 2. Single process, AdamW, linear decay after 5 % warm-up.
+objects at footprint scales 1 to 2. AdamW, linear decay after 5 % warm-up. One process, or
+data-parallel under ``torch.distributed.run`` (gloo): every rank draws the same batch of
+indices and trains on its own slice of it, gradients are averaged before clipping, so ranks
+take the steps one process would (the same batches; sums in another order, so not bit for
+bit); rank 0 probes and saves.
+
+    python -m torch.distributed.run --nproc_per_node=2 -m training.align --model ... --out ...
 
 Afterwards :func:`probe` reads, on held-out scenes, whether each object's cells name its
 colour, kind and size (``align.json``): the answer stages keep these features frozen, so a
@@ -31,6 +37,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import sys
 import time
@@ -100,6 +107,30 @@ def cell_targets(scene: TabletopScene, grid: int, ids: dict[str, int]) -> np.nda
     return out
 
 
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group; (0, 1) without one."""
+    dist = torch.distributed
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
+    """Replace each gradient by its mean over the ranks: one all-reduce of all of them.
+
+    Every rank's loss is the mean over an equal slice of the batch, so the mean of the ranks'
+    gradients is the gradient of the whole batch's mean. Parameters without a gradient (the
+    vision tower's layers after the one LLaVA reads) have none on every rank."""
+    grads = [p.grad for p in params if p.grad is not None]
+    flat = torch.cat([g.reshape(-1) for g in grads])
+    torch.distributed.all_reduce(flat)
+    flat /= world
+    offset = 0
+    for g in grads:
+        g.copy_(flat[offset : offset + g.numel()].view_as(g))
+        offset += g.numel()
+
+
 def _features(model: Any, pixel_values: torch.Tensor) -> torch.Tensor:
     """Projected visual tokens ``(B, T, D)`` exactly as the LLaVA model feeds them."""
     out = model.model.get_image_features(pixel_values=pixel_values)
@@ -123,9 +154,15 @@ def align(
     ``plural``, ``size``, the share of the cells showing an object whose top token is that
     word (the four compete for the top, so only one of them can be high), and ``others``, the
     share of the other cells whose top token is ``others``, and ``row`` / ``col``, the share of
-    cells whose position a linear read-out of the features gets right."""
+    cells whose position a linear read-out of the features gets right. Data-parallel (an
+    initialised process group, :func:`_rank_world`), the losses and accuracies are those of
+    this rank's slice of the batch, and only rank 0 logs."""
     if model.config.model_type != "llava":
         raise ValueError(f"alignment needs a LLaVA model, got {model.config.model_type!r}")
+    rank, world = _rank_world()
+    if batch % world:
+        raise ValueError(f"batch {batch} does not split over {world} ranks")
+    local = batch // world  # this rank's slice of every step's batch
     rng = random.Random(seed)
     torch.manual_seed(seed)
     ids = word_ids(processor.tokenizer)
@@ -148,7 +185,7 @@ def align(
     # the features (the answer stages must find "row r" in them), next to the words.
     where = torch.nn.Linear(emb.shape[1], 2 * grid)
     cells = torch.arange(grid * grid)
-    rows, cols = (cells // grid).repeat(batch), (cells % grid).repeat(batch)
+    rows, cols = (cells // grid).repeat(local), (cells % grid).repeat(local)
     params = [
         *model.model.vision_tower.parameters(),
         *model.model.multi_modal_projector.parameters(),
@@ -161,7 +198,8 @@ def align(
     result: dict[str, float] = {}
     t0 = time.time()
     for step in range(steps):
-        idx = torch.randint(0, len(images), (batch,))
+        # every rank draws the whole batch (same seed, same stream) and keeps its slice
+        idx = torch.randint(0, len(images), (batch,))[rank * local : (rank + 1) * local]
         feats = _features(model, pixels[idx])
         logits = feats @ emb.T  # (B, T, V)
         flat = logits.reshape(-1, logits.shape[-1])
@@ -174,6 +212,8 @@ def align(
         loss = sum(per_word)
         opt.zero_grad()
         loss.backward()
+        if world > 1:
+            _average_gradients(params, world)
         torch.nn.utils.clip_grad_norm_(params, 1.0)
         opt.step()
         sched.step()
@@ -190,7 +230,8 @@ def align(
             result = {"step": step + 1, "first_loss": first, "loss": float(loss.detach())}
             result.update(zip(("colour", "kind", "plural", "size", "others", "row", "col"), acc))
             done = f"{step + 1}/{steps}"
-            log(f"[align] step {done} loss {float(loss.detach()):.3f} {time.time() - t0:.0f}s")
+            if rank == 0:
+                log(f"[align] step {done} loss {float(loss.detach()):.3f} {time.time() - t0:.0f}s")
     return result
 
 
@@ -255,21 +296,50 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--probe_scenes", type=int, default=200, help="held-out scenes of the probe; 0: none"
     )
     args = ap.parse_args(argv)
-    from text4seg_ros.model.meta import read_meta, write_meta
+    from text4seg_ros.model.meta import read_meta
 
-    model, processor, _ = load_base(args.model)
-    meta = read_meta(args.model)
-    grid = int(meta.get("grid", 8))
-    result = align(model, processor, grid, args.scenes, args.steps, args.lr, args.batch, args.seed)
-    if args.probe_scenes:
-        result.update(probe(model, processor, grid, args.probe_scenes))
-    args.out.mkdir(parents=True, exist_ok=True)
-    model.save_pretrained(args.out)
-    processor.save_pretrained(args.out)
-    write_meta(args.out, **meta)
-    (args.out / "align.json").write_text(json.dumps(result, indent=2))
-    print(json.dumps(result))
+    # under torch.distributed.run (WORLD_SIZE > 1): data-parallel on gloo, see the module doc
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    if distributed:
+        torch.distributed.init_process_group("gloo")
+    try:
+        model, processor, _ = load_base(args.model)
+        meta = read_meta(args.model)
+        grid = int(meta.get("grid", 8))
+        result = align(
+            model, processor, grid, args.scenes, args.steps, args.lr, args.batch, args.seed
+        )
+        if _rank_world()[0] == 0:
+            _save(model, processor, meta, grid, result, args.out, args.probe_scenes)
+        if distributed:
+            torch.distributed.barrier()  # the other ranks wait for the saved model
+    finally:
+        if distributed:
+            torch.distributed.destroy_process_group()
     return 0
+
+
+def _save(
+    model: Any,
+    processor: Any,
+    meta: dict[str, Any],
+    grid: int,
+    result: dict[str, float],
+    out: Path,
+    probe_scenes: int,
+) -> None:
+    """Probe ``model`` on ``probe_scenes`` held-out scenes (0: none), save it with its
+    processor and ``text4seg.json`` to ``out``, write and print ``align.json``."""
+    from text4seg_ros.model.meta import write_meta
+
+    if probe_scenes:
+        result.update(probe(model, processor, grid, probe_scenes))
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out)
+    processor.save_pretrained(out)
+    write_meta(out, **meta)
+    (out / "align.json").write_text(json.dumps(result, indent=2))
+    print(json.dumps(result))
 
 
 if __name__ == "__main__":

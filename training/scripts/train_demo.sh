@@ -20,7 +20,8 @@
 # steps on 2,000 scenes, 0.81 and 0.71 after 6,000 on 4,000 (run AF). 12,000 steps on 8,000
 # read 0.88 and 0.78 but took 22 minutes; with it and answer stages grouped by length to make
 # room (runs AH and AI, 65 minutes all the same) relations and label maps were answered half
-# as well (models/demo/README.md).
+# as well, and with it alone (run AJ) every kind was answered worse than AF: on those tokens
+# stage 1 no longer taught the model to read the words (models/demo/README.md).
 # Stage 1, selection (STEPS1): two large objects per scene and colour + kind goals only, so
 # that the words are the only way to tell which object to mark; this is where the model learns
 # to read them, and it must come first: the same stage after a model had learnt to draw the
@@ -60,6 +61,10 @@ FG3=${FG3:-2}
 LR=${LR:-3e-3}
 LR3=${LR3:-2e-3}
 FROM_STAGE=${FROM_STAGE:-1}
+# 2: the alignment data-parallel on 2 gloo ranks, 1.8x the steps per second here
+# (bench/align_ranks.py). The same batches, summed in another order: not the shipped weights
+# bit for bit, and the model that comes out answers as differently as another run (run AK).
+ALIGN_RANKS=${ALIGN_RANKS:-1}
 BASE_ARGS=${BASE_ARGS:-}  # extra training.demo_base options, e.g. "--layers 8" or "--patch 4"
 export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-$PWD/build/torch_extensions}
 export HF_HUB_OFFLINE=1 TRANSFORMERS_OFFLINE=1 OMP_NUM_THREADS=1
@@ -105,6 +110,7 @@ data_pid=$!
 trap 'kill "$data_pid" 2>/dev/null || true' EXIT  # a failed alignment stops the data build
 # KEEP_DATA=1 also keeps base/ and aligned/ when aligned/args.txt records the same alignment
 align_args="grid $GRID base $BASE_ARGS steps $ALIGN_STEPS scenes $ALIGN_SCENES"
+if [ "$ALIGN_RANKS" != 1 ]; then align_args="$align_args ranks $ALIGN_RANKS"; fi
 if [ "$(cat "$OUT/aligned/args.txt" 2>/dev/null)" = "$align_args" ]; then
   echo "== 1-2/7 base and alignment: kept from $OUT/aligned ($align_args)"
 else
@@ -112,8 +118,13 @@ rm -rf "$OUT/base" "$OUT/aligned"
 echo "== 1/7 base model: tiny random LLaVA, question before the image, G = $GRID"
 # shellcheck disable=SC2086  # BASE_ARGS is a list of options
 "$PY" -m training.demo_base --out "$OUT/base" --grid "$GRID" --prompt question_first $BASE_ARGS
-echo "== 2/7 alignment: $ALIGN_STEPS steps on $ALIGN_SCENES scenes"
-"$PY" -m training.align --model "$OUT/base" --out "$OUT/aligned" --steps "$ALIGN_STEPS" \
+echo "== 2/7 alignment: $ALIGN_STEPS steps on $ALIGN_SCENES scenes, $ALIGN_RANKS rank(s)"
+ALIGN=(-m training.align)
+if [ "$ALIGN_RANKS" != 1 ]; then
+  ALIGN=(-m torch.distributed.run --nproc_per_node="$ALIGN_RANKS"
+    --master_port="${MASTER_PORT:-29641}" "${ALIGN[@]}")
+fi
+"$PY" "${ALIGN[@]}" --model "$OUT/base" --out "$OUT/aligned" --steps "$ALIGN_STEPS" \
   --scenes "$ALIGN_SCENES"
 echo "$align_args" >"$OUT/aligned/args.txt"
 fi
