@@ -18,21 +18,12 @@ import argparse
 import os
 import re
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from common import REPO, write_json
+from common import REPO, run_python, write_speedup
 
 LOG = re.compile(r"\[align\] step (\d+)/\d+ loss ([0-9.]+) (\d+)s")
-
-
-def _run(args: list[str], env: dict[str, str]) -> str:
-    proc = subprocess.run(
-        [sys.executable, *args], cwd=REPO, env=env, check=True, capture_output=True, text=True
-    )
-    return proc.stdout + proc.stderr
 
 
 def rate(log: str) -> dict[str, float]:
@@ -54,7 +45,7 @@ def main() -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     base = args.work / "base"
     if not base.exists():
-        _run(["-m", "training.demo_base", "--out", str(base), "--grid", "8",
+        run_python(["-m", "training.demo_base", "--out", str(base), "--grid", "8",
               "--prompt", "question_first"], env)  # fmt: skip
     align = ["-m", "training.align", "--model", str(base), "--steps", str(args.steps),
              "--scenes", str(args.scenes), "--probe_scenes", "0"]  # fmt: skip
@@ -64,22 +55,15 @@ def main() -> int:
         out = args.work / name
         shutil.rmtree(out, ignore_errors=True)
         t0 = time.perf_counter()
-        log = _run([*launcher, *align, "--out", str(out)], env)
+        log = run_python([*launcher, *align, "--out", str(out)], env)
         modes[name] = {**rate(log), "seconds": time.perf_counter() - t0}
         print(name, modes[name], flush=True)
-    ratio = modes["two_ranks"]["steps_per_s"] / modes["one_process"]["steps_per_s"]
-    write_json(
+    write_speedup(
         "align_ranks.json",
-        {
-            "what": "training.align steps/s, 2 data-parallel gloo ranks vs one process",
-            "steps": args.steps,
-            "scenes": args.scenes,
-            "modes": modes,
-            "speedup_two_ranks_over_one": ratio,
-            "seconds": time.perf_counter() - start,
-        },
-    )
-    print(f"two ranks / one process steps per second: {ratio:.2f}")
+        "training.align steps/s, 2 data-parallel gloo ranks vs one process",
+        modes, "steps_per_s", "one_process", "two_ranks", start,
+        steps=args.steps, scenes=args.scenes,
+    )  # fmt: skip
     return 0
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import json
 import os
 import platform
+import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +82,40 @@ def write_json(name: str, payload: dict) -> Path:
     path = RESULTS / name
     path.write_text(json.dumps(payload, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def run_python(args: list[str], env: dict[str, str]) -> str:
+    """Run ``python ARGS`` in the repository (check=True); its stdout and stderr as text."""
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=REPO, env=env, check=True, capture_output=True, text=True
+    )
+    return proc.stdout + proc.stderr
+
+
+def write_speedup(
+    name: str,
+    what: str,
+    modes: dict[str, dict[str, float]],
+    metric: str,
+    baseline: str,
+    candidate: str,
+    start: float,
+    **fields: object,
+) -> float:
+    """Write ``bench/results/<name>`` for a two-mode comparison run in one process tree:
+    ``what``, ``fields``, the ``modes`` measured, ``speedup_<candidate>_over_<baseline>`` (the
+    ratio of their ``metric``) and the seconds since ``start`` (``time.perf_counter()``);
+    prints and returns the ratio."""
+    ratio = modes[candidate][metric] / modes[baseline][metric]
+    write_json(
+        name,
+        {
+            "what": what,
+            **fields,
+            "modes": modes,
+            f"speedup_{candidate}_over_{baseline}": ratio,
+            "seconds": time.perf_counter() - start,
+        },
+    )
+    print(f"{candidate} / {baseline} {metric}: {ratio:.2f}")
+    return ratio

@@ -19,12 +19,10 @@ import json
 import os
 import random
 import shutil
-import subprocess
-import sys
 import time
 from pathlib import Path
 
-from common import REPO, write_json
+from common import REPO, run_python, write_speedup
 
 MIX = (
     "res_attr=3,res_size=2,res_spatial=2,gres_multi=1.5,gres_single=1,gres_absent=1.5,"
@@ -36,10 +34,6 @@ TRAIN = [
     "--log_steps", "10", "--max_length", "2048", "--loss_on", "answer",
     "--gradient_checkpointing", "false", "--lr", "3e-3", "--fg_weight", "4", "--save_steps", "0",
 ]  # fmt: skip
-
-
-def _run(args: list[str], env: dict[str, str]) -> None:
-    subprocess.run([sys.executable, *args], cwd=REPO, env=env, check=True, capture_output=True)
 
 
 def sample_lengths(data: Path, model: Path) -> list[int]:
@@ -78,11 +72,11 @@ def main() -> int:
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
     data, base = args.work / "data" / "train.jsonl", args.work / "base"
     if not data.exists():
-        _run(["-m", "training.data.build", "tabletop", "--first", "100000", "--n-images",
+        run_python(["-m", "training.data.build", "tabletop", "--first", "100000", "--n-images",
               str(args.scenes), "--objects", "2,6", "--size", "128", "--grid", "8",
               "--goals-per-scene", "6", "--weights", MIX, "--out", str(data)], env)  # fmt: skip
     if not base.exists():
-        _run(["-m", "training.demo_base", "--out", str(base), "--grid", "8",
+        run_python(["-m", "training.demo_base", "--out", str(base), "--grid", "8",
               "--prompt", "question_first"], env)  # fmt: skip
     lengths = sample_lengths(data, base)
     modes: dict[str, dict[str, float]] = {}
@@ -90,9 +84,10 @@ def main() -> int:
         out = args.work / name
         shutil.rmtree(out, ignore_errors=True)
         flag = str(grouped).lower()
-        _run(["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29659", *TRAIN,
-              "--model", str(base), "--data", str(data), "--output_dir", str(out),
-              "--max_steps", str(args.steps), "--group_by_length", flag], env)  # fmt: skip
+        run_python(["-m", "torch.distributed.run", "--nproc_per_node=2",
+                    "--master_port=29659", *TRAIN, "--model", str(base), "--data", str(data),
+                    "--output_dir", str(out), "--max_steps", str(args.steps),
+                    "--group_by_length", flag], env)  # fmt: skip
         log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
         later = log[1:]  # the first window holds start-up
         modes[name] = {
@@ -101,19 +96,12 @@ def main() -> int:
             **padding(lengths, grouped),
         }
         print(name, modes[name], flush=True)
-    ratio = modes["grouped"]["samples_per_s"] / modes["random"]["samples_per_s"]
-    write_json(
+    write_speedup(
         "group_by_length.json",
-        {
-            "what": "training.train samples/s, --group_by_length true vs false, 2 gloo ranks",
-            "steps": args.steps,
-            "scenes": args.scenes,
-            "modes": modes,
-            "speedup_grouped_over_random": ratio,
-            "seconds": time.perf_counter() - start,
-        },
-    )
-    print(f"grouped / random samples per second: {ratio:.2f}")
+        "training.train samples/s, --group_by_length true vs false, 2 gloo ranks",
+        modes, "samples_per_s", "random", "grouped", start,
+        steps=args.steps, scenes=args.scenes,
+    )  # fmt: skip
     return 0
 
 

@@ -61,7 +61,7 @@ FG3=${FG3:-2}
 LR=${LR:-3e-3}
 LR3=${LR3:-2e-3}
 FROM_STAGE=${FROM_STAGE:-1}
-# 2: the alignment data-parallel on 2 gloo ranks, 1.8x the steps per second here
+# 2: the alignment data-parallel on 2 gloo ranks, 1.7x the steps per second here
 # (bench/align_ranks.py). The same batches, summed in another order: not the shipped weights
 # bit for bit, and the model that comes out answers as differently as another run (run AK).
 ALIGN_RANKS=${ALIGN_RANKS:-1}
