@@ -101,6 +101,10 @@ def test_alignment_refuses_a_model_whose_tokens_are_not_the_grid(base: Path) -> 
         align(model, processor, grid=16, scenes=2, steps=1, batch=2)
 
 
+# the data-parallel tests' alignment: 4 steps on 16 scenes, no probe
+_ARGS = ["--scenes", "16", "--steps", "4", "--lr", "3e-3", "--probe_scenes", "0"]
+
+
 def _align_on_two_ranks(base: Path, out: Path, batch: int) -> subprocess.CompletedProcess:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -110,9 +114,6 @@ def _align_on_two_ranks(base: Path, out: Path, batch: int) -> subprocess.Complet
            "--model", str(base), "--out", str(out)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
-
-
-_ARGS = ["--scenes", "16", "--steps", "4", "--lr", "3e-3", "--probe_scenes", "0"]
 
 
 def test_data_parallel_alignment_takes_the_steps_one_process_takes(
