@@ -4,7 +4,8 @@
   keeps apart from the others by namespace or topic prefix);
 * :func:`read_mask_png`: a mask PNG (mono8 or RGB, 0 / 255 or any nonzero) as ``(H, W)`` bool;
 * :func:`shell_blocks`, :func:`shell_commands`: the ```bash blocks of a Markdown file and their
-  commands (README and docs tests).
+  commands (README and docs tests);
+* :func:`free_port`: a free local TCP port (a torch.distributed rendezvous per test).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import os
 import re
 import shlex
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -43,3 +45,10 @@ def shell_commands(block: str) -> list[list[str]]:
         if words:
             out.append(words)
     return out
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that was free a moment ago (the OS's pick for port 0)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import free_port
 from safetensors.torch import load_file
 
 from text4seg_ros.model.meta import read_meta
@@ -106,11 +106,8 @@ _ARGS = ["--scenes", "16", "--steps", "4", "--lr", "3e-3", "--probe_scenes", "0"
 
 
 def _align_on_two_ranks(base: Path, out: Path, batch: int) -> subprocess.CompletedProcess:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2",
-           f"--master_port={port}", "-m", "training.align", *_ARGS, "--batch", str(batch),
+           f"--master_port={free_port()}", "-m", "training.align", *_ARGS, "--batch", str(batch),
            "--model", str(base), "--out", str(out)]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
     return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import os
 import random
-import socket
 import subprocess
 import warnings
 from pathlib import Path
@@ -17,6 +16,7 @@ import pytest
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
+from helpers import free_port
 from peft import LoraConfig, get_peft_model
 from safetensors.torch import load_file
 from transformers import LlavaForConditionalGeneration
@@ -112,12 +112,6 @@ def test_over_long_samples_are_dropped_before_sampling(backbone: str, tmp_path: 
         ChatDataset([str(tmp_path / "d.jsonl")], spec, processor, max_length=5)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _resume_worker(rank: int, port: int, root: str, results: str) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=2)
@@ -146,7 +140,7 @@ def _make_ckpt(folder: Path, tag: str, rank: int, latest: bool) -> None:
 def _run_resume(root: Path) -> list[dict]:
     results = root / "results"
     results.mkdir()
-    mp.spawn(_resume_worker, args=(_free_port(), str(root), str(results)), nprocs=2)
+    mp.spawn(_resume_worker, args=(free_port(), str(root), str(results)), nprocs=2)
     return [json.loads((results / f"rank{r}.json").read_text()) for r in range(2)]
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import free_port
 
 from text4seg_ros.model.meta import read_meta, write_meta
 from text4seg_ros.model.segmenter import Segmenter
@@ -35,12 +35,6 @@ REPO = Path(__file__).resolve().parents[1]
 torch.set_num_threads(1)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(args: list[str], timeout: float = 300, nproc: int = 2) -> subprocess.CompletedProcess:
     env = {
         **os.environ,
@@ -49,7 +43,7 @@ def _torchrun(args: list[str], timeout: float = 300, nproc: int = 2) -> subproce
         "TORCH_EXTENSIONS_DIR": str(REPO / "build" / "torch_extensions"),
     }
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}",
-           f"--master_port={_free_port()}", "-m", "training.train", *args]  # fmt: skip
+           f"--master_port={free_port()}", "-m", "training.train", *args]  # fmt: skip
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
@@ -161,7 +155,7 @@ def test_segmenter_answers_goals_with_valid_descriptors(run: dict, merged: Path)
 def test_one_command_trains_on_coco_tiny16(data_dir: Path, tmp_path: Path) -> None:
     """training/scripts/train_tiny_cpu.sh: coco_tiny16 -> ZeRO-2 on 2 ranks -> merged answers."""
     env = {**os.environ, "OUT": str(tmp_path / "tiny"), "TEXT4SEG_DATA": str(data_dir),
-           "PY": sys.executable, "MASTER_PORT": str(_free_port())}  # fmt: skip
+           "PY": sys.executable, "MASTER_PORT": str(free_port())}  # fmt: skip
     proc = subprocess.run(["bash", "training/scripts/train_tiny_cpu.sh"], cwd=REPO, env=env,
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
