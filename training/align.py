@@ -120,7 +120,9 @@ def _average_gradients(params: list[torch.nn.Parameter], world: int) -> None:
 
     Every rank's loss is the mean over an equal slice of the batch, so the mean of the ranks'
     gradients is the gradient of the whole batch's mean. Parameters without a gradient (the
-    vision tower's layers after the one LLaVA reads) have none on every rank."""
+    vision tower's layers after the one LLaVA reads) have none on every rank. Not
+    DistributedDataParallel: the loss is built outside any one module's forward (the features
+    from ``get_image_features``, a throw-away position head), which DDP's hooks expect."""
     grads = [p.grad for p in params if p.grad is not None]
     flat = torch.cat([g.reshape(-1) for g in grads])
     torch.distributed.all_reduce(flat)
