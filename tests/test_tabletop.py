@@ -241,3 +241,47 @@ def test_scale_enlarges_objects_and_keeps_them_in_the_frame() -> None:
     for i in range(8):
         (o,) = draw_tabletop(i, SIZE, (1, 1), scale=2.0).objects
         assert o.box[2] <= SIZE[1] and o.box[3] <= SIZE[0]
+
+
+def _absent_texts(hard_absent: float, n: int = 120) -> tuple[list[str], int]:
+    """The absent-target texts of ``n`` two-or-three-object scenes, and how many of them are
+    hard (their colour is in the scene, or a kind plural)."""
+    texts, hard = [], 0
+    for seed in range(n):
+        scene = draw_tabletop(seed, SIZE, (2, 3))
+        colours = {o.colour for o in scene.objects}
+        names = {o.name for o in scene.objects} | {PLURALS[o.kind] for o in scene.objects}
+        for g in tabletop_goals(scene, seed, hard_absent=hard_absent):
+            if g.kind == "gres_absent":
+                assert g.text not in names and not g.mask.any()
+                texts.append(g.text)
+                hard += g.text in PLURALS.values() or g.text.split(" ")[0] in colours
+    return texts, hard
+
+
+def test_hard_absent_draws_goals_only_the_kind_rules_out() -> None:
+    plain, plain_hard = _absent_texts(0.0)
+    assert 0.2 < plain_hard / len(plain) < 0.45  # as drawn for the held-out scenes
+    texts, hard = _absent_texts(1.0)
+    assert len(texts) == len(plain) and hard == len(texts)
+    mixed, mixed_hard = _absent_texts(0.8)
+    assert 0.7 < mixed_hard / len(mixed) < 0.9
+    # The default is the draw every model was trained on: the same goals, text for text.
+    scene = draw_tabletop(3, SIZE)
+    assert [g.text for g in tabletop_goals(scene, 3)] == [
+        g.text for g in tabletop_goals(scene, 3, hard_absent=0.0)
+    ]
+    with pytest.raises(ValueError, match=r"hard_absent must be in \[0, 1\]"):
+        tabletop_goals(scene, 3, hard_absent=1.5)
+
+
+def test_build_cli_passes_hard_absent(tmp_path: Path) -> None:
+    out = tmp_path / "d.jsonl"
+    argv = ["tabletop", "--n-images", "30", "--size", "48", "--grid", "8", "--objects", "2,3"]
+    argv += ["--weights", ",".join(f"{k}={int(k == 'gres_absent')}" for k in GOAL_KINDS)]
+    assert build_main([*argv, "--hard-absent", "1", "--out", str(out)]) == 0
+    samples = read_jsonl(out)
+    assert len(samples) == 60 and all(s.meta["kind"] == "gres_absent" for s in samples)
+    for s in samples:  # the label each answer quotes: hard for the scene it was drawn on
+        colours = {o.colour for o in draw_tabletop(s.meta["seed"], (48, 48), (2, 3)).objects}
+        assert s.meta["label"] in PLURALS.values() or s.meta["label"].split(" ")[0] in colours

@@ -94,6 +94,13 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--goals-per-scene", type=int, default=None, help="draw at most N goals")
     p.add_argument("--scale", type=float, default=1.0, help="object footprint factor")
     p.add_argument(
+        "--hard-absent",
+        type=float,
+        default=0.0,
+        help="chance (0-1) that an absent-target goal's colour is in the scene, so that only "
+        "its kind says 'not there' (default 0: the held-out draw)",
+    )
+    p.add_argument(
         "--weights",
         default="",
         help=f"kind=weight,... for the goal draw (kinds: {','.join(GOAL_KINDS)}; 0 drops one)",
@@ -149,6 +156,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             kinds=[k for k in GOAL_KINDS if weights.get(k, 1.0) > 0],
             weights=weights,
             scale=args.scale,
+            hard_absent=args.hard_absent,
             **kw,
         )
     elif args.source == "synthetic":

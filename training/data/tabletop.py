@@ -338,15 +338,53 @@ def _spatial_goals(scene: TabletopScene, shape: tuple[int, int]) -> list[Tableto
     return out
 
 
+def hard_absent_texts(scene: TabletopScene, missing: list[str]) -> list[str]:
+    """The absent-target texts of ``missing`` that the scene's colours do not rule out.
+
+    ``"{colour} {kind}"`` whose colour some object in the scene has (a purple mug is there, the
+    purple bottle is not) and kind plurals (``"plates"``): the goals whose answer depends on
+    reading the kind. Colour groups (``"purple objects"``) are absent only when the colour is.
+    """
+    colours = {o.colour for o in scene.objects}
+    plurals = set(PLURALS.values())
+    return [t for t in missing if t in plurals or t.split(" ")[0] in colours]
+
+
+def _draw_absent(
+    missing: list[str], hard: list[str], n: int, p_hard: float, rng: random.Random
+) -> list[str]:
+    """``n`` distinct texts of ``missing``, each from ``hard`` with chance ``p_hard`` (from the
+    others when one pool is used up)."""
+    hard_left = list(hard)
+    easy_left = [t for t in missing if t not in set(hard)]
+    out: list[str] = []
+    while len(out) < n and (hard_left or easy_left):
+        use_hard = bool(hard_left) and (not easy_left or rng.random() < p_hard)
+        pool = hard_left if use_hard else easy_left
+        out.append(pool.pop(rng.randrange(len(pool))))
+    return out
+
+
 def tabletop_goals(
-    scene: TabletopScene, seed: int | random.Random, max_spatial: int = 2, absent: int = 2
+    scene: TabletopScene,
+    seed: int | random.Random,
+    max_spatial: int = 2,
+    absent: int = 2,
+    hard_absent: float = 0.0,
 ) -> list[TabletopGoal]:
     """Every goal kind this scene supports (see the module docstring), deterministic per seed.
 
     All res_attr / res_size goals; up to ``max_spatial`` res_spatial goals (preferring targets
     with a rival of the same kind); one GRES goal per colour and per kind present; ``absent``
     absent-target goals; one REC goal; one open-vocabulary goal; one instances goal.
+
+    ``hard_absent`` (0 to 1; training data only, the held-out goals use 0): the chance that an
+    absent-target goal is drawn from the *hard* ones, whose colour does not rule them out, so
+    that only the kind says "not there": ``"purple bottle"`` beside a purple mug, ``"plates"``
+    (:func:`hard_absent_texts`). At 0 the goals are exactly those drawn before the option.
     """
+    if not 0.0 <= hard_absent <= 1.0:
+        raise ValueError(f"hard_absent must be in [0, 1], got {hard_absent!r}")
     rng = _rng(seed)
     shape = scene.image.shape[:2]
     objs = scene.objects
@@ -371,7 +409,11 @@ def tabletop_goals(
     missing = [f"{c} {k}" for k in KINDS for c in COLOURS if f"{c} {k}" not in names]
     missing += [text for text, members in groups if not members]
     empty = np.zeros(shape, dtype=bool)
-    for text in rng.sample(missing, min(absent, len(missing))):
+    if hard_absent > 0.0:
+        chosen = _draw_absent(missing, hard_absent_texts(scene, missing), absent, hard_absent, rng)
+    else:  # the draw of every model trained before the option: the same random stream
+        chosen = rng.sample(missing, min(absent, len(missing)))
+    for text in chosen:
         goals.append(TabletopGoal(text, Task.GRES, "gres_absent", empty.copy()))
     unique = [o for o in objs if names.count(o.name) == 1]
     if unique:

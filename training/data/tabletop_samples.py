@@ -103,6 +103,7 @@ def build_tabletop(
     kinds: Sequence[str] | None = None,
     weights: dict[str, float] | None = None,
     scale: float = 1.0,
+    hard_absent: float = 0.0,
 ) -> Iterator[ChatSample]:
     """Draw scenes ``first .. first + n_images - 1`` of ``split`` (seeds by
     :func:`~training.data.tabletop.scene_seed`), write PNGs under ``out_dir/images`` and yield
@@ -112,7 +113,9 @@ def build_tabletop(
     ``goals_per_scene``: keep at most this many goals per scene, drawn at random (more scenes
     per sample budget: the model sees more images); ``weights`` (goal kind -> weight, default
     1 each) makes that draw pick a kind first, so rare kinds are not drowned by the many GRES
-    goals of a scene. ``scale``: object footprint factor (:func:`draw_tabletop`). Image paths
+    goals of a scene. ``scale``: object footprint factor (:func:`draw_tabletop`).
+    ``hard_absent``: the share of absent-target goals whose colour is in the scene
+    (:func:`~training.data.tabletop.tabletop_goals`; 0, the default, as held out). Image paths
     are absolute.
     """
     keep = set(kinds or GOAL_KINDS)
@@ -124,7 +127,8 @@ def build_tabletop(
     for i in range(first, first + n_images):
         seed = scene_seed(split, i)
         scene = draw_tabletop(seed, size, n_objects, scale=scale)
-        goals = [g for g in tabletop_goals(scene, seed) if g.kind in keep]
+        goals = tabletop_goals(scene, seed, hard_absent=hard_absent)
+        goals = [g for g in goals if g.kind in keep]
         rng = random.Random(seed ^ 0x5EED)
         if goals_per_scene is not None and len(goals) > goals_per_scene:
             goals = _draw_goals(goals, goals_per_scene, weights or {}, rng)
