@@ -282,6 +282,8 @@ def test_build_cli_passes_hard_absent(tmp_path: Path) -> None:
     assert build_main([*argv, "--hard-absent", "1", "--out", str(out)]) == 0
     samples = read_jsonl(out)
     assert len(samples) == 60 and all(s.meta["kind"] == "gres_absent" for s in samples)
+    with pytest.raises(SystemExit, match="--hard-absent must be in 0..1"):
+        build_main([*argv, "--hard-absent", "2", "--out", str(out)])
     for s in samples:  # the label each answer quotes: hard for the scene it was drawn on
         colours = {o.colour for o in draw_tabletop(s.meta["seed"], (48, 48), (2, 3)).objects}
         assert s.meta["label"] in PLURALS.values() or s.meta["label"].split(" ")[0] in colours

@@ -97,8 +97,8 @@ def parser() -> argparse.ArgumentParser:
         "--hard-absent",
         type=float,
         default=0.0,
-        help="chance (0-1) that an absent-target goal's colour is in the scene, so that only "
-        "its kind says 'not there' (default 0: the held-out draw)",
+        help="chance (0-1) that an absent-target goal is a hard one (its colour in the scene, "
+        "or a kind's plural), so that only its kind says 'not there' (default 0: as held out)",
     )
     p.add_argument(
         "--weights",
@@ -144,6 +144,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     kw = {"grid": args.grid, "method": args.method}
     if args.source == "tabletop":
         lo, hi = (int(v) for v in args.objects.split(","))
+        if not 0.0 <= args.hard_absent <= 1.0:
+            raise SystemExit(f"--hard-absent must be in 0..1, got {args.hard_absent}")
         weights = _weights(args.weights)
         samples = build_tabletop(
             args.out.parent,

@@ -31,9 +31,9 @@
 # scenes mixed in. Stage 3 (STEPS3, at LR3): the same mix plus a set of 2 or 3 large objects
 # with relation goals ("ball left of the green bottle") and absent-target goals ("purple bottle"
 # when there is none; mostly ones whose colour is there: HARD_ABSENT) weighted up, the two kinds
-# stage 2 leaves unlearnt, next to GRES goals
-# whose targets are there, so that "is it there?" is learnt from the contrast and goals with
-# targets are not answered empty (models/demo/README.md, runs AA to AD). Every stage puts the
+# stage 2 leaves unlearnt, next to GRES goals whose targets are there, so that "is it there?"
+# is learnt from the contrast and goals with targets are not answered empty
+# (models/demo/README.md, runs AA to AD and AM). Every stage puts the
 # loss on every answer token (--loss_on answer): the label words repeated in each run and the
 # sentence that quotes the goal are what make the answer carry the words (runs R and T). Stages 2 and 3 weigh the rows holding a target FG_WEIGHT / FG3
 # times: on realistic scenes most answer tokens are "others", and an unweighted mean collapsed
@@ -92,7 +92,7 @@ data() {
   echo "$*" >"$dir/args.txt"
 }
 relate_data() {
-  local hard=()  # only when set: the shipped data's args.txt (and so its reuse) stays the same
+  local hard=()  # only when non-zero: a set built at 0 keeps its args.txt (and its reuse)
   if [ "$HARD_ABSENT" != 0 ]; then hard=(--hard-absent "$HARD_ABSENT"); fi
   data "$OUT/relate" --first 600000 --n-images "$N4" --objects 2,3 --scale 1.5 \
     --size 128 --grid "$GRID" --goals-per-scene 4 --weights "$RELATE" "${hard[@]}"
