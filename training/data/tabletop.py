@@ -355,8 +355,8 @@ def _draw_absent(
 ) -> list[str]:
     """``n`` distinct texts of ``missing``, each from ``hard`` with chance ``p_hard`` (from the
     others when one pool is used up)."""
-    hard_left = list(hard)
-    easy_left = [t for t in missing if t not in set(hard)]
+    hard_left, hard_set = list(hard), set(hard)
+    easy_left = [t for t in missing if t not in hard_set]
     out: list[str] = []
     while len(out) < n and (hard_left or easy_left):
         use_hard = bool(hard_left) and (not easy_left or rng.random() < p_hard)
