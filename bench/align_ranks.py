@@ -15,13 +15,12 @@ Writes bench/results/align_ranks.json.
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import shutil
 import time
 from pathlib import Path
 
-from common import REPO, run_python, write_speedup
+from common import REPO, demo_base, run_python, training_env, write_speedup
 
 LOG = re.compile(r"\[align\] step (\d+)/\d+ loss ([0-9.]+) (\d+)s")
 
@@ -42,11 +41,8 @@ def main() -> int:
     if args.steps < 300:
         ap.error("--steps must be at least 300 (the rate is read from step 101 on)")
     start = time.perf_counter()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    base = args.work / "base"
-    if not base.exists():
-        run_python(["-m", "training.demo_base", "--out", str(base), "--grid", "8",
-              "--prompt", "question_first"], env)  # fmt: skip
+    env = training_env()
+    base = demo_base(args.work / "base", env)
     align = ["-m", "training.align", "--model", str(base), "--steps", str(args.steps),
              "--scenes", str(args.scenes), "--probe_scenes", "0"]  # fmt: skip
     two = ["-m", "torch.distributed.run", "--nproc_per_node=2", "--master_port=29661"]

@@ -84,6 +84,21 @@ def write_json(name: str, payload: dict) -> Path:
     return path
 
 
+def training_env() -> dict[str, str]:
+    """The environment of the training benches' commands: one OpenMP thread per process (as
+    ``train_demo.sh`` runs them), the hub offline, the repository importable."""
+    return {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
+
+
+def demo_base(path: Path, env: dict[str, str]) -> Path:
+    """The demo model's random base (``training.demo_base``: question first, G = 8) at
+    ``path``, built when it is not there yet."""
+    if not path.exists():
+        run_python(["-m", "training.demo_base", "--out", str(path), "--grid", "8",
+                    "--prompt", "question_first"], env)  # fmt: skip
+    return path
+
+
 def run_python(args: list[str], env: dict[str, str]) -> str:
     """Run ``python ARGS`` in the repository (check=True); its stdout and stderr as text."""
     proc = subprocess.run(

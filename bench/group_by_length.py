@@ -16,13 +16,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import random
 import shutil
 import time
 from pathlib import Path
 
-from common import REPO, run_python, write_speedup
+from common import REPO, demo_base, run_python, training_env, write_speedup
 
 MIX = (
     "res_attr=3,res_size=2,res_spatial=2,gres_multi=1.5,gres_single=1,gres_absent=1.5,"
@@ -69,15 +68,13 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=REPO / "build" / "bench_group_by_length")
     args = ap.parse_args()
     start = time.perf_counter()
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO)}
-    data, base = args.work / "data" / "train.jsonl", args.work / "base"
+    env = training_env()
+    data = args.work / "data" / "train.jsonl"
     if not data.exists():
         run_python(["-m", "training.data.build", "tabletop", "--first", "100000", "--n-images",
               str(args.scenes), "--objects", "2,6", "--size", "128", "--grid", "8",
               "--goals-per-scene", "6", "--weights", MIX, "--out", str(data)], env)  # fmt: skip
-    if not base.exists():
-        run_python(["-m", "training.demo_base", "--out", str(base), "--grid", "8",
-              "--prompt", "question_first"], env)  # fmt: skip
+    base = demo_base(args.work / "base", env)
     lengths = sample_lengths(data, base)
     modes: dict[str, dict[str, float]] = {}
     for name, grouped in (("random", False), ("grouped", True)):
