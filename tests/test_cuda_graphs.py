@@ -109,6 +109,34 @@ def test_only_bucket_shapes_are_captured(tmp_path: Path, monkeypatch: pytest.Mon
     assert engine.step.calls > len(set(tried))  # buckets were reused
 
 
+def test_a_grown_cache_drops_the_graphs_and_their_pool(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A pool whose graphs are gone cannot take a new capture (PyTorch asserts use_count > 0),
+    # so a grow must forget the pool with the graphs; the GPU test below captures across grows.
+    monkeypatch.setattr("text4seg_ros.engines.cuda_graphs.EXTRA_SLOTS", 8)
+    seg = _segmenter("llava", tmp_path)
+    prefix = seg._prefix
+    reference = _decode(seg, seg._step, prefix.cache(len(GOALS)))
+    engine = StaticTorchEngine(seg.model, seg.backbone, capture=False, block_sizes=(1, 4, 16))
+    step = engine.step
+    pools: list = []
+
+    def capture(r, kv) -> None:  # as on a GPU, recording which pool each capture would use
+        if step.pool is None:
+            step.pool = object()
+        pools.append(step.pool)
+
+    step.capture = True
+    monkeypatch.setattr(step, "_capture", capture)
+    cache = engine.cache(prefix, len(GOALS))
+    first = cache.generation
+    assert _decode(seg, engine.make_step(prefix), cache) == reference
+    assert engine.kv.generation != first  # 8 spare slots: the cache grew while decoding
+    assert len(set(map(id, pools))) > 1  # a fresh pool after a grow, never the old one
+    assert step.pool in (None, pools[-1]) and step.kv_id == engine.kv.generation
+
+
 def test_without_cuda_the_engine_says_so_and_decodes_eagerly(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -163,3 +191,34 @@ def test_cuda_graphs_replay_with_identical_tokens(backbone: str, tmp_path: Path)
         assert tokens == reference
     assert engine.step.capture and engine.step.captures > 0
     assert engine.step.replays > engine.step.captures  # the second frame replayed
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backbone", ["llava", "qwen2_vl"])
+def test_cuda_graphs_capture_again_after_the_cache_grows(
+    backbone: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    monkeypatch.setattr("text4seg_ros.engines.cuda_graphs.EXTRA_SLOTS", 8)
+    path = build_tiny_model(backbone, tmp_path / backbone, seed=3)
+    seg = Segmenter.from_pretrained(path, grid=16, max_instances=4, device="cuda")
+    seg.set_image(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    prefix = seg._prefix
+    reference = _decode(seg, seg._step, prefix.cache(len(GOALS)))
+    engine = make_engine("torch", seg.model, seg.backbone, cuda_graphs=True)
+    cache = engine.cache(prefix, len(GOALS))
+    first, held = cache.generation, []
+    step = engine.make_step(prefix)
+    original = step._run
+
+    def run_and_hold(r, kv):  # callers may keep a view of the last hidden across a grow
+        out = original(r, kv)
+        held.append(out[:1])
+        return out
+
+    monkeypatch.setattr(step, "_run", run_and_hold)
+    assert _decode(seg, step, cache) == reference
+    assert engine.kv.generation != first  # grew while decoding
+    assert step.capture, "a capture after a grow was refused"
+    assert step.captures > len(step.runners)  # captured again on the grown buffers

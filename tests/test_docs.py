@@ -73,6 +73,30 @@ def test_refine_grabcut_table_gives_each_set_grid_and_band(tmp_path: Path) -> No
     assert table.count("\n") == 2 + len(data["metrics"])  # header, rule, one row per set
 
 
+def test_gpu_tables_come_from_a_gpu_run_with_identical_tokens(tmp_path: Path) -> None:
+    gen = _gen()
+    results = tmp_path / "results"
+    shutil.copytree(REPO / "bench" / "results", results)
+    path = results / "gpu_check" / "gpu_check.json"
+    data = json.loads(path.read_text())
+    arch = data["sections"]["decode"]["result"]["archs"]["llava_1_5_7b"]
+    arch["per_goals"]["1"]["cuda_graphs"]["ms_per_goal"] = 12.34
+    path.write_text(json.dumps(data))
+    table = gen.render("gpu_decode", results)
+    line = next(t for t in table.splitlines() if t.startswith("| llava_1_5_7b | 1 |"))
+    assert "| 12.3 |" in line
+    assert table.count("\n") == 2 + sum(
+        len(a["per_goals"]) for a in data["sections"]["decode"]["result"]["archs"].values()
+    )
+    arch["per_goals"]["1"]["identical_tokens"] = False
+    path.write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="different tokens"):
+        gen.render("gpu_decode", results)
+    data["dry_run"] = True  # a CPU dry run is never reported as GPU figures
+    path.write_text(json.dumps(data))
+    assert "Only a CPU dry run" in gen.render("gpu_check", results)
+
+
 def test_every_table_marker_is_known_and_every_docs_table_of_figures_is_generated() -> None:
     gen = _gen()
     for path in PAGES:

@@ -145,6 +145,25 @@ def test_saved_folders_name_upstream_processor_classes(backbone: str, tmp_path: 
     assert type(processor).__mro__[1].__name__ == upstream
 
 
+@pytest.mark.parametrize("backbone", ["qwen2_vl", "qwen2_5_vl", "internvl"])
+def test_saved_folders_give_transformers_a_video_processor_config(
+    backbone: str, tmp_path: Path
+) -> None:
+    # Where torchvision exists AutoProcessor builds the video processor from this lookup (no
+    # torchvision needed for it); it raised OSError on the GPU image before the folders carried
+    # preprocessor_config.json, the published checkpoints' fallback file.
+    from transformers.video_processing_utils import BaseVideoProcessor
+
+    path = build_tiny_model(backbone, tmp_path / backbone)
+    config, _ = BaseVideoProcessor.get_video_processor_dict(str(path))
+    nested = json.loads((path / "processor_config.json").read_text())["image_processor"]
+    assert config["image_processor_type"] == nested["image_processor_type"]
+    assert config["image_mean"] == nested["image_mean"] and "NoVideo" not in json.dumps(config)
+    assert (
+        list(load_processor(path, backbone).image_processor.image_mean) == (nested["image_mean"])
+    )  # the nested image processor still wins for images
+
+
 @pytest.mark.parametrize("backbone", ["qwen2_vl", "internvl"])
 def test_auto_processor_loads_saved_folders_where_torchvision_exists(
     backbone: str, tmp_path: Path

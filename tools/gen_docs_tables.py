@@ -373,6 +373,65 @@ def table_refine_grabcut(results: Path) -> str:
     return "\n".join(lines)
 
 
+def _gpu_check(results: Path) -> dict[str, Any]:
+    d = _load(results, "gpu_check/gpu_check.json", "bench/gpu_check.py (tools/gpu_check.sh)")
+    if d.get("dry_run"):
+        raise MissingResult("_Only a CPU dry run is recorded: run the GPU check on a GPU._")
+    return d
+
+
+def table_gpu_check(results: Path) -> str:
+    """docs/gpu.md: every section of the GPU check's one run (bench/results/gpu_check/)."""
+    d = _gpu_check(results)
+    s = d["sections"]
+    versions = ", ".join(f"{k} {v}" for k, v in d["versions"].items())
+    lines = [_row(["section", f"{d['device']} ({versions})"]), "| --- | --- |"]
+    tests = s["pytest_gpu"]
+    auto = tests.get("auto_processor", {})
+    lines.append(_row(["`pytest_gpu`", f"{tests['last_line']}; AutoProcessor of saved folders: "
+                       f"{auto.get('last_line', 'not run')}"]))  # fmt: skip
+    t = s["train_step"]["result"]
+    lines.append(
+        _row(["`train_step` (LLaVA-1.5-7B, ZeRO-2, LoRA r64, world 1)",
+              f"{t['precision']}, batch {t['per_device_batch']} of {t['tokens_per_sample']:.0f} "
+              f"tokens, checkpointing {'on' if t['gradient_checkpointing'] else 'off'}: "
+              f"{t['samples_per_s']:.2f} samples/s, peak {t['peak_memory_GiB']:.1f} GiB, "
+              f"checkpoint {t['checkpoint_MB']:.0f} MB, loss {t['losses'][0]:.2f} -> "
+              f"{t['losses'][-1]:.2f} in {len(t['losses'])} steps"])
+    )  # fmt: skip
+    sam = s["sam"]["result"]
+    lines.append(
+        _row(["`sam` (ViT-H, random weights, bf16)",
+              f"encode {sam['encode_ms_mean']:.0f} ms per image, "
+              f"{sam['refine_ms_mean']['box']:.0f} ms per box-prompted mask"])
+    )  # fmt: skip
+    return "\n".join(lines)
+
+
+def table_gpu_decode(results: Path) -> str:
+    """docs/gpu.md and README: generate vs ours eager vs CUDA graphs, ms per goal, per model."""
+    d = _gpu_check(results)["sections"]["decode"]["result"]
+    head = ["model", "goals per frame", "answer tokens per goal",
+            "sequential calls: `generate` / ours", "`generate` ms per goal", "ours eager",
+            "ours CUDA graphs",
+            "`generate` / graphs", "eager / graphs", "graphs step / weight floor"]  # fmt: skip
+    lines = [_row(head), _row(["---"] * len(head))]
+    for arch, a in d["archs"].items():
+        for goals, r in a["per_goals"].items():
+            if not r.get("identical_tokens"):
+                raise ValueError(f"gpu_check: {arch} at {goals} goals decoded different tokens")
+            lines.append(
+                _row([arch, goals, f"{r['answer_tokens_per_goal']:.1f}",
+                      f"{r['generate']['steps']} / {r['cuda_graphs']['steps']}",
+                      f"{r['generate']['ms_per_goal']:.0f}", f"{r['eager']['ms_per_goal']:.1f}",
+                      f"{r['cuda_graphs']['ms_per_goal']:.1f}",
+                      f"{r['generate_over_cuda_graphs']:.1f}x",
+                      f"{r['eager_over_cuda_graphs']:.2f}x",
+                      f"{r['cuda_graphs']['step_over_floor']:.1f}x"])
+            )  # fmt: skip
+    return "\n".join(lines)
+
+
 TABLES: dict[str, Callable[[Path], str]] = {
     "oracle": table_oracle,
     "decode_steps": table_decode_steps,
@@ -385,6 +444,8 @@ TABLES: dict[str, Callable[[Path], str]] = {
     "speed_summary": table_speed_summary,
     "node_params": table_node_params,
     "refine_grabcut": table_refine_grabcut,
+    "gpu_check": table_gpu_check,
+    "gpu_decode": table_gpu_decode,
 }
 
 

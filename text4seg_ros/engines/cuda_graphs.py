@@ -187,8 +187,7 @@ class StaticStep:
                 f"block) = ({rows}, {used + block})"
             )
         if cache.generation != self.kv_id:  # graphs hold buffer addresses: drop stale ones
-            self.runners.clear()
-            self.kv_id = cache.generation
+            self._drop_graphs(cache)
         bucket, bucketed = self._bucket(rows, block, cache)
         r = self.runners.get(bucket) if bucketed else None
         if r is None:
@@ -210,6 +209,19 @@ class StaticStep:
         flat = hidden.reshape(-1, hidden.shape[-1]).index_select(0, select.to(hidden.device))
         return self.head(flat).float(), cache
 
+    def _drop_graphs(self, cache: StaticKV) -> None:
+        """Forget the graphs (they hold the old buffers' addresses) and their memory pool.
+
+        A pool whose graphs are all gone but whose blocks are still referenced (a caller may
+        hold a view of the last ``hidden``) cannot take a new capture: PyTorch asserts
+        ``use_count > 0`` (seen on an H200 with torch 2.11, LLaVA: every capture after the
+        first cache was refused and decoding fell back to eager). The next capture gets a
+        fresh pool; the old one is freed with its last tensor.
+        """
+        self.runners.clear()
+        self.pool = None
+        self.kv_id = cache.generation
+
     def _bucket(self, rows: int, block: int, cache: StaticKV) -> tuple[Bucket, bool]:
         """The bucket of this call and whether it is one (False: exact shapes, never captured);
         grows the cache (dropping graphs) when the call does not fit."""
@@ -219,14 +231,12 @@ class StaticStep:
             grown = cache.used + self.block_sizes[-1] + EXTRA_SLOTS
             LOG.info("static KV cache grows to %d slots (graphs captured again)", grown)
             cache.grow(grown)
-            self.runners.clear()
-            self.kv_id = cache.generation
+            self._drop_graphs(cache)
             bucket = choose_bucket(rows, block, cache.used, cache.capacity, *args)
         if bucket is None:  # beyond the largest bucket: exact shapes, eager
             if cache.used + block > cache.capacity:
                 cache.grow(cache.used + block + EXTRA_SLOTS)
-                self.runners.clear()
-                self.kv_id = cache.generation
+                self._drop_graphs(cache)
             return Bucket(rows, block, cache.used + block), False
         return bucket, True
 

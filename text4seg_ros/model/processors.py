@@ -84,6 +84,8 @@ UPSTREAM_NAMES: dict[str, str] = {
     if not cls.__module__.startswith("transformers.")
 }
 EXTRA_FILE = "text4seg_processor.json"
+# Backbones whose upstream processor has a video processor (built where torchvision exists).
+VIDEO_BACKBONES = ("qwen2_vl", "qwen2_5_vl", "internvl")
 DEFAULT_MAX_TILES = 1
 # Keys of EXTRA_FILE that are our settings, not processor constructor arguments.
 _SETTINGS = ("max_tiles", "pad_to_square")
@@ -189,6 +191,13 @@ def save_processor(processor: Any, path: str | Path, backbone: str) -> None:
     """
     path = Path(path)
     processor.save_pretrained(str(path))
+    if backbone in VIDEO_BACKBONES:
+        # transformers 5 nests the image processor in processor_config.json; where torchvision
+        # exists, AutoProcessor also builds the upstream video processor and, finding neither a
+        # nested "video_processor" nor video_preprocessor_config.json, falls back to
+        # preprocessor_config.json, the layout of the published checkpoints. Without that file
+        # it raised OSError ("Can't load video processor"; seen on the GPU image).
+        processor.image_processor.save_pretrained(str(path))
     for file in path.glob("*.json"):
         data, changed = _upstream_names(json.loads(file.read_text(encoding="utf-8")))
         if changed:
