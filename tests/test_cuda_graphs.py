@@ -175,9 +175,9 @@ def test_a_backbone_that_cannot_be_captured_falls_back_with_a_log_line(
     assert "qwen2_vl" in caplog.text and engine.step.replays == 0
 
 
-@pytest.mark.gpu
-@pytest.mark.parametrize("backbone", ["llava", "qwen2_vl", "internvl"])
-def test_cuda_graphs_replay_with_identical_tokens(backbone: str, tmp_path: Path) -> None:
+def _on_cuda(backbone: str, tmp_path: Path) -> tuple:
+    """A tiny model on CUDA with a frame set (skips without a device), its prefix, the eager
+    tokens of GOALS over it and a CUDA-graph engine."""
     if not torch.cuda.is_available():
         pytest.skip("needs a CUDA device")
     path = build_tiny_model(backbone, tmp_path / backbone, seed=3)
@@ -185,7 +185,13 @@ def test_cuda_graphs_replay_with_identical_tokens(backbone: str, tmp_path: Path)
     seg.set_image(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
     prefix = seg._prefix
     reference = _decode(seg, seg._step, prefix.cache(len(GOALS)))
-    engine = make_engine("torch", seg.model, seg.backbone, cuda_graphs=True)
+    return seg, prefix, reference, make_engine("torch", seg.model, seg.backbone, cuda_graphs=True)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("backbone", ["llava", "qwen2_vl", "internvl"])
+def test_cuda_graphs_replay_with_identical_tokens(backbone: str, tmp_path: Path) -> None:
+    seg, prefix, reference, engine = _on_cuda(backbone, tmp_path)
     for _ in range(2):
         tokens = _decode(seg, engine.make_step(prefix), engine.cache(prefix, len(GOALS)))
         assert tokens == reference
@@ -198,15 +204,8 @@ def test_cuda_graphs_replay_with_identical_tokens(backbone: str, tmp_path: Path)
 def test_cuda_graphs_capture_again_after_the_cache_grows(
     backbone: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
     monkeypatch.setattr("text4seg_ros.engines.cuda_graphs.EXTRA_SLOTS", 8)
-    path = build_tiny_model(backbone, tmp_path / backbone, seed=3)
-    seg = Segmenter.from_pretrained(path, grid=16, max_instances=4, device="cuda")
-    seg.set_image(np.random.default_rng(0).integers(0, 255, (48, 64, 3), dtype=np.uint8))
-    prefix = seg._prefix
-    reference = _decode(seg, seg._step, prefix.cache(len(GOALS)))
-    engine = make_engine("torch", seg.model, seg.backbone, cuda_graphs=True)
+    seg, prefix, reference, engine = _on_cuda(backbone, tmp_path)
     cache = engine.cache(prefix, len(GOALS))
     first, held = cache.generation, []
     step = engine.make_step(prefix)
