@@ -6,7 +6,9 @@ held-out evaluation and the word-reading diagnostic. The aligned parts (vision t
 word embeddings) reach DEST unchanged (the answer stages freeze them) and the language model's
 layers do not. A second run with FROM_STAGE=3 reruns stage 3 alone, from the first run's data
 and stage-2 model, and builds stage 3's data set again when its arguments changed; a third with
-KEEP_DATA=1 keeps the alignment and the data and trains the answer stages again.
+KEEP_DATA=1 keeps the alignment and the data and trains the answer stages again. A fast test
+checks that bench/group_by_length.py, which copies the script's training options, still has
+them.
 """
 
 from __future__ import annotations
@@ -89,3 +91,38 @@ def test_the_demo_recipe_runs_at_smoke_size(tmp_path: Path) -> None:
     assert "1-2" in ran and {"4/7", "5/7", "6/7"} <= set(ran) and "2/7" not in ran, ran
     assert aligned.stat().st_mtime_ns == aligned_time
     assert (out / "stage3" / "train.jsonl").stat().st_mtime_ns == stage_data
+
+
+def _script_value(text: str, name: str) -> str:
+    """The default of ``NAME=${NAME:-default}`` or the value of ``NAME="..."`` in the script."""
+    for line in text.splitlines():
+        if line.startswith(f"{name}=${{{name}:-"):
+            return line.split(":-", 1)[1].split("}", 1)[0]
+        if line.startswith(f'{name}="'):
+            return line.split('"')[1]
+    raise AssertionError(f"{name} not found in train_demo.sh")
+
+
+def test_group_by_length_bench_trains_with_the_recipes_options() -> None:
+    # bench/group_by_length.py measures the recipe's stage 2: its copy of the options must
+    # follow train_demo.sh's (fast; the slow test above runs the script itself).
+    import importlib.util
+    import shlex
+    import sys
+
+    text = (REPO / "training" / "scripts" / "train_demo.sh").read_text()
+    block = text.split("TRAIN=(", 1)[1].split(")", 1)[0]
+    words = shlex.split(block, comments=True)
+    recipe = words[words.index("training.train") - 1 :]
+    sys.path.insert(0, str(REPO / "bench"))
+    try:
+        spec = importlib.util.spec_from_file_location("gbl", REPO / "bench" / "group_by_length.py")
+        bench = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(bench)
+    finally:
+        sys.path.remove(str(REPO / "bench"))
+    assert bench.TRAIN[: len(recipe)] == recipe
+    extra = dict(zip(bench.TRAIN[len(recipe) :: 2], bench.TRAIN[len(recipe) + 1 :: 2]))
+    assert extra["--lr"] == _script_value(text, "LR")
+    assert extra["--fg_weight"] == _script_value(text, "FG_WEIGHT")
+    assert bench.MIX == _script_value(text, "ALL_KINDS")
