@@ -84,8 +84,9 @@ UPSTREAM_NAMES: dict[str, str] = {
     if not cls.__module__.startswith("transformers.")
 }
 EXTRA_FILE = "text4seg_processor.json"
-# Backbones whose upstream processor has a video processor (built where torchvision exists).
-VIDEO_BACKBONES = ("qwen2_vl", "qwen2_5_vl", "internvl")
+# Backbones whose upstream processor has a video processor (built where torchvision exists):
+# those served here by a subclass without one.
+VIDEO_BACKBONES = tuple(b for b, c in PROCESSOR_CLASSES.items() if c.__name__ in UPSTREAM_NAMES)
 DEFAULT_MAX_TILES = 1
 # Keys of EXTRA_FILE that are our settings, not processor constructor arguments.
 _SETTINGS = ("max_tiles", "pad_to_square")
