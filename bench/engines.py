@@ -37,6 +37,7 @@ On an NVIDIA GPU with tensorrt installed (TensorRT vs torch at full depth):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import tempfile
@@ -185,6 +186,9 @@ def bench_engines(args: argparse.Namespace, folder: Path) -> dict:
         except EngineUnavailable as err:
             skipped[name] = str(err)
     out: dict = {"model": what, "grid": grid, "skipped": skipped, "workloads": {}}
+    weights = REPO / "models" / "demo" / "model.safetensors"
+    if what == "models/demo":  # which weights: a retrained demo model makes this run stale
+        out["model_md5"] = hashlib.md5(weights.read_bytes()).hexdigest()
     for key, (description, load) in workloads.items():
         frames = load(args.frames)
         out["workloads"][key] = {

@@ -73,6 +73,20 @@ def test_refine_grabcut_table_gives_each_set_grid_and_band(tmp_path: Path) -> No
     assert table.count("\n") == 2 + len(data["metrics"])  # header, rule, one row per set
 
 
+def test_engine_figures_were_measured_on_the_shipped_demo_model() -> None:
+    # README's speed table and docs/engines.md quote bench/engines.py's run on models/demo: a
+    # retrained model (other answers, other calls per goal) needs that bench run again.
+    import hashlib
+
+    result = json.loads((REPO / "bench" / "results" / "engines.json").read_text())
+    weights = (REPO / "models" / "demo" / "model.safetensors").read_bytes()
+    assert result["engines"]["model"] == "models/demo"
+    assert result["engines"].get("model_md5") == hashlib.md5(weights).hexdigest(), (
+        "models/demo changed since bench/results/engines.json: run python bench/engines.py "
+        "and make docs"
+    )
+
+
 def test_gpu_tables_come_from_a_gpu_run_with_identical_tokens(tmp_path: Path) -> None:
     gen = _gen()
     results = tmp_path / "results"
