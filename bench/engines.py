@@ -186,8 +186,8 @@ def bench_engines(args: argparse.Namespace, folder: Path) -> dict:
         except EngineUnavailable as err:
             skipped[name] = str(err)
     out: dict = {"model": what, "grid": grid, "skipped": skipped, "workloads": {}}
-    weights = REPO / "models" / "demo" / "model.safetensors"
     if what == "models/demo":  # which weights: a retrained demo model makes this run stale
+        weights = REPO / "models" / "demo" / "model.safetensors"
         out["model_md5"] = hashlib.md5(weights.read_bytes()).hexdigest()
     for key, (description, load) in workloads.items():
         frames = load(args.frames)

@@ -159,9 +159,8 @@ def test_saved_folders_give_transformers_a_video_processor_config(
     nested = json.loads((path / "processor_config.json").read_text())["image_processor"]
     assert config["image_processor_type"] == nested["image_processor_type"]
     assert config["image_mean"] == nested["image_mean"] and "NoVideo" not in json.dumps(config)
-    assert (
-        list(load_processor(path, backbone).image_processor.image_mean) == (nested["image_mean"])
-    )  # the nested image processor still wins for images
+    image_processor = load_processor(path, backbone).image_processor
+    assert list(image_processor.image_mean) == nested["image_mean"]  # the nested one still wins
 
 
 @pytest.mark.parametrize("backbone", ["qwen2_vl", "internvl"])

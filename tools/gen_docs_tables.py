@@ -409,7 +409,7 @@ def table_gpu_check(results: Path) -> str:
 
 
 def table_gpu_decode(results: Path) -> str:
-    """docs/gpu.md and README: generate vs ours eager vs CUDA graphs, ms per goal, per model."""
+    """docs/gpu.md: generate vs ours eager vs CUDA graphs per model and goals per frame."""
     d = _gpu_check(results)["sections"]["decode"]["result"]
     head = ["model", "goals per frame", "answer tokens per goal",
             "sequential calls: `generate` / ours", "`generate` ms per goal", "ours eager",
