@@ -5,16 +5,20 @@
 * :func:`read_mask_png`: a mask PNG (mono8 or RGB, 0 / 255 or any nonzero) as ``(H, W)`` bool;
 * :func:`shell_blocks`, :func:`shell_commands`: the ```bash blocks of a Markdown file and their
   commands (README and docs tests);
-* :func:`free_port`: a free local TCP port (a torch.distributed rendezvous per test).
+* :func:`free_port`: a free local TCP port (a torch.distributed rendezvous per test);
+* :func:`load_script`: a script of tools/ or bench/ (not a package) imported as a module.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 import shlex
 import socket
+import sys
 from pathlib import Path
+from types import ModuleType
 
 import numpy as np
 from PIL import Image
@@ -52,3 +56,16 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def load_script(path: Path, name: str) -> ModuleType:
+    """The script at ``path`` imported as module ``name``, its own folder importable while it
+    loads (bench scripts import their ``common``)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.path.insert(0, str(path.parent))
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        sys.path.remove(str(path.parent))
+    return module

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import re
 import shutil
@@ -11,7 +10,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from helpers import shell_blocks, shell_commands
+from helpers import load_script, shell_blocks, shell_commands
 
 REPO = Path(__file__).resolve().parents[1]
 DOCS = sorted((REPO / "docs").glob("*.md"))
@@ -20,12 +19,7 @@ LINK = re.compile(r"\[[^\]]*\]\(([^)\s]+)\)")
 
 
 def _gen():
-    spec = importlib.util.spec_from_file_location(
-        "gen_docs_tables", REPO / "tools" / "gen_docs_tables.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(REPO / "tools" / "gen_docs_tables.py", "gen_docs_tables")
 
 
 def test_committed_tables_are_what_make_docs_writes() -> None:

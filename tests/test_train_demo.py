@@ -106,21 +106,15 @@ def _script_value(text: str, name: str) -> str:
 def test_group_by_length_bench_trains_with_the_recipes_options() -> None:
     # bench/group_by_length.py measures the recipe's stage 2: its copy of the options must
     # follow train_demo.sh's (fast; the slow test above runs the script itself).
-    import importlib.util
     import shlex
-    import sys
+
+    from helpers import load_script
 
     text = (REPO / "training" / "scripts" / "train_demo.sh").read_text()
     block = text.split("TRAIN=(", 1)[1].split(")", 1)[0]
     words = shlex.split(block, comments=True)
     recipe = words[words.index("training.train") - 1 :]
-    sys.path.insert(0, str(REPO / "bench"))
-    try:
-        spec = importlib.util.spec_from_file_location("gbl", REPO / "bench" / "group_by_length.py")
-        bench = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(bench)
-    finally:
-        sys.path.remove(str(REPO / "bench"))
+    bench = load_script(REPO / "bench" / "group_by_length.py", "group_by_length")
     assert bench.TRAIN[: len(recipe)] == recipe
     extra = dict(zip(bench.TRAIN[len(recipe) :: 2], bench.TRAIN[len(recipe) + 1 :: 2]))
     assert extra["--lr"] == _script_value(text, "LR")
